@@ -1,0 +1,59 @@
+"""roiroa: where classifiers look (Region of Importance), where attacks act (Region of Attack),
+how the two are laid out, and what neutralizing the region that is vulnerable but not important buys.
+
+Every stage takes and returns plain tensors: images x (N, C, H, W) float in [0, 1], labels
+y (N,) int64, maps (N, H, W), masks (N, H, W) bool.
+"""
+
+__version__ = "0.1.0"
+
+from roiroa.attacks import FGSM, L2PGD, AttackResult, LinfPGD, create_attack, list_attacks
+from roiroa.data import ImageDataset, load_dataset, split_by_class
+from roiroa.defence import GlobalMask, Neutralizer, fill_value, neutralize, random_mask_like
+from roiroa.errors import InputError
+from roiroa.evaluate import RunConfig, RunResult, load_config, run_experiment
+from roiroa.maps import Occlusion, PerturbationMagnitude, Saliency, create_estimator, list_estimators
+from roiroa.models import MnistCNN, accuracy, create_model, list_models, load_or_train, predict
+from roiroa.regions import Segments, dice, grid_regions, iou, isolate, pearson, spearman, top_q_mask
+
+__all__ = [
+    "__version__",
+    "InputError",
+    "ImageDataset",
+    "load_dataset",
+    "split_by_class",
+    "MnistCNN",
+    "create_model",
+    "list_models",
+    "load_or_train",
+    "predict",
+    "accuracy",
+    "FGSM",
+    "LinfPGD",
+    "L2PGD",
+    "AttackResult",
+    "create_attack",
+    "list_attacks",
+    "Occlusion",
+    "Saliency",
+    "PerturbationMagnitude",
+    "create_estimator",
+    "list_estimators",
+    "grid_regions",
+    "isolate",
+    "top_q_mask",
+    "Segments",
+    "iou",
+    "dice",
+    "pearson",
+    "spearman",
+    "GlobalMask",
+    "Neutralizer",
+    "neutralize",
+    "fill_value",
+    "random_mask_like",
+    "RunConfig",
+    "RunResult",
+    "load_config",
+    "run_experiment",
+]

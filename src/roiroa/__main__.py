@@ -1,0 +1,5 @@
+import sys
+
+from roiroa.cli import main
+
+sys.exit(main())

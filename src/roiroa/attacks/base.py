@@ -1,0 +1,201 @@
+"""The shared gradient loop of every L-infinity and L2 attack (as in Foolbox 3).
+
+Every attack has one signature, ``attack(model, x, y, mask=None) -> x_adv``, and ``attack.run(...)``
+returns an :class:`AttackResult` that also holds the accumulated gradient map. The loop follows
+ART's ``ProjectedGradientDescent`` step for step (gradient, mask, normalize, step, clip to [0, 1],
+project onto the eps-ball), so both give the same images from the same start.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, ClassVar, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from roiroa.registry import Registry
+from roiroa.utils import batch_slices, model_device, progress
+from roiroa.validation import check_images, check_labels, check_mask, check_number
+
+Norm = Literal["linf", "l2"]
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """What an attack produced.
+
+    Attributes:
+        x_adv: (N, C, H, W) in [0, 1], within eps of x.
+        grad_map: (N, H, W) >= 0, the magnitude of the loss gradient (L2 over channels) summed
+            over all steps and restarts, zero outside the mask. Unlike |x_adv - x| it does not
+            saturate at eps, so it ranks positions even for L-infinity attacks.
+    """
+
+    x_adv: torch.Tensor
+    grad_map: torch.Tensor
+
+
+def loss_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Gradient of the summed cross-entropy w.r.t. x: (N, C, H, W) -> (N, C, H, W).
+
+    The sum (not the mean) keeps each image's gradient independent of the batch size. The
+    model's parameter gradients are left untouched.
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        loss = F.cross_entropy(model(x), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+    return grad
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each sample of t: (N, ...) -> (N, 1, 1, 1)."""
+    return t.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+
+
+def normalize_step(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """The steepest-ascent direction of unit norm: sign(grad) for linf, grad / ||grad||_2 for l2 (0 stays 0)."""
+    if norm == "linf":
+        return grad.sign()
+    n = _flat_norm(grad)
+    return grad / torch.where(n == 0, torch.ones_like(n), n)
+
+
+def project(delta: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
+    """Project each perturbation of delta: (N, C, H, W) onto the eps-ball of ``norm``."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    n = _flat_norm(delta)
+    return delta * torch.where(n > eps, eps / torch.where(n == 0, torch.ones_like(n), n), torch.ones_like(n))
+
+
+def random_start(x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
+    """A uniform random point of the eps-ball around 0, shaped like x (torch's global generator)."""
+    if norm == "linf":
+        return torch.empty_like(x).uniform_(-eps, eps)
+    d = x[0].numel()
+    direction = torch.randn_like(x)
+    radius = eps * torch.rand(len(x), 1, 1, 1, device=x.device, dtype=x.dtype) ** (1.0 / d)
+    return direction / _flat_norm(direction) * radius
+
+
+class GradientAttack:
+    """Base of the gradient attacks; concrete attacks are dataclasses that set the hyperparameters.
+
+    Subclasses define the fields ``eps``, ``steps``, ``random_start``, ``restarts``, ``batch_size``
+    (fields or class constants), the class constant ``norm``, and ``step_size_value()``.
+    """
+
+    name: ClassVar[str]
+    norm: ClassVar[Norm]
+    eps: float
+    steps: int
+    random_start: bool
+    restarts: int
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        check_number(owner, "eps", self.eps, low=0.0, low_open=True, high=1.0 if self.norm == "linf" else None)
+        check_number(owner, "steps", self.steps, low=1, integer=True)
+        check_number(owner, "restarts", self.restarts, low=1, integer=True)
+        check_number(owner, "batch_size", self.batch_size, low=1, integer=True)
+        check_number(owner, "step_size", self.step_size_value(), low=0.0, low_open=True)
+
+    def step_size_value(self) -> float:
+        """The absolute step size used at every step."""
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """The hyperparameters as a JSON-able dict, with the resolved step size and norm."""
+        resolved = {"steps": self.steps, "step_size": self.step_size_value(), "random_start": self.random_start,
+                    "restarts": self.restarts}  # fmt: skip
+        return {"attack": self.name, "norm": self.norm, **asdict(self), **resolved}
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Adversarial images x_adv: (N, C, H, W) in [0, 1]; see :meth:`run`."""
+        return self.run(model, x, y, mask).x_adv
+
+    def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> AttackResult:
+        """Attack ``model`` (in eval mode) on x in chunks of ``batch_size``.
+
+        Args:
+            model: logits (N, K) from (N, C, H, W); left unchanged.
+            x: (N, C, H, W) in [0, 1], any device; chunks go to the model's device.
+            y: (N,) int64 true labels (the attack raises their loss).
+            mask: optional (N or 1, 1, H, W) in {0, 1}: where the perturbation may act.
+
+        Returns:
+            AttackResult with tensors on x's device.
+        """
+        check_images(x)
+        check_labels(y, len(x))
+        if mask is not None:
+            check_mask(mask, x)
+        device = model_device(model)
+        outs = []
+        for s in progress(batch_slices(len(x), self.batch_size), type(self).__name__):
+            m = None if mask is None else (mask if len(mask) == 1 else mask[s]).to(device, x.dtype)
+            outs.append(self._attack_chunk(model, x[s].to(device), y[s].to(device), m))
+        return AttackResult(torch.cat([o[0] for o in outs]).to(x.device), torch.cat([o[1] for o in outs]).to(x.device))
+
+    def _attack_chunk(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best of the restarts: the first restart's result, replaced by a later one that succeeds."""
+        best, grad_map = self._one_start(model, x, y, mask)
+        for _ in range(self.restarts - 1):
+            fooled = _fooled(model, best, y)
+            x_adv, more = self._one_start(model, x, y, mask)
+            grad_map += more
+            take = ~fooled & _fooled(model, x_adv, y)
+            best = torch.where(take.view(-1, 1, 1, 1), x_adv, best)
+        return best, grad_map
+
+    def _one_start(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keep: Callable[[torch.Tensor], torch.Tensor] = (lambda t: t) if mask is None else (lambda t: t * mask)
+        x_adv = x.clone()
+        if self.random_start:
+            x_adv = (x + keep(random_start(x, self.eps, self.norm))).clamp(0.0, 1.0)
+        grad_map = torch.zeros(x.shape[0], *x.shape[2:], device=x.device, dtype=x.dtype)
+        step = self.step_size_value()
+        for _ in range(self.steps):
+            grad = keep(loss_gradient(model, x_adv, y))
+            grad_map += grad.norm(dim=1)
+            x_adv = (x_adv + step * normalize_step(grad, self.norm)).clamp(0.0, 1.0)
+            x_adv = x + project(x_adv - x, self.eps, self.norm)
+        return x_adv.detach(), grad_map
+
+
+@torch.no_grad()
+def _fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the model does not predict y on x."""
+    return model(x).argmax(dim=1) != y
+
+
+ATTACKS: Registry[GradientAttack] = Registry("attack")
+register_attack = ATTACKS.register
+
+
+def create_attack(name: str, **kwargs: Any) -> GradientAttack:
+    """A configured attack by registered name, e.g. ``create_attack('pgd-linf', eps=0.1)``."""
+    return ATTACKS.create(name, **kwargs)
+
+
+def attack_parameters(name: str) -> list[str]:
+    """The hyperparameter names the attack registered as ``name`` accepts."""
+    return list(inspect.signature(ATTACKS.get(name)).parameters)
+
+
+def list_attacks(pattern: str = "*") -> list[str]:
+    """Registered attack names matching ``pattern``."""
+    return ATTACKS.names(pattern)

@@ -1,0 +1,60 @@
+"""The on-disk cache and atomic writes.
+
+The cache folder is ``$ROIROA_CACHE`` if set, else ``~/.cache/roiroa`` (``$XDG_CACHE_HOME/roiroa``
+where that is set). Every file is written under a temporary name in the same folder and renamed,
+so a reader never sees a half-written entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from roiroa.errors import InputError
+
+
+def cache_dir() -> Path:
+    """The cache folder (created on first use)."""
+    if os.environ.get("ROIROA_CACHE"):
+        root = Path(os.environ["ROIROA_CACHE"])
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "roiroa"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the cache folder {root} ({err}): set ROIROA_CACHE to a writable folder.") from None
+    return root
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(tmp_path)`` and rename the result onto ``path``; nothing is left behind on error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def hash_tensors(*tensors: torch.Tensor) -> str:
+    """SHA-256 of the tensors' dtypes, shapes and bytes, in hex."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def hash_json(obj: Any) -> str:
+    """SHA-256 of a JSON-able object with sorted keys, in hex."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

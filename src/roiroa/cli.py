@@ -1,0 +1,99 @@
+"""The command line: a thin layer over :func:`roiroa.run_experiment` and :func:`roiroa.report.write_run`.
+
+    roiroa run [--config FILE] [--out DIR] [--quick] [--seed N] [--device auto|cpu|cuda]
+    roiroa list
+
+Bad input ends with one line on stderr and exit code 2, and no run folder is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from roiroa.attacks.base import list_attacks
+from roiroa.errors import InputError
+from roiroa.evaluate.config import RunConfig, load_config, quick, validate
+from roiroa.maps.registry import list_estimators
+from roiroa.models.registry import list_models
+from roiroa.utils import set_progress
+
+log = logging.getLogger("roiroa")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="roiroa", description="Region of Importance / Region of Attack analysis.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the whole pipeline and write a results folder")
+    run.add_argument("--config", type=Path, help="a .json or .toml config (a run folder's config.json repeats that run)")
+    run.add_argument("--out", type=Path, help="results folder (default: roiroa-runs/<date-time>)")
+    run.add_argument("--quick", action="store_true", help="200 test images, 200 fitting images, at most 10 attack steps")
+    run.add_argument("--seed", type=int, help="seed of every random choice (default: the config's, 0)")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to compute (default: auto)")
+    run.add_argument("--data", help="dataset: 'mnist' (bundled), a .npz, an IDX images file, or an image folder")
+    run.add_argument("--labels", help="the IDX labels file, with an IDX images file as --data")
+    run.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars on stderr")
+    sub.add_parser("list", help="list registered models, attacks and estimators")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The config file (or the defaults) with the command line's overrides applied."""
+    config = load_config(args.config) if args.config else RunConfig()
+    top = {k: v for k, v in (("seed", args.seed), ("device", args.device)) if v is not None}
+    data = {k: v for k, v in (("source", args.data), ("labels", args.labels)) if v is not None}
+    config = dataclasses.replace(config, **top, data=dataclasses.replace(config.data, **data))
+    if args.quick:
+        config = quick(config)
+    validate(config)
+    return config
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from roiroa.evaluate.runner import run_experiment
+    from roiroa.report import headline_table, write_run
+    from roiroa.report.run_folder import prepare_out_dir
+
+    config = config_from_args(args)
+    out = args.out or Path("roiroa-runs") / time.strftime("%Y%m%d-%H%M%S")
+    prepare_out_dir(out, args.overwrite)  # fail before the work, not after
+    set_progress(args.progress)
+    log.info("roiroa run: %s, seed %d%s", config.data.source, config.seed, ", quick" if config.quick else "")
+    result = run_experiment(config)
+    write_run(result, out, args.overwrite)
+    print(headline_table(result.results))
+    print(f"results: {out}/ (results.json, metrics.csv, per_image.csv, maps.npz, examples.png, config.json)")
+    return 0
+
+
+def command_list() -> int:
+    print("models:     " + ", ".join(list_models()))
+    print("attacks:    " + ", ".join(list_attacks()))
+    print("estimators: " + ", ".join(list_estimators()))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return command_run(args) if args.command == "run" else command_list()
+    except InputError as err:
+        if args.debug:
+            raise
+        print(f"roiroa: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("roiroa: interrupted; no results folder was written.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

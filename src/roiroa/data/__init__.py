@@ -1,0 +1,22 @@
+"""Datasets as (images in [0, 1], labels) tensors: bundled MNIST and readers for users' files."""
+
+from roiroa.data.dataset import ImageDataset, make_dataset, sample_per_class, split_by_class
+from roiroa.data.readers import (
+    load_bundled_mnist,
+    load_dataset,
+    read_idx,
+    read_image_folder,
+    read_npz,
+)
+
+__all__ = [
+    "ImageDataset",
+    "make_dataset",
+    "split_by_class",
+    "sample_per_class",
+    "load_bundled_mnist",
+    "load_dataset",
+    "read_npz",
+    "read_idx",
+    "read_image_folder",
+]

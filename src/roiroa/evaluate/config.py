@@ -1,0 +1,259 @@
+"""The run configuration: a tree of frozen dataclasses, read from JSON or TOML, checked strictly.
+
+A run's folder holds ``config.json``, the effective configuration (after ``--quick`` and command
+line overrides); passing it back with ``--config`` repeats the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from roiroa.attacks.base import attack_parameters, create_attack
+from roiroa.defence.neutralizer import FILLS
+from roiroa.errors import InputError
+from roiroa.maps.vulnerability import VULNERABILITY_SOURCES
+from roiroa.models.registry import list_models
+from roiroa.validation import check_choice, check_number
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+IMPORTANCE_METHODS = ("occlusion", "saliency")
+QUICK_TEST_IMAGES = 200
+QUICK_FIT_IMAGES = 200
+QUICK_STEPS = 10
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images, and how they are split.
+
+    source: 'mnist' (bundled real MNIST), or a .npz file, an IDX images file, or an image folder.
+    labels: the IDX labels file (with an IDX images file only).
+    test_fraction: share of each class held out for testing.
+    max_test: use at most this many test images (balanced over classes); None = all.
+    n_fit: images of the training split used to fit the global mask.
+    """
+
+    source: str = "mnist"
+    labels: str | None = None
+    test_fraction: float = 0.2
+    max_test: int | None = None
+    n_fit: int = 500
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The reference model trained on the training split (cached): architecture and recipe."""
+
+    arch: str = "mnist-cnn"
+    epochs: int = 12
+    lr: float = 3e-3
+    batch_size: int = 64
+    shift: int = 2
+
+
+@dataclass(frozen=True)
+class MapsConfig:
+    """Importance (RoI) and vulnerability (RoA) estimators.
+
+    importance: 'occlusion' or 'saliency'.
+    window, stride, baseline: occlusion windows and their fill.
+    vulnerability: 'auto', 'perturbation' or 'gradient' (see roiroa.maps.vulnerability).
+    batch_size: occluded images per forward pass.
+    """
+
+    importance: str = "occlusion"
+    window: int = 4
+    stride: int = 2
+    baseline: float = 0.0
+    vulnerability: str = "auto"
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class RegionsConfig:
+    """Isolation: top-q fractions of the RoI and RoA, and the method used by the defence."""
+
+    q_roi: float = 0.2
+    q_roa: float = 0.2
+    threshold: str = "top_q"
+
+
+@dataclass(frozen=True)
+class DefenceConfig:
+    """Neutralization: the fill, and the RoA fractions of the oracle analysis."""
+
+    fill: str = "zero"
+    oracle_q: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
+
+
+def default_attacks() -> tuple[dict[str, Any], ...]:
+    """FGSM and PGD L-infinity at eps 0.15, PGD L2 at eps 2.0, 20 steps."""
+    return (
+        {"name": "fgsm", "eps": 0.15},
+        {"name": "pgd-linf", "eps": 0.15, "steps": 20},
+        {"name": "pgd-l2", "eps": 2.0, "steps": 20},
+    )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that makes a run. ``attacks`` is a list of {name, label?, hyperparameters...}."""
+
+    seed: int = 0
+    device: str = "auto"
+    quick: bool = False
+    batch_size: int = 64
+    examples: int = 8
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attacks: tuple[dict[str, Any], ...] = field(default_factory=default_attacks)
+    maps: MapsConfig = field(default_factory=MapsConfig)
+    regions: RegionsConfig = field(default_factory=RegionsConfig)
+    defence: DefenceConfig = field(default_factory=DefenceConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict that :func:`config_from_dict` reads back to an equal config."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def attack_label(spec: dict[str, Any]) -> str:
+    """The name results use for an attack entry: its 'label', else its registered 'name'."""
+    return str(spec.get("label", spec["name"]))
+
+
+def attack_kwargs(spec: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """The hyperparameters of an attack entry, with the run's batch size unless it sets its own."""
+    kwargs = {k: v for k, v in spec.items() if k not in ("name", "label")}
+    kwargs.setdefault("batch_size", batch_size)
+    return kwargs
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    """Return ``value`` converted to ``hint`` (lists to tuples, ints to floats), or raise InputError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        return _check_type(value, next(o for o in options if o is not type(None)), where)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise InputError(f"config: '{where}' must be a table of settings; got {value!r}.")
+        return _from_dict(hint, value, where + ".")
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"config: '{where}' must be a list; got {value!r}.")
+        return tuple(_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"config: '{where}' must be a table; got {value!r}.")
+        return dict(value)
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[hint]
+    if not ok:
+        raise InputError(f"config: '{where}' must be {hint.__name__}; got {value!r}.")
+    return float(value) if hint is float else value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise InputError(f"config: unknown key '{prefix}{unknown[0]}'; valid keys here: {', '.join(names)}.")
+    return cls(**{k: _check_type(v, hints[k], prefix + k) for k, v in data.items()})
+
+
+def validate(config: RunConfig) -> None:
+    """Check every value that the types alone do not (ranges, names, attack hyperparameters)."""
+    c = config
+    check_number("config", "seed", c.seed, low=0, integer=True)
+    check_choice("config", "device", c.device, ("auto", "cpu", "cuda"))
+    check_number("config", "batch_size", c.batch_size, low=1, integer=True)
+    check_number("config", "examples", c.examples, low=0, high=64, integer=True)
+    check_number("config", "data.test_fraction", c.data.test_fraction, low=0.0, low_open=True, high=0.99)
+    if c.data.max_test is not None:
+        check_number("config", "data.max_test", c.data.max_test, low=1, integer=True)
+    check_number("config", "data.n_fit", c.data.n_fit, low=1, integer=True)
+    check_choice("config", "model.arch", c.model.arch, list_models())
+    check_number("config", "model.epochs", c.model.epochs, low=1, high=1000, integer=True)
+    check_number("config", "model.lr", c.model.lr, low=0.0, low_open=True, high=1.0)
+    check_number("config", "model.batch_size", c.model.batch_size, low=1, integer=True)
+    check_number("config", "model.shift", c.model.shift, low=0, high=8, integer=True)
+    check_choice("config", "maps.importance", c.maps.importance, IMPORTANCE_METHODS)
+    check_number("config", "maps.window", c.maps.window, low=1, integer=True)
+    check_number("config", "maps.stride", c.maps.stride, low=1, high=c.maps.window, integer=True)
+    check_number("config", "maps.baseline", c.maps.baseline, low=0.0, high=1.0)
+    check_choice("config", "maps.vulnerability", c.maps.vulnerability, VULNERABILITY_SOURCES)
+    check_number("config", "maps.batch_size", c.maps.batch_size, low=1, integer=True)
+    check_number("config", "regions.q_roi", c.regions.q_roi, low=0.0, low_open=True, high=1.0)
+    check_number("config", "regions.q_roa", c.regions.q_roa, low=0.0, low_open=True, high=1.0)
+    check_choice("config", "regions.threshold", c.regions.threshold, ("top_q", "otsu"))
+    check_choice("config", "defence.fill", c.defence.fill, FILLS)
+    for q in c.defence.oracle_q:
+        check_number("config", "defence.oracle_q", q, low=0.0, low_open=True, high=1.0)
+    if not c.attacks:
+        raise InputError("config: 'attacks' is empty; give at least one attack, e.g. {name = 'pgd-linf'}.")
+    labels = []
+    for i, spec in enumerate(c.attacks):
+        if "name" not in spec:
+            raise InputError(f"config: attacks[{i}] has no 'name'; add one, e.g. name = 'pgd-linf'.")
+        create_attack(spec["name"], **attack_kwargs(spec, c.batch_size))  # checks every hyperparameter
+        labels.append(attack_label(spec))
+    if len(set(labels)) != len(labels):
+        raise InputError("config: two attacks share a name; give each a distinct 'label'.")
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """A validated RunConfig from a dict (unknown keys and wrong types are InputErrors)."""
+    config = _from_dict(RunConfig, data)
+    validate(config)
+    return config
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a RunConfig from a .json or .toml file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise InputError(f"cannot read config {path} ({err.strerror}); check the path.") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as err:
+        raise InputError(f"config {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {err}.") from None
+    if not isinstance(data, dict):
+        raise InputError(f"config {path} must hold a table of settings at the top level.")
+    return config_from_dict(data)
+
+
+def quick(config: RunConfig) -> RunConfig:
+    """The --quick variant: at most 200 test and 200 fitting images, at most 10 attack steps."""
+    data = dataclasses.replace(
+        config.data,
+        max_test=min(config.data.max_test or QUICK_TEST_IMAGES, QUICK_TEST_IMAGES),
+        n_fit=min(config.data.n_fit, QUICK_FIT_IMAGES),
+    )
+    attacks = tuple(
+        {**spec, "steps": min(int(spec.get("steps", QUICK_STEPS)), QUICK_STEPS)}
+        if "steps" in attack_parameters(spec["name"])
+        else spec
+        for spec in config.attacks
+    )
+    return dataclasses.replace(config, quick=True, data=data, attacks=attacks)

@@ -1,0 +1,295 @@
+"""The experiment runner: data -> model -> attacks and maps -> regions -> defence -> oracle.
+
+``run_experiment(config)`` returns a :class:`RunResult` in memory; :mod:`roiroa.report.run_folder`
+writes it to disk.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+import roiroa
+from roiroa.attacks.base import AttackResult, GradientAttack, create_attack
+from roiroa.data.dataset import ImageDataset, sample_per_class, split_by_class
+from roiroa.data.readers import load_dataset
+from roiroa.defence.neutralizer import GlobalMask, Neutralizer, fill_value, random_mask_like
+from roiroa.evaluate.config import RunConfig, attack_kwargs, attack_label
+from roiroa.evaluate.robustness import correct, evaluate_defence, mean, oracle_analysis
+from roiroa.maps.occlusion import Occlusion
+from roiroa.maps.saliency import Saliency
+from roiroa.maps.vulnerability import attack_vulnerability, mean_vulnerability
+from roiroa.models.predict import predict
+from roiroa.models.train import TrainedModel, TrainingRecipe, load_or_train
+from roiroa.regions.segments import SEGMENT_NAMES, Segments
+from roiroa.regions.statistics import dice, iou, pearson, spearman, summarize
+from roiroa.regions.thresholds import isolate
+from roiroa.utils import resolve_device, seed_all, stage_seed
+
+ALL = "all"  # the key of the mean vulnerability over all attacks
+
+
+class Timings(dict):
+    """Seconds per stage; ``with timings('stage'):`` adds the time spent inside."""
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self[stage] = round(self.get(stage, 0.0) + time.perf_counter() - start, 3)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """train: trains the model; fit: the subset of train that fits the mask; test: evaluation."""
+
+    train: ImageDataset
+    fit: ImageDataset
+    test: ImageDataset
+
+
+@dataclass(frozen=True)
+class MapSet:
+    """Maps of one set of images (all (N, H, W)) and the attack results behind them.
+
+    vulnerability: label -> that attack's map, and ``'all'`` -> their mean (each at unit mean).
+    """
+
+    importance: torch.Tensor
+    saliency: torch.Tensor
+    vulnerability: dict[str, torch.Tensor]
+    results: dict[str, AttackResult]
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced, in memory. ``results`` is the content of results.json."""
+
+    config: RunConfig
+    results: dict[str, Any]
+    splits: Splits
+    model: nn.Module
+    test_maps: MapSet
+    segments: Segments
+    mask: GlobalMask
+    random_mask: torch.Tensor
+    fill: torch.Tensor
+    predictions: dict[str, torch.Tensor]
+    per_image: dict[str, torch.Tensor]
+
+
+def load_splits(config: RunConfig) -> Splits:
+    """Read the dataset, split it by class (seeded), and draw the fitting and (capped) test sets."""
+    data = load_dataset(config.data.source, config.data.labels)
+    train, test = split_by_class(data, config.data.test_fraction, config.seed)
+    if config.data.max_test is not None:
+        test = sample_per_class(test, config.data.max_test, stage_seed(config.seed, "test-subset"))
+    fit = sample_per_class(train, config.data.n_fit, stage_seed(config.seed, "fit-subset"))
+    return Splits(train, fit, test)
+
+
+def build_attacks(config: RunConfig) -> dict[str, GradientAttack]:
+    """label -> attack, in config order."""
+    return {attack_label(s): create_attack(s["name"], **attack_kwargs(s, config.batch_size)) for s in config.attacks}
+
+
+def importance_estimator(config: RunConfig) -> Occlusion | Saliency:
+    """The RoI estimator the config names."""
+    m = config.maps
+    if m.importance == "occlusion":
+        return Occlusion(window=m.window, stride=m.stride, baseline=m.baseline, batch_size=m.batch_size)
+    return Saliency(batch_size=config.batch_size)
+
+
+def compute_maps(
+    model: nn.Module,
+    data: ImageDataset,
+    attacks: dict[str, GradientAttack],
+    config: RunConfig,
+    stage: str,
+    timings: Timings,
+) -> MapSet:
+    """Run every attack on ``data`` and compute importance, saliency and vulnerability maps."""
+    x, y = data.images, data.labels
+    with timings(f"attacks_{stage}"):
+        results = {}
+        for label, attack in attacks.items():
+            seed_all(stage_seed(config.seed, f"{stage}:{label}"))
+            results[label] = attack.run(model, x, y)
+    vuln = {
+        label: attack_vulnerability(x, results[label], attacks[label].norm, config.maps.vulnerability)  # type: ignore[arg-type]
+        for label in attacks
+    }
+    vuln[ALL] = mean_vulnerability(list(vuln.values()))
+    with timings(f"importance_{stage}"):
+        importance = importance_estimator(config)(model, x, y)
+        saliency = importance if config.maps.importance == "saliency" else Saliency(batch_size=config.batch_size)(model, x, y)
+    return MapSet(importance, saliency, vuln, results)
+
+
+def region_statistics(maps: MapSet, config: RunConfig) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Overlap of RoI and RoA (top-q and Otsu) and correlation of the maps, per attack and for 'all'.
+
+    Returns:
+        (the ``regions`` section of results.json, per-image values name -> (N,)).
+    """
+    r = config.regions
+    per_image: dict[str, torch.Tensor] = {}
+    section: dict[str, Any] = {"importance": config.maps.importance, "correlation": {}, "overlap": {}}
+    for label, vuln in maps.vulnerability.items():
+        per_image[f"pearson[{label}]"] = pearson(maps.importance, vuln)
+        per_image[f"spearman[{label}]"] = spearman(maps.importance, vuln)
+        section["correlation"][label] = {k: summarize(per_image[f"{k}[{label}]"]) for k in ("pearson", "spearman")}
+    for method in ("top_q", "otsu"):
+        roi = isolate(maps.importance, method, r.q_roi)  # type: ignore[arg-type]
+        entry: dict[str, Any] = {"q_roi": r.q_roi, "q_roa": r.q_roa} if method == "top_q" else {}
+        for label, vuln in maps.vulnerability.items():
+            roa = isolate(vuln, method, r.q_roa)  # type: ignore[arg-type]
+            per_image[f"iou_{method}[{label}]"] = iou(roi, roa)
+            per_image[f"dice_{method}[{label}]"] = dice(roi, roa)
+            entry[label] = {
+                "iou": summarize(per_image[f"iou_{method}[{label}]"]),
+                "dice": summarize(per_image[f"dice_{method}[{label}]"]),
+                "roi_area": float(roi.double().mean()),
+                "roa_area": float(roa.double().mean()),
+            }
+        section["overlap"][method] = entry
+    return section, per_image
+
+
+def test_segments(maps: MapSet, config: RunConfig) -> Segments:
+    """The four segments of each test image with the defence's threshold and the mean RoA."""
+    r = config.regions
+    roi = isolate(maps.importance, r.threshold, r.q_roi)  # type: ignore[arg-type]
+    return Segments(roi, isolate(maps.vulnerability[ALL], r.threshold, r.q_roa))  # type: ignore[arg-type]
+
+
+def attack_summary(model: nn.Module, attack: GradientAttack, x: torch.Tensor, y: torch.Tensor, result: AttackResult) -> dict[str, Any]:
+    """Parameters, robust accuracy, success rate and perturbation size of one attack on f."""
+    ok_clean, ok_adv = correct(model, x, y), correct(model, result.x_adv, y)
+    delta = (result.x_adv - x).flatten(1)
+    return {
+        "params": attack.params(),
+        "robust_accuracy": mean(ok_clean & ok_adv),
+        "success_rate": mean(~ok_adv[ok_clean]) if ok_clean.any() else float("nan"),
+        "mean_linf": float(delta.abs().amax(1).mean()),
+        "mean_l2": float(delta.norm(dim=1).mean()),
+    }
+
+
+def oracle_rows(model: nn.Module, test: ImageDataset, maps: MapSet, segments: Segments, fill: torch.Tensor, config: RunConfig) -> list[dict[str, Any]]:
+    """The oracle analysis for every attack and every q in ``defence.oracle_q``."""
+    gen = torch.Generator().manual_seed(stage_seed(config.seed, "oracle-random-masks"))
+    rows = []
+    for label, result in maps.results.items():
+        for q in config.defence.oracle_q:
+            row = oracle_analysis(model, test.images, test.labels, result.x_adv, segments.roi, maps.vulnerability[label], q, fill, gen)
+            rows.append({"attack": label, "q_roa": q, "q_roi": config.regions.q_roi, **row})
+    return rows
+
+
+def versions() -> dict[str, str]:
+    """Versions of roiroa, torch and Python."""
+    return {"roiroa": roiroa.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def run_experiment(config: RunConfig) -> RunResult:
+    """Run every stage of a config and return the results in memory (nothing is written)."""
+    timings = Timings()
+    device = resolve_device(config.device)
+    with timings("data"):
+        splits = load_splits(config)
+    with timings("model"):
+        recipe = TrainingRecipe(config.model.epochs, config.model.lr, config.model.batch_size, config.model.shift)
+        trained = load_or_train(config.model.arch, splits.train, recipe, config.seed, device)
+    model, test = trained.model, splits.test
+    attacks = build_attacks(config)
+    test_maps = compute_maps(model, test, attacks, config, "test", timings)
+    with timings("regions"):
+        regions, per_image = region_statistics(test_maps, config)
+        segments = test_segments(test_maps, config)
+    fit_maps = compute_maps(model, splits.fit, attacks, config, "fit", timings)
+    with timings("defence"):
+        r = config.regions
+        mask = GlobalMask(r.q_roi, r.q_roa, r.threshold).fit(fit_maps.importance, fit_maps.vulnerability[ALL])  # type: ignore[arg-type]
+        fill = fill_value(config.defence.fill, splits.fit.images)  # type: ignore[arg-type]
+        random_mask = random_mask_like(mask.mask_, torch.Generator().manual_seed(stage_seed(config.seed, "random-mask")))
+        seed_all(stage_seed(config.seed, "adaptive"))
+        defence_rows = evaluate_defence(
+            model,
+            mask.wrap(model, fill).to(device),
+            Neutralizer(model, random_mask, fill).to(device),
+            test.images,
+            test.labels,
+            attacks,
+            test_maps.results,
+        )
+    with timings("oracle"):
+        oracle = oracle_rows(model, test, test_maps, segments, fill, config)
+    predictions = {"clean": predict(model, test.images)} | {
+        label: predict(model, res.x_adv) for label, res in test_maps.results.items()
+    }
+    results = {
+        "roiroa_results_version": 1,
+        "seed": config.seed,
+        "quick": config.quick,
+        "device": device.type,
+        "dataset": dataset_summary(splits, config),
+        "model": model_summary(trained, config, mean(predictions["clean"] == test.labels)),
+        "attacks": {l: attack_summary(model, a, test.images, test.labels, test_maps.results[l]) for l, a in attacks.items()},
+        "maps": maps_summary(config, attacks),
+        "regions": regions | {"segments": segment_summary(segments, config)},
+        "defence": [{"mask": "global", "fill": config.defence.fill, "threshold": r.threshold, **row} for row in defence_rows],
+        "oracle": oracle,
+        "timings": timings,
+        "versions": versions(),
+    }
+    return RunResult(config, results, splits, model, test_maps, segments, mask, random_mask, fill, predictions, per_image)
+
+
+def dataset_summary(splits: Splits, config: RunConfig) -> dict[str, Any]:
+    return {
+        "name": splits.test.name,
+        "source": config.data.source,
+        "classes": list(splits.test.classes),
+        "image_shape": list(splits.test.image_shape),
+        "n_train": len(splits.train),
+        "n_fit": len(splits.fit),
+        "n_test": len(splits.test),
+    }
+
+
+def model_summary(trained: TrainedModel, config: RunConfig, test_accuracy: float) -> dict[str, Any]:
+    return {
+        "name": config.model.arch,
+        "test_accuracy": test_accuracy,
+        "parameters": sum(p.numel() for p in trained.model.parameters()),
+        "checkpoint": str(trained.checkpoint),
+        "from_cache": trained.from_cache,
+    }
+
+
+def maps_summary(config: RunConfig, attacks: dict[str, GradientAttack]) -> dict[str, Any]:
+    m = config.maps
+    importance: dict[str, Any] = {"method": m.importance}
+    if m.importance == "occlusion":
+        importance |= {"window": m.window, "stride": m.stride, "baseline": m.baseline, "output": "softmax probability drop"}
+    used = {
+        label: ("gradient" if m.vulnerability == "gradient" or (m.vulnerability == "auto" and a.norm == "linf") else "perturbation")
+        for label, a in attacks.items()
+    }
+    return {"importance": importance, "vulnerability": {"source": m.vulnerability, "per_attack": used, ALL: "mean of unit-mean maps"}}
+
+
+def segment_summary(segments: Segments, config: RunConfig) -> dict[str, Any]:
+    fractions = segments.fractions()
+    return {"threshold": config.regions.threshold, "roa": ALL} | {n: float(fractions[n].mean()) for n in SEGMENT_NAMES}
+

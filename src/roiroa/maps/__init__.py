@@ -1,0 +1,29 @@
+"""Importance and vulnerability estimators, each ``estimator(model, x, y) -> (N, H, W)``."""
+
+from roiroa.maps.occlusion import Occlusion, occlusion_drops
+from roiroa.maps.registry import ESTIMATORS, create_estimator, list_estimators, register_estimator
+from roiroa.maps.saliency import Saliency
+from roiroa.maps.vulnerability import (
+    VULNERABILITY_SOURCES,
+    PerturbationMagnitude,
+    attack_vulnerability,
+    mean_vulnerability,
+    perturbation_map,
+    unit_mean,
+)
+
+__all__ = [
+    "ESTIMATORS",
+    "create_estimator",
+    "list_estimators",
+    "register_estimator",
+    "Occlusion",
+    "occlusion_drops",
+    "Saliency",
+    "PerturbationMagnitude",
+    "attack_vulnerability",
+    "mean_vulnerability",
+    "perturbation_map",
+    "unit_mean",
+    "VULNERABILITY_SOURCES",
+]

@@ -1,0 +1,20 @@
+"""The estimator registry: importance and vulnerability maps by name."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from roiroa.registry import Registry
+
+ESTIMATORS: Registry[Callable[..., Any]] = Registry("estimator")
+register_estimator = ESTIMATORS.register
+
+
+def create_estimator(name: str, **kwargs: Any) -> Callable[..., Any]:
+    """A configured estimator ``estimator(model, x, y) -> (N, H, W)`` by registered name."""
+    return ESTIMATORS.create(name, **kwargs)
+
+
+def list_estimators(pattern: str = "*") -> list[str]:
+    """Registered estimator names matching ``pattern``."""
+    return ESTIMATORS.names(pattern)

@@ -1,0 +1,23 @@
+"""Segregation (partitions), isolation (thresholds), the four segments, and their statistics."""
+
+from roiroa.regions.partition import grid_regions, regions_to_pixels, window_starts
+from roiroa.regions.segments import SEGMENT_NAMES, Segments
+from roiroa.regions.statistics import dice, iou, pearson, spearman, summarize
+from roiroa.regions.thresholds import THRESHOLD_METHODS, isolate, otsu_mask, top_q_mask
+
+__all__ = [
+    "grid_regions",
+    "regions_to_pixels",
+    "window_starts",
+    "Segments",
+    "SEGMENT_NAMES",
+    "iou",
+    "dice",
+    "pearson",
+    "spearman",
+    "summarize",
+    "isolate",
+    "top_q_mask",
+    "otsu_mask",
+    "THRESHOLD_METHODS",
+]

@@ -1,0 +1,47 @@
+"""Segregation: partitions of the H x W positions into regions, as boolean region masks (R, H, W).
+
+Windows of a grid may overlap (stride < window); a per-pixel value of region values is then the
+mean over the regions that cover the pixel (:func:`regions_to_pixels`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from roiroa.validation import check_number
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Start offsets 0, stride, 2*stride, ... of windows along one axis, plus one flush with the end
+    when the stride does not land there, so every position is covered."""
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] + window < size:
+        starts.append(size - window)
+    return starts
+
+
+def grid_regions(height: int, width: int, window: int, stride: int) -> torch.Tensor:
+    """All window x window windows with the given stride, as masks (R, H, W) bool, row-major order."""
+    check_number("grid_regions", "window", window, low=1, high=min(height, width), integer=True)
+    check_number("grid_regions", "stride", stride, low=1, high=window, integer=True)
+    rows, cols = window_starts(height, window, stride), window_starts(width, window, stride)
+    masks = torch.zeros(len(rows) * len(cols), height, width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            masks[i * len(cols) + j, r : r + window, c : c + window] = True
+    return masks
+
+
+def regions_to_pixels(values: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """Per-pixel mean of region values over the regions covering each pixel.
+
+    Args:
+        values: (N, R) one value per image and region.
+        regions: (R, H, W) bool.
+
+    Returns:
+        (N, H, W); 0 at pixels no region covers.
+    """
+    flat = regions.flatten(1).to(values.dtype)  # (R, P)
+    coverage = flat.sum(0).clamp(min=1)
+    return (values @ flat / coverage).view(values.shape[0], *regions.shape[1:])
