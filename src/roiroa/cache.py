@@ -11,8 +11,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -28,7 +29,9 @@ def cache_dir() -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise InputError(f"cannot create the cache folder {root} ({err}): set ROIROA_CACHE to a writable folder.") from None
+        raise InputError(
+            f"cannot create the cache folder {root} ({err}): set ROIROA_CACHE to a writable folder."
+        ) from None
     return root
 
 

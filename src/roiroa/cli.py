@@ -13,8 +13,8 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from roiroa.attacks.base import list_attacks
 from roiroa.errors import InputError
@@ -31,9 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline and write a results folder")
-    run.add_argument("--config", type=Path, help="a .json or .toml config (a run folder's config.json repeats that run)")
+    run.add_argument(
+        "--config", type=Path, help="a .json or .toml config (a run folder's config.json repeats that run)"
+    )
     run.add_argument("--out", type=Path, help="results folder (default: roiroa-runs/<date-time>)")
-    run.add_argument("--quick", action="store_true", help="200 test images, 200 fitting images, at most 10 attack steps")
+    run.add_argument(
+        "--quick", action="store_true", help="200 test images, 200 fitting images, at most 10 attack steps"
+    )
     run.add_argument("--seed", type=int, help="seed of every random choice (default: the config's, 0)")
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to compute (default: auto)")
     run.add_argument("--data", help="dataset: 'mnist' (bundled), a .npz, an IDX images file, or an image folder")

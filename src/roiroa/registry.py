@@ -5,7 +5,8 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import warnings
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from roiroa.errors import InputError
 
@@ -46,5 +47,7 @@ class Registry(Generic[T]):
         try:
             inspect.signature(factory).bind(**kwargs)
         except TypeError as err:
-            raise InputError(f"{self.kind} {name!r}: {err}; see help() of {factory.__name__} for its parameters.") from None
+            raise InputError(
+                f"{self.kind} {name!r}: {err}; see help() of {factory.__name__} for its parameters."
+            ) from None
         return factory(**kwargs)

@@ -9,8 +9,9 @@ project onto the eps-ball), so both give the same images from the same start.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -111,9 +112,13 @@ class GradientAttack:
 
     def params(self) -> dict[str, Any]:
         """The hyperparameters as a JSON-able dict, with the resolved step size and norm."""
-        resolved = {"steps": self.steps, "step_size": self.step_size_value(), "random_start": self.random_start,
-                    "restarts": self.restarts}  # fmt: skip
-        return {"attack": self.name, "norm": self.norm, **asdict(self), **resolved}
+        resolved = {
+            "steps": self.steps,
+            "step_size": self.step_size_value(),
+            "random_start": self.random_start,
+            "restarts": self.restarts,
+        }
+        return {"attack": self.name, "norm": self.norm, **asdict(self), **resolved}  # type: ignore[call-overload]
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
@@ -121,9 +126,7 @@ class GradientAttack:
         """Adversarial images x_adv: (N, C, H, W) in [0, 1]; see :meth:`run`."""
         return self.run(model, x, y, mask).x_adv
 
-    def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> AttackResult:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
         """Attack ``model`` (in eval mode) on x in chunks of ``batch_size``.
 
         Args:

@@ -23,9 +23,9 @@ class FGSM(GradientAttack):
 
     name: ClassVar[str] = "fgsm"
     norm: ClassVar[Norm] = "linf"
-    steps: ClassVar[int] = 1
-    random_start: ClassVar[bool] = False
-    restarts: ClassVar[int] = 1
+    steps: ClassVar[int] = 1  # type: ignore[misc]
+    random_start: ClassVar[bool] = False  # type: ignore[misc]
+    restarts: ClassVar[int] = 1  # type: ignore[misc]
     eps: float = 0.15
     batch_size: int = 64
 

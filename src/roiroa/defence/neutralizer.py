@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from roiroa.errors import InputError
-from roiroa.regions.thresholds import ThresholdMethod, isolate
 from roiroa.maps.vulnerability import unit_mean
+from roiroa.regions.thresholds import ThresholdMethod, isolate
 from roiroa.validation import check_choice, check_number
 
 FillName = Literal["zero", "mean"]
@@ -62,6 +62,9 @@ class Neutralizer(nn.Module):
         mask: (H, W) or (1, 1, H, W) bool/float, the positions to block (the same for every input).
         fill: the value v of blocked positions, a float or (1, C, 1, 1). Default 0.0.
     """
+
+    mask: torch.Tensor
+    fill: torch.Tensor
 
     def __init__(self, model: nn.Module, mask: torch.Tensor, fill: torch.Tensor | float = 0.0) -> None:
         super().__init__()

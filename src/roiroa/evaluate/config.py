@@ -150,7 +150,7 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise InputError(f"config: '{where}' must be a table of settings; got {value!r}.")
-        return _from_dict(hint, value, where + ".")
+        return _from_dict(typing.cast(type, hint), value, where + ".")
     if origin is tuple:
         item = typing.get_args(hint)[0]
         if not isinstance(value, (list, tuple)):
@@ -180,41 +180,68 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**{k: _check_type(v, hints[k], prefix + k) for k, v in data.items()})
 
 
+# The declared constraints: key -> keywords of check_number, or the allowed choices.
+NUMBER_RANGES: dict[str, dict[str, Any]] = {
+    "seed": {"low": 0, "integer": True},
+    "batch_size": {"low": 1, "integer": True},
+    "examples": {"low": 0, "high": 64, "integer": True},
+    "data.test_fraction": {"low": 0.0, "low_open": True, "high": 0.99},
+    "data.max_test": {"low": 1, "integer": True},
+    "data.n_fit": {"low": 1, "integer": True},
+    "model.epochs": {"low": 1, "high": 1000, "integer": True},
+    "model.lr": {"low": 0.0, "low_open": True, "high": 1.0},
+    "model.batch_size": {"low": 1, "integer": True},
+    "model.shift": {"low": 0, "high": 8, "integer": True},
+    "maps.window": {"low": 1, "integer": True},
+    "maps.stride": {"low": 1, "integer": True},
+    "maps.baseline": {"low": 0.0, "high": 1.0},
+    "maps.batch_size": {"low": 1, "integer": True},
+    "regions.q_roi": {"low": 0.0, "low_open": True, "high": 1.0},
+    "regions.q_roa": {"low": 0.0, "low_open": True, "high": 1.0},
+}
+CHOICES: dict[str, Any] = {
+    "device": lambda: ("auto", "cpu", "cuda"),
+    "model.arch": list_models,
+    "maps.importance": lambda: IMPORTANCE_METHODS,
+    "maps.vulnerability": lambda: VULNERABILITY_SOURCES,
+    "regions.threshold": lambda: ("top_q", "otsu"),
+    "defence.fill": lambda: FILLS,
+}
+
+
+def _get(config: RunConfig, key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def validate(config: RunConfig) -> None:
     """Check every value that the types alone do not (ranges, names, attack hyperparameters)."""
-    c = config
-    check_number("config", "seed", c.seed, low=0, integer=True)
-    check_choice("config", "device", c.device, ("auto", "cpu", "cuda"))
-    check_number("config", "batch_size", c.batch_size, low=1, integer=True)
-    check_number("config", "examples", c.examples, low=0, high=64, integer=True)
-    check_number("config", "data.test_fraction", c.data.test_fraction, low=0.0, low_open=True, high=0.99)
-    if c.data.max_test is not None:
-        check_number("config", "data.max_test", c.data.max_test, low=1, integer=True)
-    check_number("config", "data.n_fit", c.data.n_fit, low=1, integer=True)
-    check_choice("config", "model.arch", c.model.arch, list_models())
-    check_number("config", "model.epochs", c.model.epochs, low=1, high=1000, integer=True)
-    check_number("config", "model.lr", c.model.lr, low=0.0, low_open=True, high=1.0)
-    check_number("config", "model.batch_size", c.model.batch_size, low=1, integer=True)
-    check_number("config", "model.shift", c.model.shift, low=0, high=8, integer=True)
-    check_choice("config", "maps.importance", c.maps.importance, IMPORTANCE_METHODS)
-    check_number("config", "maps.window", c.maps.window, low=1, integer=True)
-    check_number("config", "maps.stride", c.maps.stride, low=1, high=c.maps.window, integer=True)
-    check_number("config", "maps.baseline", c.maps.baseline, low=0.0, high=1.0)
-    check_choice("config", "maps.vulnerability", c.maps.vulnerability, VULNERABILITY_SOURCES)
-    check_number("config", "maps.batch_size", c.maps.batch_size, low=1, integer=True)
-    check_number("config", "regions.q_roi", c.regions.q_roi, low=0.0, low_open=True, high=1.0)
-    check_number("config", "regions.q_roa", c.regions.q_roa, low=0.0, low_open=True, high=1.0)
-    check_choice("config", "regions.threshold", c.regions.threshold, ("top_q", "otsu"))
-    check_choice("config", "defence.fill", c.defence.fill, FILLS)
-    for q in c.defence.oracle_q:
+    for key, limits in NUMBER_RANGES.items():
+        if _get(config, key) is not None:
+            check_number("config", key, _get(config, key), **limits)
+    for key, choices in CHOICES.items():
+        check_choice("config", key, _get(config, key), choices())
+    if config.maps.stride > config.maps.window:
+        raise InputError(
+            f"config: maps.stride ({config.maps.stride}) is larger than maps.window ({config.maps.window}); "
+            "windows would leave gaps: use a stride <= window."
+        )
+    for q in config.defence.oracle_q:
         check_number("config", "defence.oracle_q", q, low=0.0, low_open=True, high=1.0)
-    if not c.attacks:
+    validate_attacks(config.attacks, config.batch_size)
+
+
+def validate_attacks(attacks: tuple[dict[str, Any], ...], batch_size: int) -> None:
+    """Every attack entry names a registered attack with valid hyperparameters; labels are distinct."""
+    if not attacks:
         raise InputError("config: 'attacks' is empty; give at least one attack, e.g. {name = 'pgd-linf'}.")
     labels = []
-    for i, spec in enumerate(c.attacks):
+    for i, spec in enumerate(attacks):
         if "name" not in spec:
             raise InputError(f"config: attacks[{i}] has no 'name'; add one, e.g. name = 'pgd-linf'.")
-        create_attack(spec["name"], **attack_kwargs(spec, c.batch_size))  # checks every hyperparameter
+        create_attack(spec["name"], **attack_kwargs(spec, batch_size))  # checks every hyperparameter
         labels.append(attack_label(spec))
     if len(set(labels)) != len(labels):
         raise InputError("config: two attacks share a name; give each a distinct 'label'.")

@@ -28,7 +28,6 @@ def mean(flags: torch.Tensor) -> float:
 
 
 def evaluate_defence(
-    model: nn.Module,
     defended: Neutralizer,
     control: Neutralizer,
     x: torch.Tensor,
@@ -39,14 +38,13 @@ def evaluate_defence(
     """One row per attack: clean, non-adaptive and adaptive accuracy of f o N, beside the random-mask control.
 
     Args:
-        model: the undefended f.
         defended: f o N with the fitted mask.
         control: f o N' with a random mask N' of the same area.
         x, y: the test images (N, C, H, W) in [0, 1] and labels (N,).
         attacks: label -> attack; each is run again through ``defended`` and ``control`` (adaptive).
         results: label -> the attack's result on f (its x_adv is the non-adaptive attack).
     """
-    clean = {"f": correct(model, x, y), "def": correct(defended, x, y), "ctl": correct(control, x, y)}
+    clean = {"def": correct(defended, x, y), "ctl": correct(control, x, y)}
     rows = []
     for label, attack in attacks.items():
         x_adv = results[label].x_adv
@@ -55,7 +53,6 @@ def evaluate_defence(
                 "attack": label,
                 "area": float(defended.mask.double().mean()),
                 "clean_accuracy": mean(clean["def"]),
-                "undefended_accuracy": mean(clean["f"] & correct(model, x_adv, y)),
                 "nonadaptive_accuracy": mean(clean["def"] & correct(defended, x_adv, y)),
                 "adaptive_accuracy": mean(clean["def"] & correct(defended, attack(defended, x, y), y)),
                 "random_mask_clean_accuracy": mean(clean["ctl"]),
@@ -90,7 +87,7 @@ def oracle_analysis(
     Returns:
         area (mean |S_A| / |P|), accuracy (clean and neutralized attacked image both right),
         clean_accuracy (the same masks on the clean images), random_mask_accuracy (a random
-        mask of the same area per image), undefended_accuracy.
+        mask of the same area per image).
     """
     s_a = top_q_mask(vulnerability, q_roa) & ~roi
     rand = random_mask_like(s_a, generator)
@@ -101,5 +98,4 @@ def oracle_analysis(
         "accuracy": mean(ok_clean & correct(model, neutralize(x_adv, s_a, fill), y)),
         "clean_accuracy": mean(ok_clean),
         "random_mask_accuracy": mean(ok_rand_clean & correct(model, neutralize(x_adv, rand, fill), y)),
-        "undefended_accuracy": mean(correct(model, x, y) & correct(model, x_adv, y)),
     }

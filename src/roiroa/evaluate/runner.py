@@ -6,11 +6,13 @@ writes it to disk.
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,8 +22,9 @@ from roiroa.attacks.base import AttackResult, GradientAttack, create_attack
 from roiroa.data.dataset import ImageDataset, sample_per_class, split_by_class
 from roiroa.data.readers import load_dataset
 from roiroa.defence.neutralizer import GlobalMask, Neutralizer, fill_value, random_mask_like
+from roiroa.errors import InputError
 from roiroa.evaluate.config import RunConfig, attack_kwargs, attack_label
-from roiroa.evaluate.robustness import correct, evaluate_defence, mean, oracle_analysis
+from roiroa.evaluate.robustness import evaluate_defence, mean, oracle_analysis
 from roiroa.maps.occlusion import Occlusion
 from roiroa.maps.saliency import Saliency
 from roiroa.maps.vulnerability import attack_vulnerability, mean_vulnerability
@@ -30,13 +33,14 @@ from roiroa.models.train import TrainedModel, TrainingRecipe, load_or_train
 from roiroa.regions.segments import SEGMENT_NAMES, Segments
 from roiroa.regions.statistics import dice, iou, pearson, spearman, summarize
 from roiroa.regions.thresholds import isolate
-from roiroa.utils import resolve_device, seed_all, stage_seed
+from roiroa.utils import progress, resolve_device, seed_all, stage_seed
 
+log = logging.getLogger(__name__)
 ALL = "all"  # the key of the mean vulnerability over all attacks
 
 
 class Timings(dict):
-    """Seconds per stage; ``with timings('stage'):`` adds the time spent inside."""
+    """Seconds per stage; ``with timings('stage'):`` adds the time spent inside and logs it."""
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -44,7 +48,9 @@ class Timings(dict):
         try:
             yield
         finally:
-            self[stage] = round(self.get(stage, 0.0) + time.perf_counter() - start, 3)
+            elapsed = time.perf_counter() - start
+            self[stage] = round(self.get(stage, 0.0) + elapsed, 3)
+            log.info("  %-16s %6.1f s", stage, elapsed)
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,19 @@ def load_splits(config: RunConfig) -> Splits:
     return Splits(train, fit, test)
 
 
+def check_fits_data(config: RunConfig, data: ImageDataset) -> None:
+    """Raise before any work if the config cannot apply to images of this size."""
+    _, h, w = data.image_shape
+    if config.maps.window > min(h, w):
+        raise InputError(
+            f"maps.window ({config.maps.window}) is larger than the images ({h}x{w}): use a smaller window."
+        )
+    if h != w or h < 4:
+        raise InputError(
+            f"the {config.model.arch} model needs square images of at least 4x4; got {h}x{w}: resize them."
+        )
+
+
 def build_attacks(config: RunConfig) -> dict[str, GradientAttack]:
     """label -> attack, in config order."""
     return {attack_label(s): create_attack(s["name"], **attack_kwargs(s, config.batch_size)) for s in config.attacks}
@@ -131,7 +150,9 @@ def compute_maps(
     vuln[ALL] = mean_vulnerability(list(vuln.values()))
     with timings(f"importance_{stage}"):
         importance = importance_estimator(config)(model, x, y)
-        saliency = importance if config.maps.importance == "saliency" else Saliency(batch_size=config.batch_size)(model, x, y)
+        saliency = (
+            importance if config.maps.importance == "saliency" else Saliency(batch_size=config.batch_size)(model, x, y)
+        )
     return MapSet(importance, saliency, vuln, results)
 
 
@@ -172,26 +193,37 @@ def test_segments(maps: MapSet, config: RunConfig) -> Segments:
     return Segments(roi, isolate(maps.vulnerability[ALL], r.threshold, r.q_roa))  # type: ignore[arg-type]
 
 
-def attack_summary(model: nn.Module, attack: GradientAttack, x: torch.Tensor, y: torch.Tensor, result: AttackResult) -> dict[str, Any]:
+def attack_summary(
+    attack: GradientAttack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    result: AttackResult,
+    pred_clean: torch.Tensor,
+    pred_adv: torch.Tensor,
+) -> dict[str, Any]:
     """Parameters, robust accuracy, success rate and perturbation size of one attack on f."""
-    ok_clean, ok_adv = correct(model, x, y), correct(model, result.x_adv, y)
+    ok_clean, ok_adv = pred_clean == y, pred_adv == y
     delta = (result.x_adv - x).flatten(1)
     return {
         "params": attack.params(),
         "robust_accuracy": mean(ok_clean & ok_adv),
         "success_rate": mean(~ok_adv[ok_clean]) if ok_clean.any() else float("nan"),
-        "mean_linf": float(delta.abs().amax(1).mean()),
-        "mean_l2": float(delta.norm(dim=1).mean()),
+        "mean_linf": float(delta.abs().amax(1).double().mean()),
+        "mean_l2": float(delta.norm(dim=1).double().mean()),
     }
 
 
-def oracle_rows(model: nn.Module, test: ImageDataset, maps: MapSet, segments: Segments, fill: torch.Tensor, config: RunConfig) -> list[dict[str, Any]]:
+def oracle_rows(
+    model: nn.Module, test: ImageDataset, maps: MapSet, segments: Segments, fill: torch.Tensor, config: RunConfig
+) -> list[dict[str, Any]]:
     """The oracle analysis for every attack and every q in ``defence.oracle_q``."""
     gen = torch.Generator().manual_seed(stage_seed(config.seed, "oracle-random-masks"))
     rows = []
-    for label, result in maps.results.items():
+    for label, result in progress(maps.results.items(), "oracle", total=len(maps.results)):
         for q in config.defence.oracle_q:
-            row = oracle_analysis(model, test.images, test.labels, result.x_adv, segments.roi, maps.vulnerability[label], q, fill, gen)
+            row = oracle_analysis(
+                model, test.images, test.labels, result.x_adv, segments.roi, maps.vulnerability[label], q, fill, gen
+            )
             rows.append({"attack": label, "q_roa": q, "q_roi": config.regions.q_roi, **row})
     return rows
 
@@ -201,42 +233,68 @@ def versions() -> dict[str, str]:
     return {"roiroa": roiroa.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
+@dataclass(frozen=True)
+class DefenceStage:
+    """The fitted global mask, its equal-area random control, the fill, and the evaluation rows."""
+
+    mask: GlobalMask
+    random_mask: torch.Tensor
+    fill: torch.Tensor
+    rows: list[dict[str, Any]]
+
+
+def defence_stage(
+    model: nn.Module,
+    splits: Splits,
+    fit_maps: MapSet,
+    test_maps: MapSet,
+    attacks: dict[str, GradientAttack],
+    config: RunConfig,
+) -> DefenceStage:
+    """Fit the global mask on the fitting maps and evaluate f o N and the random control on the test set."""
+    r, device = config.regions, resolve_device(config.device)
+    mask = GlobalMask(r.q_roi, r.q_roa, r.threshold).fit(fit_maps.importance, fit_maps.vulnerability[ALL])  # type: ignore[arg-type]
+    fill = fill_value(config.defence.fill, splits.fit.images)  # type: ignore[arg-type]
+    random_mask = random_mask_like(mask.mask_, torch.Generator().manual_seed(stage_seed(config.seed, "random-mask")))
+    seed_all(stage_seed(config.seed, "adaptive"))
+    defended = mask.wrap(model, fill).to(device)
+    control = Neutralizer(model, random_mask, fill).to(device)
+    rows = evaluate_defence(defended, control, splits.test.images, splits.test.labels, attacks, test_maps.results)
+    meta = {"mask": "global", "fill": config.defence.fill, "threshold": r.threshold}
+    return DefenceStage(mask, random_mask, fill, [meta | row for row in rows])
+
+
 def run_experiment(config: RunConfig) -> RunResult:
     """Run every stage of a config and return the results in memory (nothing is written)."""
     timings = Timings()
     device = resolve_device(config.device)
     with timings("data"):
         splits = load_splits(config)
+        check_fits_data(config, splits.test)
     with timings("model"):
         recipe = TrainingRecipe(config.model.epochs, config.model.lr, config.model.batch_size, config.model.shift)
         trained = load_or_train(config.model.arch, splits.train, recipe, config.seed, device)
     model, test = trained.model, splits.test
     attacks = build_attacks(config)
     test_maps = compute_maps(model, test, attacks, config, "test", timings)
+    predictions = {"clean": predict(model, test.images)} | {
+        label: predict(model, r.x_adv) for label, r in test_maps.results.items()
+    }
+    summaries = {
+        label: attack_summary(
+            a, test.images, test.labels, test_maps.results[label], predictions["clean"], predictions[label]
+        )
+        for label, a in attacks.items()
+    }
     with timings("regions"):
         regions, per_image = region_statistics(test_maps, config)
         segments = test_segments(test_maps, config)
     fit_maps = compute_maps(model, splits.fit, attacks, config, "fit", timings)
     with timings("defence"):
-        r = config.regions
-        mask = GlobalMask(r.q_roi, r.q_roa, r.threshold).fit(fit_maps.importance, fit_maps.vulnerability[ALL])  # type: ignore[arg-type]
-        fill = fill_value(config.defence.fill, splits.fit.images)  # type: ignore[arg-type]
-        random_mask = random_mask_like(mask.mask_, torch.Generator().manual_seed(stage_seed(config.seed, "random-mask")))
-        seed_all(stage_seed(config.seed, "adaptive"))
-        defence_rows = evaluate_defence(
-            model,
-            mask.wrap(model, fill).to(device),
-            Neutralizer(model, random_mask, fill).to(device),
-            test.images,
-            test.labels,
-            attacks,
-            test_maps.results,
-        )
+        defence = defence_stage(model, splits, fit_maps, test_maps, attacks, config)
     with timings("oracle"):
-        oracle = oracle_rows(model, test, test_maps, segments, fill, config)
-    predictions = {"clean": predict(model, test.images)} | {
-        label: predict(model, res.x_adv) for label, res in test_maps.results.items()
-    }
+        oracle = oracle_rows(model, test, test_maps, segments, defence.fill, config)
+    undefended = {label: {"undefended_accuracy": s["robust_accuracy"]} for label, s in summaries.items()}
     results = {
         "roiroa_results_version": 1,
         "seed": config.seed,
@@ -244,15 +302,27 @@ def run_experiment(config: RunConfig) -> RunResult:
         "device": device.type,
         "dataset": dataset_summary(splits, config),
         "model": model_summary(trained, config, mean(predictions["clean"] == test.labels)),
-        "attacks": {l: attack_summary(model, a, test.images, test.labels, test_maps.results[l]) for l, a in attacks.items()},
+        "attacks": summaries,
         "maps": maps_summary(config, attacks),
         "regions": regions | {"segments": segment_summary(segments, config)},
-        "defence": [{"mask": "global", "fill": config.defence.fill, "threshold": r.threshold, **row} for row in defence_rows],
-        "oracle": oracle,
+        "defence": [row | undefended[row["attack"]] for row in defence.rows],
+        "oracle": [row | undefended[row["attack"]] for row in oracle],
         "timings": timings,
         "versions": versions(),
     }
-    return RunResult(config, results, splits, model, test_maps, segments, mask, random_mask, fill, predictions, per_image)
+    return RunResult(
+        config,
+        results,
+        splits,
+        model,
+        test_maps,
+        segments,
+        defence.mask,
+        defence.random_mask,
+        defence.fill,
+        predictions,
+        per_image,
+    )
 
 
 def dataset_summary(splits: Splits, config: RunConfig) -> dict[str, Any]:
@@ -281,15 +351,26 @@ def maps_summary(config: RunConfig, attacks: dict[str, GradientAttack]) -> dict[
     m = config.maps
     importance: dict[str, Any] = {"method": m.importance}
     if m.importance == "occlusion":
-        importance |= {"window": m.window, "stride": m.stride, "baseline": m.baseline, "output": "softmax probability drop"}
+        importance |= {
+            "window": m.window,
+            "stride": m.stride,
+            "baseline": m.baseline,
+            "output": "softmax probability drop",
+        }
     used = {
-        label: ("gradient" if m.vulnerability == "gradient" or (m.vulnerability == "auto" and a.norm == "linf") else "perturbation")
+        label: (
+            "gradient"
+            if m.vulnerability == "gradient" or (m.vulnerability == "auto" and a.norm == "linf")
+            else "perturbation"
+        )
         for label, a in attacks.items()
     }
-    return {"importance": importance, "vulnerability": {"source": m.vulnerability, "per_attack": used, ALL: "mean of unit-mean maps"}}
+    return {
+        "importance": importance,
+        "vulnerability": {"source": m.vulnerability, "per_attack": used, ALL: "mean of unit-mean maps"},
+    }
 
 
 def segment_summary(segments: Segments, config: RunConfig) -> dict[str, Any]:
     fractions = segments.fractions()
     return {"threshold": config.regions.threshold, "roa": ALL} | {n: float(fractions[n].mean()) for n in SEGMENT_NAMES}
-

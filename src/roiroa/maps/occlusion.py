@@ -21,12 +21,14 @@ def occlusion_drops(
     regions: torch.Tensor,
     baseline: float = 0.0,
     batch_size: int = 256,
+    skip_unchanged: bool = True,
 ) -> torch.Tensor:
     """p_y(x) - p_y(x with region r set to ``baseline``), for every image and region.
 
     All (image, region) pairs are forwarded in batches of ``batch_size``. A pair whose region
     already equals the baseline in x (for example an all-black window of an MNIST digit) is not
-    forwarded: the occluded image is x itself, so its drop is exactly 0.
+    forwarded: the occluded image is x itself, so its drop is exactly 0 (``skip_unchanged=False``
+    forwards it anyway; benchmarks/spine.py measures the difference).
 
     Args:
         model: logits (N, K); its softmax is the probability.
@@ -45,6 +47,8 @@ def occlusion_drops(
     )
     differs = (xd != baseline).any(dim=1).flatten(1).float()  # (N, P)
     active = (differs @ reg.flatten(1).float().T) > 0  # (N, R)
+    if not skip_unchanged:
+        active = torch.ones_like(active)
     img_idx, reg_idx = active.nonzero(as_tuple=True)
     drops = torch.zeros(len(xd), len(reg), device=device)
     for s in progress(batch_slices(len(img_idx), batch_size), "occlusion"):
@@ -92,4 +96,6 @@ class Occlusion:
         check_images(x)
         check_labels(y, len(x))
         regions = grid_regions(x.shape[2], x.shape[3], self.window, self.stride)
-        return regions_to_pixels(occlusion_drops(model, x, y, regions, self.baseline, self.batch_size), regions.to(x.device))
+        return regions_to_pixels(
+            occlusion_drops(model, x, y, regions, self.baseline, self.batch_size), regions.to(x.device)
+        )

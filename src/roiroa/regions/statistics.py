@@ -31,7 +31,7 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     y = b.flatten(1).double()
     x = x - x.mean(1, keepdim=True)
     y = y - y.mean(1, keepdim=True)
-    denom = (x.norm(dim=1) * y.norm(dim=1))
+    denom = x.norm(dim=1) * y.norm(dim=1)
     return (x * y).sum(1) / denom.where(denom > 0, torch.full_like(denom, float("nan")))
 
 

@@ -9,7 +9,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
@@ -74,7 +73,9 @@ def write_examples_figure(result: RunResult, path: Path) -> None:
     own_s_a = top_q_mask(maps.vulnerability[label][idx], result.config.regions.q_roa) & ~roi
     x_global = neutralize(x_adv, result.mask.mask_, result.fill)
     x_oracle = neutralize(x_adv, own_s_a, result.fill)
-    preds = {k: predict(result.model, v) for k, v in {"x": x, "adv": x_adv, "global": x_global, "oracle": x_oracle}.items()}
+    preds = {
+        k: predict(result.model, v) for k, v in {"x": x, "adv": x_adv, "global": x_global, "oracle": x_oracle}.items()
+    }
     titles = [
         "input",
         "importance I\n(RoI outlined)",
@@ -93,7 +94,9 @@ def write_examples_figure(result: RunResult, path: Path) -> None:
         ax[0].set_xlabel(f"pred {names[int(preds['x'][row])]}", fontsize=9)
         heat = _show_map(ax[1], maps.importance[i].clamp(min=0), roi[row], "cyan")
         _show_map(ax[2], maps.vulnerability["all"][i], seg.roa[i], "lime")
-        ax[3].imshow(seg_labels[row].numpy(), cmap=ListedColormap(SEGMENT_COLOURS), vmin=-0.5, vmax=3.5, interpolation="nearest")
+        ax[3].imshow(
+            seg_labels[row].numpy(), cmap=ListedColormap(SEGMENT_COLOURS), vmin=-0.5, vmax=3.5, interpolation="nearest"
+        )
         for col, key in ((4, "adv"), (5, "global"), (6, "oracle")):
             _show_image(ax[col], {"adv": x_adv, "global": x_global, "oracle": x_oracle}[key][row])
             ok = int(preds[key][row]) == int(y[row])
@@ -103,8 +106,8 @@ def write_examples_figure(result: RunResult, path: Path) -> None:
     for a in axes.flat:
         a.set_xticks([])
         a.set_yticks([])
-    fig.legend(handles=[Patch(facecolor=c, edgecolor="k", label=t) for c, t in zip(SEGMENT_COLOURS, SEGMENT_LABELS)],
-               loc="upper center", ncol=4, fontsize=8, frameon=False)  # fmt: skip
+    legend = [Patch(facecolor=c, edgecolor="k", label=t) for c, t in zip(SEGMENT_COLOURS, SEGMENT_LABELS, strict=True)]
+    fig.legend(handles=legend, loc="upper center", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 0.93, 0.97))
     if heat is not None:
         cax = fig.add_axes((0.94, 0.15, 0.012, 0.7))

@@ -95,7 +95,7 @@ def write_run(result: RunResult, out: Path, overwrite: bool = False) -> Path:
         write_csv(tmp / "metrics.csv", metric_rows(result.results), METRIC_COLUMNS)
         rows = per_image_rows(result)
         write_csv(tmp / "per_image.csv", rows, list(rows[0]) if rows else ["index"])
-        np.savez_compressed(tmp / "maps.npz", **map_arrays(result))
+        np.savez_compressed(tmp / "maps.npz", **map_arrays(result))  # type: ignore[arg-type]
         write_examples_figure(result, tmp / "examples.png")
         if out.exists():
             shutil.rmtree(out)

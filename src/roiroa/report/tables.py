@@ -10,32 +10,31 @@ if TYPE_CHECKING:
 METRIC_COLUMNS = ("section", "scope", "attack", "metric", "value")
 
 
+def _row(section: str, scope: str, attack: str, metric: str, value: Any) -> dict[str, Any]:
+    return dict(zip(METRIC_COLUMNS, (section, scope, attack, metric, value), strict=True))
+
+
 def metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """results.json flattened into rows (section, scope, attack, metric, value), one number each."""
-    rows: list[dict[str, Any]] = [
-        {"section": "model", "scope": "f", "attack": "", "metric": "test_accuracy", "value": results["model"]["test_accuracy"]}
-    ]
+    rows = [_row("model", "f", "", "test_accuracy", results["model"]["test_accuracy"])]
     for label, a in results["attacks"].items():
-        for metric in ("robust_accuracy", "success_rate", "mean_linf", "mean_l2"):
-            rows.append({"section": "attacks", "scope": "f", "attack": label, "metric": metric, "value": a[metric]})
+        rows += [
+            _row("attacks", "f", label, m, a[m]) for m in ("robust_accuracy", "success_rate", "mean_linf", "mean_l2")
+        ]
     regions = results["regions"]
     for label, stats in regions["correlation"].items():
-        for metric, s in stats.items():
-            rows.append({"section": "regions", "scope": "correlation", "attack": label, "metric": metric, "value": s["mean"]})
+        rows += [_row("regions", "correlation", label, m, s["mean"]) for m, s in stats.items()]
     for method, entry in regions["overlap"].items():
         for label, stats in entry.items():
             if isinstance(stats, dict):
-                for metric in ("iou", "dice"):
-                    rows.append({"section": "regions", "scope": method, "attack": label, "metric": metric, "value": stats[metric]["mean"]})  # fmt: skip
+                rows += [_row("regions", method, label, m, stats[m]["mean"]) for m in ("iou", "dice")]
     for row in results["defence"]:
-        for metric, value in row.items():
-            if metric not in ("mask", "fill", "threshold", "attack"):
-                rows.append({"section": "defence", "scope": row["mask"], "attack": row["attack"], "metric": metric, "value": value})  # fmt: skip
+        meta = ("mask", "fill", "threshold", "attack")
+        rows += [_row("defence", row["mask"], row["attack"], m, v) for m, v in row.items() if m not in meta]
     for row in results["oracle"]:
-        for metric in ("area", "accuracy", "clean_accuracy", "random_mask_accuracy"):
-            rows.append({"section": "oracle", "scope": f"q_roa={row['q_roa']}", "attack": row["attack"], "metric": metric, "value": row[metric]})  # fmt: skip
-    for stage, seconds in results["timings"].items():
-        rows.append({"section": "timings", "scope": stage, "attack": "", "metric": "seconds", "value": seconds})
+        metrics = ("area", "accuracy", "clean_accuracy", "random_mask_accuracy")
+        rows += [_row("oracle", f"q_roa={row['q_roa']}", row["attack"], m, row[m]) for m in metrics]
+    rows += [_row("timings", stage, "", "seconds", sec) for stage, sec in results["timings"].items()]
     return rows
 
 
@@ -47,7 +46,7 @@ def per_image_rows(result: RunResult) -> list[dict[str, Any]]:
     columns |= result.per_image
     names = list(columns)
     values = [c.tolist() for c in columns.values()]
-    return [dict(zip(names, row)) for row in zip(*values)]
+    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
 
 
 def _pct(v: float) -> str:
@@ -72,7 +71,8 @@ def headline_table(results: dict[str, Any]) -> str:
         lines.append(
             f"{label:<12}{_pct(row['undefended_accuracy']):>8}{_pct(row['nonadaptive_accuracy']):>8}"
             f"{_pct(row['adaptive_accuracy']):>11}{_pct(row['random_mask_accuracy']):>8}"
-            f"{_pct(row['random_mask_adaptive_accuracy']):>11}{_pct(oracle.get(label, float('nan'))):>9}  {_pct(row['area'])}"
+            f"{_pct(row['random_mask_adaptive_accuracy']):>11}{_pct(oracle.get(label, float('nan'))):>9}"
+            f"  {_pct(row['area'])}"
         )
     corr = results["regions"]["correlation"]["all"]
     iou = results["regions"]["overlap"]["top_q"]["all"]["iou"]
@@ -81,7 +81,8 @@ def headline_table(results: dict[str, Any]) -> str:
         "robust accuracy: f = undefended; f∘N = global-mask neutralization, attack crafted on f (non-adaptive)",
         "or through f∘N (adapt); random = a random mask of the same area; *oracle = each image's own S_A",
         f"from the known perturbation at q_roa={q_roa} (an analysis that knows the attack, not a defence).",
-        f"RoI vs RoA: IoU {iou['mean']:.3f}, Pearson {corr['pearson']['mean']:.3f}, Spearman {corr['spearman']['mean']:.3f} (means over images)",
+        f"RoI vs RoA: IoU {iou['mean']:.3f}, Pearson {corr['pearson']['mean']:.3f}, "
+        f"Spearman {corr['spearman']['mean']:.3f} (means over images)",
         f"time: {sum(results['timings'].values()):.1f} s",
     ]
     return "\n".join(lines)
