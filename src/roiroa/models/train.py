@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from roiroa.cache import atomic_write, cache_dir, hash_json, hash_tensors
@@ -17,7 +17,7 @@ from roiroa.data.dataset import ImageDataset
 from roiroa.models.registry import create_model
 from roiroa.utils import batch_slices, progress
 
-_RECIPE_VERSION = 1  # bump when train_classifier changes, so old cache entries are not reused
+_RECIPE_VERSION = 2  # bump when train_classifier changes, so old cache entries are not reused
 
 
 @dataclass(frozen=True)
@@ -62,10 +62,20 @@ def random_shift(x: torch.Tensor, shift: int, generator: torch.Generator) -> tor
 
 
 def train_classifier(model: nn.Module, data: ImageDataset, recipe: TrainingRecipe, seed: int) -> nn.Module:
-    """Train ``model`` in place on ``data`` with cross-entropy; returns it in eval mode."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    """Train ``model`` in place on ``data`` with cross-entropy; returns it in eval mode.
+
+    Shuffling and shifts use a generator seeded with ``seed``; torch's global generator (used by
+    dropout, if the model has any) is seeded inside and restored afterwards.
+    """
     device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return _train(model, data, recipe, torch.Generator().manual_seed(seed), device)
+
+
+def _train(
+    model: nn.Module, data: ImageDataset, recipe: TrainingRecipe, gen: torch.Generator, device: torch.device
+) -> nn.Module:
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     steps_per_epoch = len(batch_slices(len(data), recipe.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch)
@@ -80,6 +90,7 @@ def train_classifier(model: nn.Module, data: ImageDataset, recipe: TrainingRecip
             loss.backward()
             opt.step()
             sched.step()
+    opt.zero_grad(set_to_none=True)
     return model.eval()
 
 
@@ -89,7 +100,8 @@ def load_or_train(
     """The model ``arch`` trained on ``train``, from the cache when the same training was done before.
 
     The cache key hashes the training images and labels, the architecture, the recipe, the seed,
-    and the device type; the weights are stored as safetensors (no pickle).
+    and the device type; the weights are stored as safetensors (no pickle) with their SHA-256, and
+    an entry that fails the check is trained again.
     """
     c, h, _ = train.image_shape
     kwargs = {"in_channels": c, "num_classes": train.num_classes, "image_size": h}
@@ -105,17 +117,42 @@ def load_or_train(
         }
     )[:16]
     path = cache_dir() / "models" / f"{arch}-{key}.safetensors"
-    model = create_model(arch, **kwargs).to(device)
     start = time.perf_counter()
+    model = seeded_model(arch, kwargs, seed, device)
     if path.exists():
-        try:
-            model.load_state_dict(load_file(path, device=str(device)))
+        if load_verified(model, path, device):
             return TrainedModel(model.eval(), path, True, time.perf_counter() - start)
-        except (SafetensorError, RuntimeError, OSError):
-            path.unlink(missing_ok=True)  # corrupt or stale entry: train again
-            model = create_model(arch, **kwargs).to(device)
+        path.unlink(missing_ok=True)  # corrupt or stale entry: train again
+        model = seeded_model(arch, kwargs, seed, device)
     train_classifier(model, train, recipe, seed)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"arch": arch, "kwargs": json.dumps(kwargs), "recipe": json.dumps(asdict(recipe)), "seed": str(seed)}
+    meta = {
+        "arch": arch,
+        "kwargs": json.dumps(kwargs),
+        "recipe": json.dumps(asdict(recipe)),
+        "seed": str(seed),
+        "sha256": hash_tensors(*(state[k] for k in sorted(state))),
+    }
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
     return TrainedModel(model, path, False, time.perf_counter() - start)
+
+
+def seeded_model(arch: str, kwargs: dict[str, int], seed: int, device: torch.device) -> nn.Module:
+    """A new model whose initial weights depend only on ``seed`` (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return create_model(arch, **kwargs).to(device)
+
+
+def load_verified(model: nn.Module, path: Path, device: torch.device) -> bool:
+    """Load a cached state dict into ``model`` if the file is intact (its SHA-256 matches); else False."""
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            expected = (f.metadata() or {}).get("sha256")
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
+        if expected != hash_tensors(*(state[k] for k in sorted(state))):
+            return False
+        model.load_state_dict(state)
+        return True
+    except (SafetensorError, RuntimeError, OSError):
+        return False

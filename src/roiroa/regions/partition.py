@@ -14,6 +14,8 @@ from roiroa.validation import check_number
 def window_starts(size: int, window: int, stride: int) -> list[int]:
     """Start offsets 0, stride, 2*stride, ... of windows along one axis, plus one flush with the end
     when the stride does not land there, so every position is covered."""
+    check_number("window_starts", "window", window, low=1, high=size, integer=True)
+    check_number("window_starts", "stride", stride, low=1, integer=True)
     starts = list(range(0, size - window + 1, stride))
     if starts[-1] + window < size:
         starts.append(size - window)

@@ -1,0 +1,305 @@
+"""The reference model (accuracy, cache, augmentation) and properties of every registered attack."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+
+import pytest
+import torch
+
+from roiroa.attacks import FGSM, L2PGD, LinfPGD, create_attack, list_attacks
+from roiroa.errors import InputError
+from roiroa.maps import Saliency
+from roiroa.models import TrainingRecipe, accuracy, load_or_train, random_shift
+
+# --------------------------------------------------------------------------------------------- model
+
+
+def test_reference_model_accuracy(mnist_model, mnist_splits):
+    test = mnist_splits.test
+    assert len(test) == 1000
+    assert accuracy(mnist_model, test.images, test.labels) >= 0.97
+
+
+@pytest.fixture
+def tiny_training(mnist_splits, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROIROA_CACHE", str(tmp_path / "cache"))
+    train = mnist_splits.train.subset(torch.arange(192))
+    recipe = TrainingRecipe(epochs=1, batch_size=64)
+    return lambda: load_or_train("mnist-cnn", train, recipe, 3, torch.device("cpu")), tmp_path / "cache"
+
+
+def state_equal(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_load_or_train_uses_the_cache(tiny_training):
+    run, cache = tiny_training
+    first = run()
+    assert not first.from_cache
+    assert first.checkpoint.exists() and first.checkpoint.is_relative_to(cache)
+    second = run()
+    assert second.from_cache and second.checkpoint == first.checkpoint
+    assert state_equal(first.model, second.model)
+    assert not second.model.training
+
+
+def test_fresh_and_cached_models_carry_no_gradients(tiny_training):
+    run, _ = tiny_training
+    assert all(p.grad is None for p in run().model.parameters())  # cached model: True; fresh: False
+
+
+def corrupt(path, how):
+    data = path.read_bytes()
+    if how == "garbage":
+        path.write_bytes(bytes(range(256)) * (len(data) // 256 + 1))
+    elif how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(b"")
+
+
+@pytest.mark.parametrize("corruption", ["garbage", "truncated", "empty"])
+def test_load_or_train_retrains_on_a_corrupt_cache_file(tiny_training, corruption):
+    run, _ = tiny_training
+    first = run()
+    corrupt(first.checkpoint, corruption)
+    again = run()
+    assert not again.from_cache
+    assert again.checkpoint == first.checkpoint
+    third = run()
+    assert third.from_cache  # the retrained checkpoint was written back and loads
+    assert state_equal(again.model, third.model)
+
+
+def test_damaged_weights_with_intact_header_are_detected(tiny_training):
+    """Flip bytes inside the tensor data (the safetensors header still parses): the SHA-256 check catches it."""
+    run, _ = tiny_training
+    first = run()
+    data = bytearray(first.checkpoint.read_bytes())
+    data[-64:] = bytes(255 - b for b in data[-64:])
+    first.checkpoint.write_bytes(bytes(data))
+    again = run()
+    assert not again.from_cache
+    assert state_equal(first.model, again.model)
+
+
+def test_training_depends_only_on_its_seed(mnist_splits, tmp_path, monkeypatch):
+    train = mnist_splits.train.subset(torch.arange(192))
+    models = []
+    for global_seed in (0, 1):
+        monkeypatch.setenv("ROIROA_CACHE", str(tmp_path / f"cache{global_seed}"))
+        torch.manual_seed(global_seed)  # unrelated global RNG state, e.g. from earlier work in the process
+        trained = load_or_train("mnist-cnn", train, TrainingRecipe(epochs=1), 3, torch.device("cpu"))
+        assert not trained.from_cache
+        models.append(trained.model)
+    assert state_equal(*models)
+
+
+def test_retraining_after_corruption_reproduces_the_model(tiny_training):
+    run, _ = tiny_training
+    torch.manual_seed(0)
+    first = run()
+    corrupt(first.checkpoint, "garbage")
+    torch.manual_seed(1)  # another global state: the weights depend only on the seed
+    again = run()
+    assert not again.from_cache
+    assert state_equal(first.model, again.model)
+
+
+def test_random_shift_moves_a_pixel_by_at_most_shift():
+    n, shift = 300, 2
+    x = torch.zeros(n, 1, 28, 28)
+    x[:, 0, 10, 12] = 1.0
+    out = random_shift(x, shift, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert (out.flatten(1).sum(1) == 1).all()  # the pixel stays inside and keeps its value
+    pos = out[:, 0].flatten(1).argmax(1)
+    dy, dx = pos // 28 - 10, pos % 28 - 12
+    assert dy.abs().max() <= shift and dx.abs().max() <= shift
+    assert len(set(zip(dy.tolist(), dx.tolist(), strict=True))) == (2 * shift + 1) ** 2  # every offset occurs
+    assert random_shift(x, 0, torch.Generator()) is x
+
+
+def test_random_shift_zero_fills_and_keeps_channels():
+    x = torch.rand(20, 3, 8, 8)
+    out = random_shift(x, 1, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    for i in range(20):
+        # the image is some translation of x[i] by (dy, dx) in [-1, 1]^2 with zero fill
+        found = False
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                ref = torch.zeros_like(x[i])
+                src = x[i][:, max(0, -dy) : 8 - max(0, dy), max(0, -dx) : 8 - max(0, dx)]
+                ref[:, max(0, dy) : 8 - max(0, -dy), max(0, dx) : 8 - max(0, -dx)] = src
+                found |= torch.equal(out[i], ref)
+        assert found
+
+
+# --------------------------------------------------------------------------------------------- attacks
+
+
+def central_mask():
+    mask = torch.zeros(1, 1, 28, 28)
+    mask[..., 8:20, 8:20] = 1
+    return mask
+
+
+def within_budget(attack, x, x_adv):
+    delta = x_adv - x
+    if attack.norm == "linf":
+        return float(delta.abs().max()) <= attack.eps + 1e-6
+    return bool((delta.flatten(1).norm(dim=1) <= attack.eps + 1e-5).all())
+
+
+def test_registry_names():
+    assert set(list_attacks()) >= {"fgsm", "pgd-linf", "pgd-l2"}
+    assert list_attacks("pgd-*") == ["pgd-l2", "pgd-linf"]
+
+
+@pytest.mark.parametrize("name", list_attacks())
+def test_attack_properties(mnist_model, mnist_batch, name):
+    x, y = mnist_batch
+    torch.manual_seed(0)
+    attack = create_attack(name)
+    result = attack.run(mnist_model, x, y)
+    x_adv = result.x_adv
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert within_budget(attack, x, x_adv)
+    assert accuracy(mnist_model, x_adv, y) < accuracy(mnist_model, x, y)
+    assert result.grad_map.shape == (64, 28, 28)
+    assert (result.grad_map >= 0).all() and result.grad_map.sum() > 0
+    assert attack(mnist_model, x[:4], y[:4]).shape == (4, 1, 28, 28)
+
+
+@pytest.mark.parametrize("name", list_attacks())
+def test_attack_mask(mnist_model, mnist_batch, name):
+    x, y = mnist_batch
+    mask = central_mask()
+    attack = create_attack(name)
+    torch.manual_seed(0)
+    result = attack.run(mnist_model, x, y, mask=mask)
+    outside = (mask == 0).expand_as(x)
+    delta = result.x_adv - x
+    assert (delta[outside] == 0).all()
+    assert delta[~outside].abs().max() > 0
+    assert within_budget(attack, x, result.x_adv)
+    assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+    gm = result.grad_map
+    assert gm.shape == (64, 28, 28) and (gm >= 0).all()
+    assert (gm[:, mask[0, 0] == 0] == 0).all()
+    assert (gm[:, mask[0, 0] == 1] > 0).any()
+    # A per-image mask (N, 1, H, W) is accepted too; a wrong shape is not.
+    per_image = mask.expand(64, 1, 28, 28).clone()
+    per_image[1::2] = 0  # odd images may not be changed at all
+    torch.manual_seed(0)
+    x_adv = attack(mnist_model, x, y, mask=per_image)
+    assert torch.equal(x_adv[1::2], x[1::2])
+    with pytest.raises(InputError):
+        attack(mnist_model, x, y, mask=torch.ones(1, 28, 28))
+
+
+@pytest.mark.parametrize("attack", [FGSM(eps=0.1), LinfPGD(eps=0.1, steps=5, random_start=False)])
+def test_attack_batch_size_invariance(mnist_model, mnist_batch, attack):
+    """Sign steps: the images do not depend on how the batch is chunked (the loss is a sum)."""
+    x, y = mnist_batch
+    big = attack.run(mnist_model, x, y)
+    one = dataclasses.replace(attack, batch_size=1).run(mnist_model, x, y)
+    assert torch.equal(one.x_adv, big.x_adv)
+    assert torch.allclose(one.grad_map, big.grad_map, atol=1e-5, rtol=1e-5)
+    three = dataclasses.replace(attack, batch_size=3).run(mnist_model, x, y)
+    assert torch.equal(three.x_adv, big.x_adv)
+
+
+def test_l2_attack_batch_size_invariance_up_to_rounding(mnist_model, mnist_batch):
+    """L2 steps divide by ||grad||, which is ~1e-6 on confidently classified digits, so float
+    rounding of batched convolutions is amplified; the images agree closely, not bit for bit."""
+    x, y = mnist_batch
+    attack = L2PGD(eps=1.5, steps=5, step_size=0.3, random_start=False)
+    big = attack.run(mnist_model, x, y)
+    one = dataclasses.replace(attack, batch_size=1).run(mnist_model, x, y)
+    assert (one.x_adv - big.x_adv).abs().max() < 1e-3
+
+
+def test_restarts_keep_the_first_success(mnist_model, mnist_batch):
+    x, y = mnist_batch
+    eps = 0.06
+    torch.manual_seed(123)
+    first = LinfPGD(eps=eps, steps=5, restarts=1)(mnist_model, x, y)
+    torch.manual_seed(123)
+    result = LinfPGD(eps=eps, steps=5, restarts=3).run(mnist_model, x, y)
+    best = result.x_adv
+    assert float((best - x).abs().max()) <= eps + 1e-6
+    assert best.min() >= 0 and best.max() <= 1
+    with torch.no_grad():
+        fooled_first = mnist_model(first).argmax(1) != y
+        fooled_best = mnist_model(best).argmax(1) != y
+    assert 0 < fooled_first.sum() < 64  # the test needs both kinds of image
+    assert (fooled_best | ~fooled_first).all()  # fooled by the first restart -> stays fooled
+    assert torch.equal(best[fooled_first], first[fooled_first])  # and keeps the first restart's image
+    assert fooled_best.sum() >= fooled_first.sum()
+    # The gradient map sums over all three restarts.
+    torch.manual_seed(123)
+    single = LinfPGD(eps=eps, steps=5, restarts=1).run(mnist_model, x, y)
+    assert (result.grad_map >= single.grad_map - 1e-5).all()
+    assert result.grad_map.sum() > 2 * single.grad_map.sum()
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "param"),
+    [
+        (LinfPGD, {"eps": -0.1}, "eps"),
+        (LinfPGD, {"eps": 0}, "eps"),
+        (LinfPGD, {"eps": 1.5}, "eps"),
+        (LinfPGD, {"steps": 0}, "steps"),
+        (LinfPGD, {"steps": 2.5}, "steps"),
+        (LinfPGD, {"restarts": 0}, "restarts"),
+        (LinfPGD, {"step_size": -0.01}, "step_size"),
+        (LinfPGD, {"batch_size": 0}, "batch_size"),
+        (L2PGD, {"eps": 0.0}, "eps"),
+        (L2PGD, {"eps": float("inf")}, "eps"),
+        (FGSM, {"eps": 0}, "eps"),
+        (FGSM, {"eps": 1.5}, "eps"),
+    ],
+)
+def test_bad_hyperparameters(cls, kwargs, param):
+    pattern = rf"^The '{param}' parameter of {cls.__name__} must be .+ Got .+ instead\.$"
+    with pytest.raises(InputError, match=pattern):
+        cls(**kwargs)
+
+
+def test_large_l2_eps_is_allowed():
+    assert L2PGD(eps=5.0).eps == 5.0
+
+
+def test_create_attack_errors():
+    with pytest.raises(InputError) as err:
+        create_attack("nope")
+    for name in list_attacks():
+        assert name in str(err.value)
+    with pytest.raises(InputError):
+        create_attack("fgsm", steps=3)  # FGSM has no steps
+    with pytest.raises(InputError, match=re.escape("The 'eps' parameter of LinfPGD must be")):
+        create_attack("pgd-linf", eps=2.0)
+    attack = create_attack("pgd-linf", eps=0.1, steps=4)
+    assert isinstance(attack, LinfPGD) and attack.step_size_value() == pytest.approx(2.5 * 0.1 / 4)
+    assert attack.params()["step_size"] == pytest.approx(0.0625) and attack.params()["norm"] == "linf"
+
+
+def test_attacks_leave_the_model_parameters_alone(mnist_model, mnist_batch):
+    model = copy.deepcopy(mnist_model)
+    for p in model.parameters():
+        p.grad = None
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = mnist_batch[0][:16], mnist_batch[1][:16]
+    for name in list_attacks():
+        create_attack(name).run(model, x, y, mask=central_mask())
+    Saliency()(model, x, y)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not model.training
