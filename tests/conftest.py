@@ -17,7 +17,9 @@ from roiroa.evaluate.config import RunConfig
 from roiroa.evaluate.runner import Splits, load_splits
 from roiroa.models.train import TrainingRecipe, load_or_train
 
+# Real data for tests (../shared beside the checkout, or $ROIROA_SHARED); tests that need it skip where it is absent.
 SHARED = Path(os.environ.get("ROIROA_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
+SHARED_DATA = SHARED / "data"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -21,7 +21,7 @@ from roiroa.errors import InputError
 from roiroa.evaluate.config import RunConfig, load_config, quick, validate
 from roiroa.maps.registry import list_estimators
 from roiroa.models.registry import list_models
-from roiroa.utils import set_progress
+from roiroa.utils import resolve_device, set_progress
 
 log = logging.getLogger("roiroa")
 
@@ -57,6 +57,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.quick:
         config = quick(config)
     validate(config)
+    resolve_device(config.device)  # a missing GPU is bad input too: fail before any work
     return config
 
 
@@ -69,7 +70,6 @@ def command_run(args: argparse.Namespace) -> int:
     out = args.out or Path("roiroa-runs") / time.strftime("%Y%m%d-%H%M%S")
     prepare_out_dir(out, args.overwrite)  # fail before the work, not after
     set_progress(args.progress)
-    log.info("roiroa run: %s, seed %d%s", config.data.source, config.seed, ", quick" if config.quick else "")
     result = run_experiment(config)
     write_run(result, out, args.overwrite)
     print(headline_table(result.results))

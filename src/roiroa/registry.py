@@ -37,7 +37,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> Callable[..., T]:
         """The factory registered as ``name``; an unknown name lists the valid ones."""
-        if name not in self._factories:
+        if not isinstance(name, str) or name not in self._factories:
             raise InputError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}.")
         return self._factories[name]
 

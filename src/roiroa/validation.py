@@ -43,6 +43,12 @@ def check_number(
         raise parameter_error(owner, name, expected, value)
 
 
+def check_bool(owner: str, name: str, value: Any) -> None:
+    """Raise if ``value`` is not a bool (a string such as "false" is refused, not read as true)."""
+    if not isinstance(value, bool):
+        raise parameter_error(owner, name, "a bool (true or false)", value)
+
+
 def check_choice(owner: str, name: str, value: Any, choices: Iterable[str]) -> None:
     """Raise if ``value`` is not one of ``choices``."""
     choices = list(choices)

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from roiroa.registry import Registry
 from roiroa.utils import batch_slices, model_device, progress
-from roiroa.validation import check_images, check_labels, check_mask, check_number
+from roiroa.validation import check_bool, check_images, check_labels, check_mask, check_number
 
 Norm = Literal["linf", "l2"]
 
@@ -105,6 +105,7 @@ class GradientAttack:
         check_number(owner, "restarts", self.restarts, low=1, integer=True)
         check_number(owner, "batch_size", self.batch_size, low=1, integer=True)
         check_number(owner, "step_size", self.step_size_value(), low=0.0, low_open=True)
+        check_bool(owner, "random_start", self.random_start)
 
     def step_size_value(self) -> float:
         """The absolute step size used at every step."""

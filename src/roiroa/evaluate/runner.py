@@ -40,17 +40,15 @@ ALL = "all"  # the key of the mean vulnerability over all attacks
 
 
 class Timings(dict):
-    """Seconds per stage; ``with timings('stage'):`` adds the time spent inside and logs it."""
+    """Seconds per stage; ``with timings('stage'):`` adds the time spent inside and logs it (if it succeeds)."""
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         start = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            self[stage] = round(self.get(stage, 0.0) + elapsed, 3)
-            log.info("  %-16s %6.1f s", stage, elapsed)
+        yield
+        elapsed = time.perf_counter() - start
+        self[stage] = round(self.get(stage, 0.0) + elapsed, 3)
+        log.info("  %-16s %6.1f s", stage, elapsed)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,313 @@
+"""The run configuration: defaults, round trips through dict/JSON/TOML, --quick, and strict checking."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from roiroa.errors import InputError
+from roiroa.evaluate.config import (
+    DataConfig,
+    DefenceConfig,
+    MapsConfig,
+    RegionsConfig,
+    RunConfig,
+    config_from_dict,
+    load_config,
+    quick,
+    validate,
+)
+
+# A config that differs from the defaults in every section.
+CUSTOM = {
+    "seed": 3,
+    "device": "cpu",
+    "batch_size": 32,
+    "examples": 4,
+    "data": {"source": "mnist", "test_fraction": 0.25, "max_test": 300, "n_fit": 100},
+    "model": {"arch": "mnist-cnn", "epochs": 2, "lr": 0.01, "batch_size": 128, "shift": 1},
+    "attacks": [
+        {"name": "fgsm", "eps": 0.1},
+        {"name": "pgd-linf", "eps": 0.2, "steps": 30, "label": "pgd-strong"},
+        {"name": "pgd-l2", "eps": 1.5, "steps": 5},
+    ],
+    "maps": {"importance": "saliency", "window": 6, "stride": 3, "baseline": 0.5, "vulnerability": "gradient"},
+    "regions": {"q_roi": 0.3, "q_roa": 0.1, "threshold": "otsu"},
+    "defence": {"fill": "mean", "oracle_q": [0.1, 0.5]},
+}
+
+CUSTOM_TOML = """
+seed = 3
+device = "cpu"
+batch_size = 32
+examples = 4
+
+[data]
+source = "mnist"
+test_fraction = 0.25
+max_test = 300
+n_fit = 100
+
+[model]
+arch = "mnist-cnn"
+epochs = 2
+lr = 0.01
+batch_size = 128
+shift = 1
+
+[[attacks]]
+name = "fgsm"
+eps = 0.1
+
+[[attacks]]
+name = "pgd-linf"
+eps = 0.2
+steps = 30
+label = "pgd-strong"
+
+[[attacks]]
+name = "pgd-l2"
+eps = 1.5
+steps = 5
+
+[maps]
+importance = "saliency"
+window = 6
+stride = 3
+baseline = 0.5
+vulnerability = "gradient"
+
+[regions]
+q_roi = 0.3
+q_roa = 0.1
+threshold = "otsu"
+
+[defence]
+fill = "mean"
+oracle_q = [0.1, 0.5]
+"""
+
+
+# ----------------------------------------------------------------------------------------------
+# defaults and round trips
+
+
+def test_defaults_validate():
+    config = RunConfig()
+    validate(config)
+    assert config.seed == 0 and config.quick is False
+    assert config.data.source == "mnist" and config.data.max_test is None
+    assert [a["name"] for a in config.attacks] == ["fgsm", "pgd-linf", "pgd-l2"]
+
+
+def test_empty_dict_is_the_default():
+    assert config_from_dict({}) == RunConfig()
+
+
+@pytest.mark.parametrize("config", [RunConfig(), config_from_dict(CUSTOM)], ids=["default", "custom"])
+def test_to_dict_round_trip(config):
+    d = config.to_dict()
+    json.dumps(d, allow_nan=False)  # JSON-able
+    again = config_from_dict(d)
+    assert again == config
+    assert again.to_dict() == d
+
+
+def test_custom_values_are_read():
+    c = config_from_dict(CUSTOM)
+    assert c.seed == 3 and c.batch_size == 32
+    assert c.data == DataConfig(source="mnist", test_fraction=0.25, max_test=300, n_fit=100)
+    assert c.maps == MapsConfig(importance="saliency", window=6, stride=3, baseline=0.5, vulnerability="gradient")
+    assert c.regions == RegionsConfig(q_roi=0.3, q_roa=0.1, threshold="otsu")
+    assert c.defence == DefenceConfig(fill="mean", oracle_q=(0.1, 0.5))
+    assert c.attacks[1] == {"name": "pgd-linf", "eps": 0.2, "steps": 30, "label": "pgd-strong"}
+
+
+def test_int_is_accepted_for_float_and_stored_as_float():
+    c = config_from_dict({"maps": {"baseline": 1}, "regions": {"q_roi": 1}})
+    assert c.maps.baseline == 1.0 and isinstance(c.maps.baseline, float)
+    assert isinstance(c.regions.q_roi, float)
+
+
+def test_load_config_json_and_toml_are_equal(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps(CUSTOM))
+    (tmp_path / "c.toml").write_text(CUSTOM_TOML)
+    from_json = load_config(tmp_path / "c.json")
+    from_toml = load_config(tmp_path / "c.toml")
+    assert from_json == from_toml == config_from_dict(CUSTOM)
+    assert from_json != RunConfig()
+
+
+def test_load_config_partial_toml(tmp_path):
+    (tmp_path / "p.toml").write_text("seed = 5\n[regions]\nq_roa = 0.3\n")
+    c = load_config(tmp_path / "p.toml")
+    assert c == dataclasses.replace(RunConfig(), seed=5, regions=RegionsConfig(q_roa=0.3))
+
+
+# ----------------------------------------------------------------------------------------------
+# quick
+
+
+def test_quick_caps_defaults():
+    q = quick(RunConfig())
+    assert q.quick is True
+    assert q.data.max_test == 200 and q.data.n_fit == 200
+    by_name = {a["name"]: a for a in q.attacks}
+    assert by_name["pgd-linf"]["steps"] == 10 and by_name["pgd-l2"]["steps"] == 10
+    assert "steps" not in by_name["fgsm"]
+    assert by_name["fgsm"] == {"name": "fgsm", "eps": 0.15}
+    # the rest is unchanged
+    assert q.maps == RunConfig().maps and q.model == RunConfig().model and q.seed == 0
+    validate(q)
+
+
+def test_quick_keeps_smaller_values_and_adds_missing_steps():
+    c = config_from_dict(
+        {
+            "data": {"max_test": 50, "n_fit": 30},
+            "attacks": [{"name": "pgd-linf", "steps": 4}, {"name": "pgd-l2"}, {"name": "fgsm"}],
+        }
+    )
+    q = quick(c)
+    assert q.data.max_test == 50 and q.data.n_fit == 30
+    assert q.attacks[0]["steps"] == 4
+    assert q.attacks[1]["steps"] == 10  # default 20 capped
+    assert "steps" not in q.attacks[2]
+    # the original is untouched (frozen config, dicts not mutated)
+    assert "steps" not in c.attacks[1] and c.quick is False
+
+
+def test_quick_idempotent():
+    for c in (RunConfig(), config_from_dict(CUSTOM)):
+        q = quick(c)
+        assert quick(q) == q
+
+
+# ----------------------------------------------------------------------------------------------
+# bad configs: each an InputError naming the key
+
+
+BAD = {
+    "unknown top-level key": ({"sede": 1}, r"unknown key 'sede'"),
+    "unknown nested key": ({"data": {"sorce": "mnist"}}, r"unknown key 'data\.sorce'"),
+    "seed is a string": ({"seed": "a"}, r"'seed' must be int"),
+    "attacks not a list": ({"attacks": "fgsm"}, r"'attacks' must be a list"),
+    "attacks a table": ({"attacks": {"name": "fgsm"}}, r"'attacks' must be a list"),
+    "attack entry not a table": ({"attacks": ["fgsm"]}, r"'attacks\[0\]' must be a table"),
+    "data not a table": ({"data": "mnist"}, r"'data' must be a table"),
+    "bool for int": ({"seed": True}, r"'seed' must be int"),
+    "bool for nested int": ({"maps": {"window": False}}, r"'maps\.window' must be int"),
+    "bool for float": ({"regions": {"q_roi": True}}, r"'regions\.q_roi' must be float"),
+    "string for float": ({"model": {"lr": "0.1"}}, r"'model\.lr' must be float"),
+    "negative seed": ({"seed": -1}, r"'seed'.*Got -1"),
+    "q_roi 0": ({"regions": {"q_roi": 0}}, r"'regions\.q_roi'.*\(0, 1\].*Got 0"),
+    "q_roi 1.5": ({"regions": {"q_roi": 1.5}}, r"'regions\.q_roi'.*Got 1\.5"),
+    "q_roa nan": ({"regions": {"q_roa": float("nan")}}, r"'regions\.q_roa'"),
+    "stride 0": ({"maps": {"stride": 0}}, r"'maps\.stride'.*Got 0"),
+    "stride > window": ({"maps": {"window": 4, "stride": 5}}, r"maps\.stride \(5\).*maps\.window \(4\)"),
+    "test_fraction 1": ({"data": {"test_fraction": 1.0}}, r"'data\.test_fraction'"),
+    "oracle_q 0": ({"defence": {"oracle_q": [0.1, 0.0]}}, r"'defence\.oracle_q'"),
+    "unknown device": ({"device": "tpu"}, r"'device'.*'auto', 'cpu', 'cuda'.*'tpu'"),
+    "unknown arch": ({"model": {"arch": "resnet"}}, r"'model\.arch'.*'mnist-cnn'"),
+    "unknown importance": ({"maps": {"importance": "shap"}}, r"'maps\.importance'"),
+    "unknown threshold": ({"regions": {"threshold": "median"}}, r"'regions\.threshold'"),
+    "unknown attack name": (
+        {"attacks": [{"name": "pgd"}]},
+        r"unknown attack 'pgd'.*fgsm, pgd-l2, pgd-linf",
+    ),
+    "attack without name": ({"attacks": [{"eps": 0.1}]}, r"attacks\[0\] has no 'name'"),
+    "unknown attack hyperparameter": (
+        {"attacks": [{"name": "fgsm", "eps": 0.1, "steps": 3}]},
+        r"'fgsm'.*'steps'",
+    ),
+    "negative eps": ({"attacks": [{"name": "fgsm", "eps": -0.1}]}, r"'eps'.*Got -0\.1"),
+    "linf eps 2.0": ({"attacks": [{"name": "pgd-linf", "eps": 2.0}]}, r"'eps' parameter of LinfPGD.*\(0, 1\].*2\.0"),
+    "fractional steps": ({"attacks": [{"name": "pgd-l2", "steps": 2.5}]}, r"'steps'.*Got 2\.5"),
+    "empty attacks": ({"attacks": []}, r"'attacks' is empty"),
+    "duplicate labels": (
+        {"attacks": [{"name": "fgsm"}, {"name": "pgd-linf", "label": "fgsm"}]},
+        r"two attacks share a name.*'label'",
+    ),
+    "duplicate names": ({"attacks": [{"name": "fgsm"}, {"name": "fgsm", "eps": 0.3}]}, r"share a name"),
+    "unknown fill": ({"defence": {"fill": "blur"}}, r"'defence\.fill'.*'zero', 'mean'.*'blur'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_config_raises(case):
+    data, match = BAD[case]
+    with pytest.raises(InputError, match=match):
+        config_from_dict(data)
+
+
+def test_duplicate_labels_fixed_by_label():
+    c = config_from_dict({"attacks": [{"name": "fgsm"}, {"name": "fgsm", "eps": 0.3, "label": "fgsm-0.3"}]})
+    assert len(c.attacks) == 2
+
+
+def test_invalid_json_raises(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"seed": 1,}')
+    with pytest.raises(InputError, match=r"bad\.json is not valid JSON"):
+        load_config(path)
+
+
+def test_invalid_toml_raises(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("seed = = 1\n")
+    with pytest.raises(InputError, match=r"bad\.toml is not valid TOML"):
+        load_config(path)
+
+
+def test_json_top_level_not_a_table_raises(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(InputError, match="table of settings at the top level"):
+        load_config(path)
+
+
+def test_bad_key_in_file_raises(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[data]\nsorce = "mnist"\n')
+    with pytest.raises(InputError, match=r"unknown key 'data\.sorce'.*source"):
+        load_config(path)
+
+
+def test_missing_file_raises(tmp_path):
+    with pytest.raises(InputError, match=r"cannot read config .*missing\.json"):
+        load_config(tmp_path / "missing.json")
+
+
+def test_unreadable_file_raises(tmp_path):
+    # a folder cannot be read as a file, even by root
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    with pytest.raises(InputError, match=r"cannot read config .*folder\.toml"):
+        load_config(folder)
+
+
+def test_permission_denied_raises(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("running as root: file permissions are not enforced")
+    path = tmp_path / "secret.json"
+    path.write_text("{}")
+    path.chmod(0)
+    try:
+        with pytest.raises(InputError, match=r"cannot read config .*secret\.json"):
+            load_config(path)
+    finally:
+        path.chmod(0o600)
+
+
+def test_attack_name_of_wrong_type_raises_input_error():
+    with pytest.raises(InputError, match="attack"):
+        config_from_dict({"attacks": [{"name": ["pgd-linf"]}]})
+
+
+def test_attack_random_start_must_be_bool():
+    with pytest.raises(InputError, match="random_start"):
+        config_from_dict({"attacks": [{"name": "pgd-linf", "random_start": "false"}]})
