@@ -27,7 +27,7 @@ CUSTOM = {
     "batch_size": 32,
     "examples": 4,
     "data": {"source": "mnist", "test_fraction": 0.25, "max_test": 300, "n_fit": 100},
-    "model": {"arch": "mnist-cnn", "epochs": 2, "lr": 0.01, "batch_size": 128, "shift": 1},
+    "model": {"arch": "mnist-cnn", "training": {"epochs": 2, "lr": 0.01, "batch_size": 128, "shift": 1}},
     "attacks": [
         {"name": "fgsm", "eps": 0.1},
         {"name": "pgd-linf", "eps": 0.2, "steps": 30, "label": "pgd-strong"},
@@ -52,6 +52,8 @@ n_fit = 100
 
 [model]
 arch = "mnist-cnn"
+
+[model.training]
 epochs = 2
 lr = 0.01
 batch_size = 128
@@ -200,7 +202,7 @@ BAD = {
     "bool for int": ({"seed": True}, r"'seed' must be int"),
     "bool for nested int": ({"maps": {"window": False}}, r"'maps\.window' must be int"),
     "bool for float": ({"regions": {"q_roi": True}}, r"'regions\.q_roi' must be float"),
-    "string for float": ({"model": {"lr": "0.1"}}, r"'model\.lr' must be float"),
+    "string for float": ({"model": {"training": {"lr": "0.1"}}}, r"'model\.training\.lr' must be float"),
     "negative seed": ({"seed": -1}, r"'seed'.*Got -1"),
     "q_roi 0": ({"regions": {"q_roi": 0}}, r"'regions\.q_roi'.*\(0, 1\].*Got 0"),
     "q_roi 1.5": ({"regions": {"q_roi": 1.5}}, r"'regions\.q_roi'.*Got 1\.5"),
@@ -247,31 +249,19 @@ def test_duplicate_labels_fixed_by_label():
     assert len(c.attacks) == 2
 
 
-def test_invalid_json_raises(tmp_path):
-    path = tmp_path / "bad.json"
-    path.write_text('{"seed": 1,}')
-    with pytest.raises(InputError, match=r"bad\.json is not valid JSON"):
-        load_config(path)
-
-
-def test_invalid_toml_raises(tmp_path):
-    path = tmp_path / "bad.toml"
-    path.write_text("seed = = 1\n")
-    with pytest.raises(InputError, match=r"bad\.toml is not valid TOML"):
-        load_config(path)
-
-
-def test_json_top_level_not_a_table_raises(tmp_path):
-    path = tmp_path / "list.json"
-    path.write_text("[1, 2]")
-    with pytest.raises(InputError, match="table of settings at the top level"):
-        load_config(path)
-
-
-def test_bad_key_in_file_raises(tmp_path):
-    path = tmp_path / "c.toml"
-    path.write_text('[data]\nsorce = "mnist"\n')
-    with pytest.raises(InputError, match=r"unknown key 'data\.sorce'.*source"):
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        ("bad.json", '{"seed": 1,}', r"bad\.json is not valid JSON"),
+        ("bad.toml", "seed = = 1\n", r"bad\.toml is not valid TOML"),
+        ("list.json", "[1, 2]", "table of settings at the top level"),
+        ("c.toml", '[data]\nsorce = "mnist"\n', r"unknown key 'data\.sorce'.*source"),
+    ],
+)
+def test_bad_config_file_raises(tmp_path, name, text, match):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(InputError, match=match):
         load_config(path)
 
 

@@ -20,6 +20,7 @@ from roiroa.defence.neutralizer import FILLS
 from roiroa.errors import InputError
 from roiroa.maps.vulnerability import VULNERABILITY_SOURCES
 from roiroa.models.registry import list_models
+from roiroa.models.train import TrainingRecipe
 from roiroa.validation import check_choice, check_number
 
 if sys.version_info >= (3, 11):
@@ -53,13 +54,10 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The reference model trained on the training split (cached): architecture and recipe."""
+    """The reference model trained on the training split (cached): architecture and training recipe."""
 
     arch: str = "mnist-cnn"
-    epochs: int = 12
-    lr: float = 3e-3
-    batch_size: int = 64
-    shift: int = 2
+    training: TrainingRecipe = field(default_factory=TrainingRecipe)
 
 
 @dataclass(frozen=True)
@@ -188,10 +186,10 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
     "data.test_fraction": {"low": 0.0, "low_open": True, "high": 0.99},
     "data.max_test": {"low": 1, "integer": True},
     "data.n_fit": {"low": 1, "integer": True},
-    "model.epochs": {"low": 1, "high": 1000, "integer": True},
-    "model.lr": {"low": 0.0, "low_open": True, "high": 1.0},
-    "model.batch_size": {"low": 1, "integer": True},
-    "model.shift": {"low": 0, "high": 8, "integer": True},
+    "model.training.epochs": {"low": 1, "high": 1000, "integer": True},
+    "model.training.lr": {"low": 0.0, "low_open": True, "high": 1.0},
+    "model.training.batch_size": {"low": 1, "integer": True},
+    "model.training.shift": {"low": 0, "high": 8, "integer": True},
     "maps.window": {"low": 1, "integer": True},
     "maps.stride": {"low": 1, "integer": True},
     "maps.baseline": {"low": 0.0, "high": 1.0},

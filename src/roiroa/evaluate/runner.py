@@ -29,7 +29,7 @@ from roiroa.maps.occlusion import Occlusion
 from roiroa.maps.saliency import Saliency
 from roiroa.maps.vulnerability import attack_vulnerability, mean_vulnerability
 from roiroa.models.predict import predict
-from roiroa.models.train import TrainedModel, TrainingRecipe, load_or_train
+from roiroa.models.train import TrainedModel, load_or_train
 from roiroa.regions.segments import SEGMENT_NAMES, Segments
 from roiroa.regions.statistics import dice, iou, pearson, spearman, summarize
 from roiroa.regions.thresholds import isolate
@@ -270,8 +270,7 @@ def run_experiment(config: RunConfig) -> RunResult:
         splits = load_splits(config)
         check_fits_data(config, splits.test)
     with timings("model"):
-        recipe = TrainingRecipe(config.model.epochs, config.model.lr, config.model.batch_size, config.model.shift)
-        trained = load_or_train(config.model.arch, splits.train, recipe, config.seed, device)
+        trained = load_or_train(config.model.arch, splits.train, config.model.training, config.seed, device)
     model, test = trained.model, splits.test
     attacks = build_attacks(config)
     test_maps = compute_maps(model, test, attacks, config, "test", timings)
