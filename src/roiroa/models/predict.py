@@ -22,4 +22,4 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.T
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
     """Fraction of x: (N, C, H, W) classified as y: (N,)."""
-    return float((predict(model, x, batch_size) == y.to(x.device)).float().mean())
+    return float((predict(model, x, batch_size) == y.to(x.device)).double().mean())
