@@ -23,8 +23,6 @@ from roiroa.maps.registry import list_estimators
 from roiroa.models.registry import list_models
 from roiroa.utils import resolve_device, set_progress
 
-log = logging.getLogger("roiroa")
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roiroa", description="Region of Importance / Region of Attack analysis.")

@@ -84,7 +84,7 @@ class Neutralizer(nn.Module):
 class GlobalMask:
     """One neutralization mask for every input, fitted on maps of a fitting set (scikit-learn style).
 
-    The maps of the fitting images are scaled to unit mean per image and averaged; RoI and RoA
+    The maps of the fitting images are scaled to unit mean absolute value per image and averaged; RoI and RoA
     are isolated on the averaged maps and the mask is S_A = RoA minus RoI.
 
     Args:

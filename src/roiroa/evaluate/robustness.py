@@ -14,6 +14,7 @@ from torch import nn
 from roiroa.attacks.base import AttackResult, GradientAttack
 from roiroa.defence.neutralizer import Neutralizer, neutralize, random_mask_like
 from roiroa.models.predict import predict
+from roiroa.regions.segments import Segments
 from roiroa.regions.thresholds import top_q_mask
 
 
@@ -89,7 +90,7 @@ def oracle_analysis(
         clean_accuracy (the same masks on the clean images), random_mask_accuracy (a random
         mask of the same area per image).
     """
-    s_a = top_q_mask(vulnerability, q_roa) & ~roi
+    s_a = Segments(roi, top_q_mask(vulnerability, q_roa)).s_a
     rand = random_mask_like(s_a, generator)
     ok_clean = correct(model, neutralize(x, s_a, fill), y)
     ok_rand_clean = correct(model, neutralize(x, rand, fill), y)

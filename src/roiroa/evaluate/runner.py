@@ -33,7 +33,7 @@ from roiroa.models.train import TrainedModel, load_or_train
 from roiroa.regions.segments import SEGMENT_NAMES, Segments
 from roiroa.regions.statistics import dice, iou, pearson, spearman, summarize
 from roiroa.regions.thresholds import isolate
-from roiroa.utils import progress, resolve_device, seed_all, stage_seed
+from roiroa.utils import model_device, progress, resolve_device, seed_all, stage_seed
 
 log = logging.getLogger(__name__)
 ALL = "all"  # the key of the mean vulnerability over all attacks
@@ -250,7 +250,7 @@ def defence_stage(
     config: RunConfig,
 ) -> DefenceStage:
     """Fit the global mask on the fitting maps and evaluate f o N and the random control on the test set."""
-    r, device = config.regions, resolve_device(config.device)
+    r, device = config.regions, model_device(model)
     mask = GlobalMask(r.q_roi, r.q_roa, r.threshold).fit(fit_maps.importance, fit_maps.vulnerability[ALL])  # type: ignore[arg-type]
     fill = fill_value(config.defence.fill, splits.fit.images)  # type: ignore[arg-type]
     random_mask = random_mask_like(mask.mask_, torch.Generator().manual_seed(stage_seed(config.seed, "random-mask")))
@@ -364,7 +364,11 @@ def maps_summary(config: RunConfig, attacks: dict[str, GradientAttack]) -> dict[
     }
     return {
         "importance": importance,
-        "vulnerability": {"source": m.vulnerability, "per_attack": used, ALL: "mean of unit-mean maps"},
+        "vulnerability": {
+            "source": m.vulnerability,
+            "per_attack": used,
+            ALL: "mean of the maps, each scaled to unit mean |A|",
+        },
     }
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -61,6 +63,19 @@ def random_shift(x: torch.Tensor, shift: int, generator: torch.Generator) -> tor
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+@contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global generator (and the device's) inside the block; restore it afterwards."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's tensors in key order (stored with a cached checkpoint)."""
+    return hash_tensors(*(state[k] for k in sorted(state)))
+
+
 def train_classifier(model: nn.Module, data: ImageDataset, recipe: TrainingRecipe, seed: int) -> nn.Module:
     """Train ``model`` in place on ``data`` with cross-entropy; returns it in eval mode.
 
@@ -68,8 +83,7 @@ def train_classifier(model: nn.Module, data: ImageDataset, recipe: TrainingRecip
     dropout, if the model has any) is seeded inside and restored afterwards.
     """
     device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded_rng(seed, device):
         return _train(model, data, recipe, torch.Generator().manual_seed(seed), device)
 
 
@@ -131,7 +145,7 @@ def load_or_train(
         "kwargs": json.dumps(kwargs),
         "recipe": json.dumps(asdict(recipe)),
         "seed": str(seed),
-        "sha256": hash_tensors(*(state[k] for k in sorted(state))),
+        "sha256": state_hash(state),
     }
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
     return TrainedModel(model, path, False, time.perf_counter() - start)
@@ -139,8 +153,7 @@ def load_or_train(
 
 def seeded_model(arch: str, kwargs: dict[str, int], seed: int, device: torch.device) -> nn.Module:
     """A new model whose initial weights depend only on ``seed`` (the global RNG is left as it was)."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with seeded_rng(seed, device):
         return create_model(arch, **kwargs).to(device)
 
 
@@ -150,7 +163,7 @@ def load_verified(model: nn.Module, path: Path, device: torch.device) -> bool:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             expected = (f.metadata() or {}).get("sha256")
             state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iterator)
-        if expected != hash_tensors(*(state[k] for k in sorted(state))):
+        if expected != state_hash(state):
             return False
         model.load_state_dict(state)
         return True

@@ -15,6 +15,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from roiroa.defence.neutralizer import neutralize  # noqa: E402
 from roiroa.models.predict import predict  # noqa: E402
+from roiroa.regions.segments import Segments  # noqa: E402
 from roiroa.regions.thresholds import top_q_mask  # noqa: E402
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def write_examples_figure(result: RunResult, path: Path) -> None:
     x, y = test.images[idx], test.labels[idx]
     x_adv = maps.results[label].x_adv[idx]
     roi, seg_labels = seg.roi[idx], seg.labels()[idx]
-    own_s_a = top_q_mask(maps.vulnerability[label][idx], result.config.regions.q_roa) & ~roi
+    own_s_a = Segments(roi, top_q_mask(maps.vulnerability[label][idx], result.config.regions.q_roa)).s_a
     x_global = neutralize(x_adv, result.mask.mask_, result.fill)
     x_oracle = neutralize(x_adv, own_s_a, result.fill)
     preds = {
