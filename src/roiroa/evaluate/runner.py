@@ -29,7 +29,7 @@ from roiroa.evaluate.robustness import evaluate_defence, mean, oracle_analysis
 from roiroa.maps.occlusion import Occlusion
 from roiroa.maps.saliency import Saliency
 from roiroa.maps.vulnerability import attack_vulnerability, mean_vulnerability
-from roiroa.models.loading import check_model_fits, load_pretrained
+from roiroa.models.loading import check_model_fits, load_model
 from roiroa.models.normalize import normalization_values
 from roiroa.models.predict import predict
 from roiroa.models.train import TrainedModel, load_or_train
@@ -98,6 +98,11 @@ def load_splits(config: RunConfig) -> Splits:
     data = load_dataset(config.data.source, config.data.labels)
     if config.data.fit_source is not None:  # every source image is a test image; train and fit from elsewhere
         train, test = load_dataset(config.data.fit_source, config.data.fit_labels), data
+        if train.num_classes != test.num_classes:
+            raise InputError(
+                f"data.fit_source has {train.num_classes} classes but data.source has {test.num_classes}: "
+                "give datasets with the same classes."
+            )
     else:
         train, test = split_by_class(data, config.data.test_fraction, config.seed)
     if config.data.max_test is not None:
@@ -121,17 +126,23 @@ def check_fits_data(config: RunConfig, data: ImageDataset) -> None:
 
 def prepare_model(config: RunConfig, splits: Splits, device: torch.device) -> TrainedModel:
     """The model of the run: loaded from ``model.weights`` where given, else trained (cached); checked on one image."""
-    m = config.model
+    m, test = config.model, splits.test
     if m.weights is None:
         trained = load_or_train(m.arch, splits.train, m.training, config.seed, device)
     else:
+        start = time.perf_counter()
         norm = normalization_values(m.normalization, m.mean, m.std)
-        num_classes = splits.test.num_classes
-        model, seconds = load_pretrained(
-            m.arch, m.weights, splits.test.images[0], num_classes, norm, device, m.trust_code
+        model = load_model(
+            m.arch,
+            m.weights,
+            image_shape=test.image_shape,
+            num_classes=test.num_classes,
+            normalization=norm,
+            device=device,
+            trust_code=m.trust_code,
         )
-        trained = TrainedModel(model, Path(m.weights), False, seconds)
-    check_model_fits(trained.model, splits.test.images[0], splits.test.num_classes)
+        trained = TrainedModel(model, Path(m.weights), False, time.perf_counter() - start)
+    check_model_fits(trained.model, test.images[0], test.num_classes)
     return trained
 
 

@@ -15,7 +15,6 @@ import importlib
 import inspect
 import pickle
 import re
-import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -248,28 +247,3 @@ def check_model_fits(model: nn.Module, image: torch.Tensor, num_classes: int) ->
             f"the model outputs {shape} for one image, but the data has {num_classes} classes: "
             f"it must return logits of shape (N, {num_classes})."
         )
-
-
-def load_pretrained(
-    arch: str,
-    weights: str | Path,
-    image: torch.Tensor,
-    num_classes: int,
-    normalization: tuple[Sequence[float], Sequence[float]] | None,
-    device: torch.device,
-    trust_code: bool = False,
-) -> tuple[nn.Module, float]:
-    """:func:`load_model` for data like ``image`` (C, H, W), checked by one forward pass; (model, seconds)."""
-    start = time.perf_counter()
-    c, h, w = image.shape
-    model = load_model(
-        arch,
-        weights,
-        image_shape=(c, h, w),
-        num_classes=num_classes,
-        normalization=normalization,
-        device=device,
-        trust_code=trust_code,
-    )
-    check_model_fits(model, image, num_classes)
-    return model, time.perf_counter() - start
