@@ -1,6 +1,7 @@
 """The command line: a thin layer over :func:`roiroa.run_experiment` and :func:`roiroa.report.write_run`.
 
     roiroa run [--config FILE] [--out DIR] [--quick] [--seed N] [--device auto|cpu|cuda]
+    roiroa report RUN_DIR
     roiroa list
 
 Bad input ends with one line on stderr and exit code 2, and no run folder is written.
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--labels", help="the IDX labels file, with an IDX images file as --data")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars on stderr")
+    report = sub.add_parser("report", help="write RUN_DIR/report.html, one self-contained page, from a run folder")
+    report.add_argument("run_dir", type=Path, help="a results folder written by `roiroa run`")
     sub.add_parser("list", help="list registered models, attacks and estimators")
     return parser
 
@@ -71,7 +74,14 @@ def command_run(args: argparse.Namespace) -> int:
     result = run_experiment(config)
     write_run(result, out, args.overwrite)
     print(headline_table(result.results))
-    print(f"results: {out}/ (results.json, metrics.csv, per_image.csv, maps.npz, examples.png, config.json)")
+    print(f"results: {out}/ (report.html, results.json, metrics.csv, per_image.csv, maps.npz, examples.png, ...)")
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from roiroa.report.html import write_report
+
+    print(f"report: {write_report(args.run_dir)}")
     return 0
 
 
@@ -86,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
+        if args.command == "report":
+            return command_report(args)
         return command_run(args) if args.command == "run" else command_list()
     except InputError as err:
         if args.debug:
