@@ -17,7 +17,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
+from roiroa.maps.vulnerability import unit_mean  # noqa: E402
 from roiroa.regions.segments import SEGMENT_NAMES  # noqa: E402
 
 SEGMENT_MEANINGS = {
@@ -68,33 +70,38 @@ class GridRow:
     vmax: float | None = None
 
 
-def image_grid(rows: Sequence[GridRow], title: str) -> plt.Figure:
-    """A grid of maps, one row per GridRow, with one colour scale per row and its colour bar."""
+def image_grid(rows: Sequence[GridRow], title: str, cell: float = 1.25) -> plt.Figure:
+    """A grid of maps, one row per GridRow, with one colour scale per row and its colour bar.
+
+    The axes are placed by hand (sizes in inches): matplotlib's automatic layouts cost seconds on
+    grids of this many axes.
+    """
     n_cols = max(len(r.columns) for r in rows)
-    fig, axes = plt.subplots(
-        len(rows), n_cols, figsize=(1.45 * n_cols + 1.6, 1.55 * len(rows) + 0.6), squeeze=False, layout="constrained"
-    )
+    left, right, top, bottom, title_h, gap = 1.0, 1.1, 0.45, 0.1, 0.22, 0.08
+    width = left + n_cols * cell + right
+    height = top + len(rows) * (cell + title_h) + bottom
+    fig = plt.figure(figsize=(width, height))
     for r, row in enumerate(rows):
         finite = row.maps[np.isfinite(row.maps)]
         vmin = row.vmin if row.vmin is not None else (float(finite.min()) if finite.size else 0.0)
         vmax = row.vmax if row.vmax is not None else (float(finite.max()) if finite.size else 1.0)
+        y = (height - top - (r + 1) * (cell + title_h) + gap / 2) / height
+        size = (cell - gap) / width, (cell - gap) / height
         image = None
-        for c in range(n_cols):
-            ax = axes[r, c]
+        for c, name in enumerate(row.columns):
+            ax = fig.add_axes(((left + c * cell) / width, y, *size))
             ax.set_xticks([])
             ax.set_yticks([])
-            if c >= len(row.columns):
-                ax.axis("off")
-                continue
             image = ax.imshow(row.maps[c], cmap=row.cmap, vmin=vmin, vmax=max(vmax, vmin + 1e-12))
-            if r == 0 or list(row.columns) != list(rows[r - 1].columns):
-                ax.set_title(row.columns[c], fontsize=8)
-        axes[r, 0].set_ylabel(row.title, fontsize=8)
+            ax.set_title(name, fontsize=7, pad=2)
+            if c == 0:
+                ax.set_ylabel(row.title, fontsize=8)
         if image is not None:
-            bar = fig.colorbar(image, ax=list(axes[r, : len(row.columns)]), shrink=0.9, pad=0.01)
+            cax = fig.add_axes(((left + len(row.columns) * cell + 0.05) / width, y, 0.1 / width, size[1]))
+            bar = fig.colorbar(image, cax=cax)
             bar.set_label(row.colourbar, fontsize=7)
-            bar.ax.tick_params(labelsize=7)
-    fig.suptitle(title, fontsize=10)
+            bar.ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=10, y=1 - 0.12 / height, va="top")
     return fig
 
 
@@ -130,20 +137,26 @@ def class_atlas(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attack
 
 
 def attack_atlas(arrays: Mapping[str, np.ndarray], attacks: Sequence[str]) -> plt.Figure:
-    """Rows mean/std of A and |delta|; columns the attacks (and 'all' for A)."""
+    """Rows mean/std of A and |delta|; columns the attacks (and 'all' for A).
+
+    Attacks differ in units (a gradient sum, an L2 or L-inf perturbation), so every map is first
+    scaled to unit mean per image (as the run's mean A is): the rows compare where, not how much.
+    """
     n = len(np.asarray(arrays["labels"]))
     one = np.zeros(n, dtype=np.int64)
     rows = []
     for name, prefix, extra in (("A", "vulnerability", ["all"]), ("|δ|", "perturbation", [])):
         labels = [a for a in [*attacks, *extra] if f"{prefix}[{a}]" in arrays]
-        stats = [group_mean_std(np.asarray(arrays[f"{prefix}[{a}]"]), one, 1) for a in labels]
+        maps = [unit_mean(torch.from_numpy(np.asarray(arrays[f"{prefix}[{a}]"]))).numpy() for a in labels]
+        stats = [group_mean_std(m, one, 1) for m in maps]
         columns = [_short(a) if a != "all" else "all attacks" for a in labels]
-        unit = "A (unit mean)" if name == "A" else "|δ|"
-        rows.append(GridRow(f"mean {name}", np.concatenate([s[0] for s in stats]), columns, f"mean {unit}"))
+        rows.append(GridRow(f"mean {name}", np.concatenate([s[0] for s in stats]), columns, f"mean {name} (unit mean)"))
         rows.append(
-            GridRow(f"std {name}", np.concatenate([s[1] for s in stats]), columns, f"std {unit}", cmap="viridis")
+            GridRow(
+                f"std {name}", np.concatenate([s[1] for s in stats]), columns, f"std {name} (unit mean)", cmap="viridis"
+            )
         )
-    return image_grid(rows, "Atlas per attack: mean and standard deviation over the test images")
+    return image_grid(rows, "Atlas per attack: mean and standard deviation over the test images (maps at unit mean)")
 
 
 def segment_atlas(arrays: Mapping[str, np.ndarray], classes: Sequence[str]) -> plt.Figure:

@@ -200,7 +200,12 @@ def atlas_section(run_dir: Path, results: dict[str, Any]) -> str:
             f"{e(strongest)} (the strongest attack). One colour scale per row.",
             class_atlas(arrays, classes, strongest),
         ),
-        ("Per attack", "Mean and standard deviation of A and |δ| for every attack.", attack_atlas(arrays, attacks)),
+        (
+            "Per attack",
+            "Mean and standard deviation of A and |δ| for every attack, each map first scaled to unit mean per "
+            "image (attacks differ in units): where each attack acts, not how strongly.",
+            attack_atlas(arrays, attacks),
+        ),
         (
             "Segment frequency",
             "For each segment, the share of test images in which a position falls in it (0 to 1, one scale); "
