@@ -7,6 +7,7 @@ import base64
 import csv
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -273,8 +274,11 @@ def _chromium(page: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
 def test_report_in_headless_chromium(small_run, tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("ROIROA_REQUIRE_CHROMIUM"):
+            pytest.fail("chromium is not installed but ROIROA_REQUIRE_CHROMIUM is set (CI): install it")
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does)")
     page = small_run / "report.html"
     # 1. the report as written: it loads with no console message at all (no script error, no blocked asset)
     plain = _chromium(page, tmp_path)
