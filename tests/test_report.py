@@ -48,7 +48,7 @@ def small_run(tmp_path_factory) -> Path:
             {"name": "pgd-l2", "label": EVIL_LABEL, "eps": 2.0, "steps": 3},
         ],
         "regions": {"q_roi": Q, "q_roa": Q},
-        "statistics": {"bootstrap": 300},
+        "statistics": {"bootstrap": 300, "seed_models": 1},
         "examples": 3,
     }
     (root / "config.json").write_text(json.dumps(config))
@@ -87,10 +87,14 @@ def test_run_statistics_have_intervals_and_a_sane_null(small_run):
     consistency = st["consistency"]
     assert set(consistency["attacks"]) == {"fgsm|pgd-linf", f"fgsm|{EVIL_LABEL}", f"pgd-linf|{EVIL_LABEL}"}
     assert set(consistency["restarts"]) == {"pgd-linf", EVIL_LABEL}  # FGSM has no random start
-    for pair in [*consistency["attacks"].values(), *consistency["restarts"].values()]:
-        assert pair["value"]["mean"] > pair["null"]["mean"]
+    assert set(consistency["seeds"]) == {"fgsm", "pgd-linf", EVIL_LABEL}  # a second model, seed 1
+    for kind in ("attacks", "restarts", "seeds"):
+        for pair in consistency[kind].values():
+            assert pair["value"]["mean"] > pair["null"]["mean"], kind
+            assert pair["value"]["mean"] < 1.0  # a second run or model is not a copy
     assert list(st["per_class"]) == CLASSES
     assert all(v["iou"]["value"]["n"] == 10 for v in st["per_class"].values())
+    assert all({"roa_iou_attacks", "roa_iou_restarts", "roa_iou_seeds"} <= set(v) for v in st["per_class"].values())
 
 
 def test_run_statistics_per_image_and_metrics(small_run):

@@ -104,12 +104,15 @@ class StatisticsConfig:
     contiguity: neighbours of Moran's I, 'rook' (edges) or 'queen' (edges and corners).
     restarts: re-run every random-start attack once with another seed, for the consistency of the RoA
         across random restarts.
+    seed_models: train this many more models (seeds seed+1, ...; cached) and attack them, for the
+        consistency of the RoA across model seeds (0 = skip; each costs a training run).
     """
 
     bootstrap: int = 2000
     ci_method: str = "BCa"
     contiguity: str = "rook"
     restarts: bool = True
+    seed_models: int = 0
 
 
 def default_attacks() -> tuple[dict[str, Any], ...]:
@@ -215,6 +218,7 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
     "regions.q_roi": {"low": 0.0, "low_open": True, "high": 1.0},
     "regions.q_roa": {"low": 0.0, "low_open": True, "high": 1.0},
     "statistics.bootstrap": {"low": 100, "high": 100000, "integer": True},
+    "statistics.seed_models": {"low": 0, "high": 10, "integer": True},
 }
 CHOICES: dict[str, Any] = {
     "device": lambda: ("auto", "cpu", "cuda"),

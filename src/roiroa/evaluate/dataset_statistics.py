@@ -4,7 +4,8 @@ For every vulnerability map A (per attack and 'all') and the importance I of the
 overlap of RoI and RoA (IoU, Dice, share of the RoA inside the RoI), agreement of the maps
 (Pearson, Spearman, pointing game, relevance mass of A inside the RoI), and Moran's I of A and of
 |delta| with its z-score against random permutations. Consistency: IoU of the RoA masks of
-different attacks and of two random restarts of the same attack.
+different attacks, of two random restarts of the same attack, and of the same attack on models
+trained with other seeds (``statistics.seed_models``).
 
 The null beside every number is the same statistic with A (or |delta|) replaced by itself with its
 positions shuffled at random per image (seeded): the same values without their arrangement.
@@ -20,6 +21,7 @@ from torch import nn
 from roiroa.attacks.base import GradientAttack
 from roiroa.data.dataset import ImageDataset
 from roiroa.maps.vulnerability import attack_vulnerability, perturbation_map
+from roiroa.models.train import load_or_train
 from roiroa.regions.spatial import moran_z, morans_i
 from roiroa.regions.statistics import (
     bootstrap_ci,
@@ -34,7 +36,7 @@ from roiroa.regions.statistics import (
     spearman,
 )
 from roiroa.regions.thresholds import isolate
-from roiroa.utils import seed_all, stage_seed
+from roiroa.utils import model_device, seed_all, stage_seed
 
 if TYPE_CHECKING:
     from roiroa.evaluate.config import RunConfig
@@ -61,6 +63,7 @@ DELTA_STATISTICS = {
 CONSISTENCY_STATISTICS = {
     "roa_iou_attacks": "IoU of the RoA masks of two attacks (mean over the pairs)",
     "roa_iou_restarts": "IoU of the RoA masks of two random restarts (mean over the attacks)",
+    "roa_iou_seeds": "IoU of the RoA masks on models trained with different seeds (mean over the attacks)",
 }
 
 
@@ -99,6 +102,7 @@ def per_image_statistics(
     maps: MapSet,
     attacks: dict[str, GradientAttack],
     config: RunConfig,
+    train: ImageDataset | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every statistic and its null per test image: column(stat, label, null) -> (N,)."""
     r, seed = config.regions, config.seed
@@ -124,6 +128,31 @@ def per_image_statistics(
             out[column("roa_iou_attacks", ALL, null)] = torch.stack(list(pairs.values())).nanmean(0)
     if config.statistics.restarts:
         out |= restart_consistency(model, test, maps, attacks, config, gen)
+    if config.statistics.seed_models and train is not None:
+        out |= seed_consistency(model, train, test, maps, attacks, config, gen)
+    return out
+
+
+def rerun_iou(
+    first: dict[str, torch.Tensor], again: dict[str, torch.Tensor], stat: str, config: RunConfig, gen: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """IoU of the RoA of each attack's map in ``first`` and in ``again`` (label -> (N, H, W)), and its null.
+
+    Columns ``stat[label]`` per attack and ``stat + 's'[all]``, their mean per image.
+    """
+    r = config.regions
+    out: dict[str, torch.Tensor] = {}
+    for null in (False, True):
+        values = []
+        for label, b in again.items():
+            a = first[label]
+            if null:
+                a, b = shuffle_positions(a, gen), shuffle_positions(b, gen)
+            value = iou(isolate(a, r.threshold, r.q_roa), isolate(b, r.threshold, r.q_roa))  # type: ignore[arg-type]
+            out[column(stat, label, null)] = value
+            values.append(value)
+        if values:
+            out[column(stat + "s", ALL, null)] = torch.stack(values).nanmean(0)
     return out
 
 
@@ -136,24 +165,44 @@ def restart_consistency(
     gen: torch.Generator,
 ) -> dict[str, torch.Tensor]:
     """IoU of the RoA of each random-start attack and of a second run from another random start."""
-    r, x, y = config.regions, test.images, test.labels
-    out: dict[str, torch.Tensor] = {}
-    per_attack: dict[bool, list[torch.Tensor]] = {False: [], True: []}
+    x, y = test.images, test.labels
+    again = {}
     for label, attack in attacks.items():
         if not attack.random_start:
             continue  # a deterministic attack repeats itself exactly
         seed_all(stage_seed(config.seed, f"test-restart:{label}"))
-        again = attack_vulnerability(x, attack.run(model, x, y), attack.norm, config.maps.vulnerability)  # type: ignore[arg-type]
-        first = maps.vulnerability[label]
-        for null in (False, True):
-            a, b = (shuffle_positions(first, gen), shuffle_positions(again, gen)) if null else (first, again)
-            value = iou(isolate(a, r.threshold, r.q_roa), isolate(b, r.threshold, r.q_roa))  # type: ignore[arg-type]
-            out[column("roa_iou_restart", label, null)] = value
-            per_attack[null].append(value)
-    for null, values in per_attack.items():
-        if values:
-            out[column("roa_iou_restarts", ALL, null)] = torch.stack(values).nanmean(0)
-    return out
+        again[label] = attack_vulnerability(x, attack.run(model, x, y), attack.norm, config.maps.vulnerability)  # type: ignore[arg-type]
+    return rerun_iou(maps.vulnerability, again, "roa_iou_restart", config, gen)
+
+
+def seed_consistency(
+    model: nn.Module,
+    train: ImageDataset,
+    test: ImageDataset,
+    maps: MapSet,
+    attacks: dict[str, GradientAttack],
+    config: RunConfig,
+    gen: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """IoU of the RoA of each attack on the run's model and on models trained with other seeds
+    (seed + 1, ..., seed + statistics.seed_models; cached like the run's model), averaged over those models."""
+    x, y = test.images, test.labels
+    runs: dict[str, list[torch.Tensor]] = {label: [] for label in attacks}
+    for k in range(1, config.statistics.seed_models + 1):
+        seed = config.seed + k
+        other = load_or_train(config.model.arch, train, config.model.training, seed, model_device(model)).model
+        for label, attack in attacks.items():
+            seed_all(stage_seed(seed, f"test:{label}"))
+            runs[label].append(
+                attack_vulnerability(x, attack.run(other, x, y), attack.norm, config.maps.vulnerability)  # type: ignore[arg-type]
+            )
+    out: dict[str, torch.Tensor] = {}
+    for k in range(config.statistics.seed_models):
+        for key, value in rerun_iou(
+            maps.vulnerability, {a: v[k] for a, v in runs.items()}, "roa_iou_seed", config, gen
+        ).items():
+            out[key] = value if k == 0 else out[key] + value
+    return {key: value / config.statistics.seed_models for key, value in out.items()}
 
 
 def labels_of(per_image: dict[str, torch.Tensor], stat: str) -> list[str]:
@@ -185,7 +234,7 @@ def summarize_statistics(
         per_attack[label] = {stat: _ci_pair(per_image, stat, label, config) for stat in stats}
     consistency = {
         name: {label: _ci_pair(per_image, stat, label, config) for label in labels_of(per_image, stat)}
-        for name, stat in (("attacks", "roa_iou"), ("restarts", "roa_iou_restart"))
+        for name, stat in (("attacks", "roa_iou"), ("restarts", "roa_iou_restart"), ("seeds", "roa_iou_seed"))
     }
     class_stats = list(MAP_STATISTICS) + [k for k in CONSISTENCY_STATISTICS if column(k, ALL) in per_image]
     per_class = {
@@ -205,6 +254,7 @@ def summarize_statistics(
             "contiguity": s.contiguity,
             "moran_z": "(I - E[I]) / sd[I] over all permutations of the map's positions (randomization moments)",
             "restarts": s.restarts,
+            "seed_models": s.seed_models,
         },
         "per_attack": per_attack,
         "consistency": consistency,
@@ -218,7 +268,11 @@ def dataset_statistics(
     maps: MapSet,
     attacks: dict[str, GradientAttack],
     config: RunConfig,
+    train: ImageDataset | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(the ``statistics`` section of results.json, the per-image columns name -> (N,))."""
-    per_image = per_image_statistics(model, test, maps, attacks, config)
+    """(the ``statistics`` section of results.json, the per-image columns name -> (N,)).
+
+    ``train`` trains the models of other seeds (``statistics.seed_models``); without it that part is skipped.
+    """
+    per_image = per_image_statistics(model, test, maps, attacks, config, train)
     return summarize_statistics(per_image, test.labels, test.classes, config), per_image

@@ -25,6 +25,7 @@ from roiroa.evaluate.dataset_statistics import CONSISTENCY_STATISTICS, DELTA_STA
 from roiroa.report.atlas import attack_atlas, class_atlas, figure_png, segment_atlas
 
 REPORT_NAME = "report.html"
+CONSISTENCY_KINDS = {"restarts": "two random starts", "seeds": "models of other seeds (mean)"}
 DEFENCE_FILES = ("defence.csv", "defence.json", "defence.png")
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 CSS = """
@@ -33,7 +34,8 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2e
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .9em; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; vertical-align: top; }
-th { background: #f3f3f3; } td.l, th.l { text-align: left; }
+th { background: #f3f3f3; } td.l, th.l { text-align: left; } td { white-space: nowrap; } td.l { white-space: normal; }
+.wide { overflow-x: auto; }
 .null { color: #777; } .note { color: #555; font-size: .9em; } .absent { color: #a33; }
 .headline { display: flex; flex-wrap: wrap; gap: .8em; }
 .card { border: 1px solid #ddd; border-radius: 6px; padding: .6em 1em; min-width: 12em; }
@@ -79,7 +81,7 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1) -
 
     head = "".join(f"<th{cls(i)}>{h}</th>" for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _read_json(path: Path) -> Any:
@@ -240,26 +242,25 @@ def statistics_section(results: dict[str, Any]) -> str:
     header = ["statistic", "meaning"] + [e(label if label != "all" else "all (mean A)") for label in labels]
     parts = ["<h2>Statistics</h2>", intro, "<h3>RoI and RoA, per attack</h3>", table(header, rows, left=2)]
     cons_rows = []
-    for kind, entries in st["consistency"].items():
+    missing = {
+        "restarts": "not computed (statistics.restarts = false, or no attack with a random start)",
+        "seeds": "not computed (statistics.seed_models = 0: no model trained with another seed)",
+    }
+    for kind in ("attacks", "restarts", "seeds"):
+        entries = st["consistency"].get(kind, {})
         for pair, s in entries.items():
+            which = pair.replace("|", " vs ") if kind == "attacks" else f"{pair}: {CONSISTENCY_KINDS[kind]}"
             cons_rows.append(
-                [
-                    e(kind),
-                    e(pair.replace("|", " vs ")),
-                    ci_text(s["value"]),
-                    f'<span class="null">{ci_text(s["null"])}</span>',
-                ]
+                [e(kind), e(which), ci_text(s["value"]), f'<span class="null">{ci_text(s["null"])}</span>']
             )
+        if not entries and kind in missing:
+            cons_rows.append([e(kind), f'<span class="absent">{e(missing[kind])}</span>', "", ""])
     parts.append("<h3>Consistency of the RoA</h3>")
     parts.append(
-        "<p>IoU of the RoA masks of two attacks on the same image, and of two runs of the same attack from "
-        "different random starts.</p>"
+        "<p>IoU of the RoA masks of two attacks on the same image; of an attack and a second run of it from "
+        "another random start; of an attack on the run's model and on models trained with other seeds.</p>"
     )
-    parts.append(
-        table(["across", "which", "IoU", "null"], cons_rows, left=2)
-        if cons_rows
-        else '<p class="absent">No consistency statistics in this run.</p>'
-    )
+    parts.append(table(["across", "which", "IoU", "null"], cons_rows, left=2))
     class_stats = [
         k
         for k in (
