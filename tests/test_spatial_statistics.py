@@ -242,3 +242,26 @@ def test_bootstrap_ci_edge_cases():
     one = bootstrap_ci(np.array([0.3]), seed=0)
     assert one["mean"] == 0.3 and math.isnan(one["low"]) and one["n"] == 1
     assert bootstrap_ci(np.array([]), seed=0)["n"] == 0
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "section",
+    [{"ci_method": "bogus"}, {"contiguity": "bishop"}, {"bootstrap": 10}, {"seed_models": -1}, {"restarts": "no"}],
+)
+def test_statistics_config_is_checked(section):
+    from roiroa.evaluate.config import config_from_dict
+
+    with pytest.raises(InputError):
+        config_from_dict({"statistics": section})
+
+
+def test_statistics_config_defaults_and_round_trip():
+    from roiroa.evaluate.config import RunConfig, config_from_dict
+
+    config = config_from_dict({"statistics": {"ci_method": "percentile", "seed_models": 2}})
+    assert config.statistics.ci_method == "percentile" and config.statistics.seed_models == 2
+    assert config_from_dict(config.to_dict()) == config
+    assert RunConfig().statistics.ci_method == "BCa" and RunConfig().statistics.seed_models == 0
