@@ -24,7 +24,7 @@ from roiroa.report.html import CSP, render_report
 from roiroa.report.run_folder import RUN_FILES
 
 EVIL = "<script>alert(1)</script>"
-CLASSES = [EVIL, "one & <b>only</b>", 'two "quoted"']
+CLASSES = [EVIL, "one & <b>only</b>", 'two "quoted" $\\foo$']
 EVIL_LABEL = "<img src=x onerror=alert(2)>"
 Q = 0.2
 

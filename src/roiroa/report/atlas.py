@@ -114,7 +114,9 @@ def figure_png(fig: plt.Figure, dpi: int = 80) -> bytes:
 
 
 def _short(name: str, width: int = 14) -> str:
-    return name if len(name) <= width else name[: width - 1] + "…"
+    """A class or attack name cut to ``width`` characters, with '$' escaped (matplotlib reads $...$ as maths)."""
+    name = name if len(name) <= width else name[: width - 1] + "…"
+    return name.replace("$", r"\$")
 
 
 def class_atlas(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attack: str) -> plt.Figure:
@@ -126,7 +128,7 @@ def class_atlas(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attack
     for name, key, unit in (
         ("I", "importance", "I"),
         ("A", "vulnerability[all]", "A (unit mean)"),
-        (f"|δ| {attack}", f"perturbation[{attack}]", "|δ|"),
+        (f"|δ| {_short(attack)}", f"perturbation[{attack}]", "|δ|"),
     ):
         maps = np.asarray(arrays[key])
         mean, std = group_mean_std(maps, labels, k)
