@@ -13,7 +13,6 @@ import csv
 import html
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -409,15 +408,16 @@ def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html (atomically: a temporary name, then a rename) and return its path."""
     run_dir = Path(run_dir)
     page = render_report(run_dir)
+    tmp = run_dir / f".{REPORT_NAME}.{os.getpid()}.tmp"  # beside the target: the rename is atomic
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".tmp", dir=run_dir)
-    except OSError as err:
-        raise InputError(f"cannot write in {run_dir} ({err.strerror}): copy the folder somewhere writable.") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
+        tmp.write_text(page, encoding="utf-8")
         os.replace(tmp, run_dir / REPORT_NAME)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise InputError(
+            f"cannot write {run_dir / REPORT_NAME} ({err.strerror}): copy the folder somewhere writable."
+        ) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return run_dir / REPORT_NAME
