@@ -288,9 +288,7 @@ def run_experiment(config: RunConfig) -> RunResult:
         regions, per_image = region_statistics(test_maps, config)
         segments = test_segments(test_maps, config)
     with timings("statistics"):
-        statistics, statistics_per_image = dataset_statistics(
-            model, test, test_maps, attacks, config, splits.train
-        )
+        statistics, statistics_per_image = dataset_statistics(model, test, test_maps, attacks, config, splits.train)
         per_image |= statistics_per_image
     fit_maps = compute_maps(model, splits.fit, attacks, config, "fit", timings)
     with timings("defence"):

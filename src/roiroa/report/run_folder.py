@@ -26,15 +26,7 @@ from roiroa.report.tables import METRIC_COLUMNS, metric_rows, per_image_rows
 if TYPE_CHECKING:
     from roiroa.evaluate.runner import RunResult
 
-RUN_FILES = (
-    "config.json",
-    "results.json",
-    "metrics.csv",
-    "per_image.csv",
-    "maps.npz",
-    "examples.png",
-    "report.html",
-)
+RUN_FILES = ("config.json", "results.json", "metrics.csv", "per_image.csv", "maps.npz", "examples.png", "report.html")
 
 
 def _json_safe(obj: Any) -> Any:
