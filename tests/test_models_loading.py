@@ -109,6 +109,7 @@ def test_corrupt_safetensors(tmp_path):
         read_state_dict(tmp_path / "cut.safetensors")
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 def test_torchscript_needs_trust_code(tmp_path):
     net = create_model("lenet5").eval()
     path = tmp_path / "net.pt"

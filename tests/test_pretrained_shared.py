@@ -61,6 +61,7 @@ def test_lenet5_pretrained_accuracy_on_mnist_t10k():
     assert accuracy(model, data.images, data.labels, batch_size=500) >= 0.98
 
 
+@pytest.mark.slow
 @needs_resnet20
 def test_resnet20_cli_quick_run_on_cifar10(tmp_path):
     """The CLI loads the checkpoint (no training), keeps class names, and writes the run folder."""
