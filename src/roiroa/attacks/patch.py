@@ -16,6 +16,7 @@ its patch looking clean to a detector).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
@@ -63,7 +64,7 @@ def square_masks(
         tops = torch.randint(0, height - side + 1, (n,), generator=generator)
         lefts = torch.randint(0, width - side + 1, (n,), generator=generator)
     masks = torch.zeros(n, 1, height, width, dtype=torch.bool)
-    for i, (t, left) in enumerate(zip(tops.tolist(), lefts.tolist())):
+    for i, (t, left) in enumerate(zip(tops.tolist(), lefts.tolist(), strict=False)):
         masks[i, 0, t : t + side, left : left + side] = True
     return masks
 
@@ -78,7 +79,8 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, target: int | None
     if weight > 0:
         if not hasattr(model, "penalty"):
             raise InputError("penalty_weight > 0 needs a model with a penalty(x) method (e.g. a FragmentDefence).")
-        loss = loss - weight * model.penalty(x).sum()
+        penalty: Callable[[torch.Tensor], torch.Tensor] = model.penalty  # type: ignore[assignment]
+        loss = loss - weight * penalty(x).sum()
     return loss
 
 
@@ -199,10 +201,13 @@ def paste(x: torch.Tensor, patch: torch.Tensor, tops: torch.Tensor, lefts: torch
     s = patch.shape[-1]
     # Place by padding (differentiable, no in-place writes): one padded copy per image.
     placed = torch.stack(
-        [F.pad(patch, (left, w - left - s, top, h - top - s)) for top, left in zip(tops.tolist(), lefts.tolist())]
+        [
+            F.pad(patch, (left, w - left - s, top, h - top - s))
+            for top, left in zip(tops.tolist(), lefts.tolist(), strict=True)
+        ]
     )
     mask = torch.zeros(n, 1, h, w, dtype=x.dtype, device=x.device)
-    for i, (top, left) in enumerate(zip(tops.tolist(), lefts.tolist())):
+    for i, (top, left) in enumerate(zip(tops.tolist(), lefts.tolist(), strict=False)):
         mask[i, 0, top : top + s, left : left + s] = 1.0
     return x * (1 - mask) + placed * mask
 
@@ -312,7 +317,7 @@ class UniversalPatch(GradientAttack):
         with torch.no_grad():
             x_adv = paste(x.cpu(), self.patch_.to(x.dtype), tops, lefts).clamp(0.0, 1.0)
         patch_mask = torch.zeros(len(x), 1, h, w, dtype=torch.bool)
-        for i, (t, left) in enumerate(zip(tops.tolist(), lefts.tolist())):
+        for i, (t, left) in enumerate(zip(tops.tolist(), lefts.tolist(), strict=False)):
             patch_mask[i, 0, t : t + side, left : left + side] = True
         device = model_device(model)
         grads = [

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,7 +160,8 @@ class FragmentDetector:
         """Features (N, R, F) of the fragments of x: (N, C, H, W) in [0, 1] (columns in ``features`` order)."""
         regions = self.regions(x.shape[2], x.shape[3]).to(x.device)
         x = x.detach()
-        cols = {n: c for n, c in zip(PIXEL_FEATURES, pixel_features(x, regions, PIXEL_FEATURES).unbind(-1))}
+        pixel = pixel_features(x, regions, PIXEL_FEATURES).unbind(-1)
+        cols = dict(zip(PIXEL_FEATURES, pixel, strict=True))
         if "gradient" in self.features or "probe" in self.features:
             y_pred = predict(model, x, self.batch_size)
             if "gradient" in self.features:
@@ -174,10 +175,21 @@ class FragmentDetector:
         return torch.stack([cols[n] for n in self.features], dim=-1)
 
     # -- fit ------------------------------------------------------------------------------------------------
-    def fit(self, model: nn.Module, x_fit: torch.Tensor, y_fit: torch.Tensor) -> FragmentDetector:
-        """Fit on clean images x_fit: (N, C, H, W) in [0, 1] with labels y_fit: (N,); returns self."""
+    def fit(
+        self,
+        model: nn.Module,
+        x_fit: torch.Tensor,
+        y_fit: torch.Tensor,
+        feats: torch.Tensor | None = None,
+        importance: torch.Tensor | None = None,
+    ) -> FragmentDetector:
+        """Fit on clean images x_fit: (N, C, H, W) in [0, 1] with labels y_fit: (N,); returns self.
+
+        ``feats`` (N, R, F) (this detector's features, precomputed) and ``importance`` (N, H, W) (occlusion
+        importance of x_fit with this window and stride) skip their computation when several detectors share them.
+        """
         check_images(x_fit, "x_fit")
-        feats = self.fragment_features(model, x_fit)
+        feats = self.fragment_features(model, x_fit) if feats is None else feats
         flat = feats.reshape(-1, feats.shape[-1]).double().numpy()
         s: dict[str, Any] = {"scaler": StandardScaler().fit(flat)}
         z = s["scaler"].transform(flat)
@@ -193,14 +205,17 @@ class FragmentDetector:
                 db = DBSCAN(eps=s["eps"], min_samples=self.min_samples).fit(sub)
                 s["core"] = NearestNeighbors(n_neighbors=1).fit(sub[db.core_sample_indices_])
         elif self.method == "roa":
-            s["threshold"] = float(np.quantile(feats[..., self.features.index("probe")].numpy(), 1 - self.contamination))
+            s["threshold"] = float(
+                np.quantile(feats[..., self.features.index("probe")].numpy(), 1 - self.contamination)
+            )
         # the surrogate: squared z-score of the pixel features, and its clean quantile
         pix = [i for i, n in enumerate(self.features) if n in PIXEL_FEATURES]
         s["pixel_columns"] = pix
         if pix:
             score = (z[:, pix] ** 2).sum(1)
             s["surrogate_threshold"] = float(np.quantile(score, 1 - self.contamination))
-        importance = Occlusion(window=self.window, stride=self.stride, batch_size=256)(model, x_fit, y_fit)
+        if importance is None:
+            importance = Occlusion(window=self.window, stride=self.stride, batch_size=256)(model, x_fit, y_fit)
         s["roi"] = top_q_mask(unit_mean(importance).mean(0, keepdim=True), self.q_roi)[0].cpu()
         s["image_shape"] = tuple(x_fit.shape[1:])
         self._state = s
@@ -221,14 +236,14 @@ class FragmentDetector:
             raise InputError("FragmentDetector is not fitted yet: call fit(model, x_fit, y_fit) first.")
 
     # -- detect ---------------------------------------------------------------------------------------------
-    def flagged_fragments(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """(N, R) bool: the anomalous fragments of x: (N, C, H, W) in [0, 1]."""
+    def flagged_fragments(self, model: nn.Module, x: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, R) bool: the anomalous fragments of x: (N, C, H, W) in [0, 1] (``feats``: precomputed (N, R, F))."""
         self._check_fitted()
         if tuple(x.shape[1:]) != self._state["image_shape"]:
             raise InputError(
                 f"FragmentDetector was fitted on images {self._state['image_shape']}; got {tuple(x.shape[1:])}."
             )
-        feats = self.fragment_features(model, x)
+        feats = self.fragment_features(model, x) if feats is None else feats
         n, r, f = feats.shape
         if self.method == "roa":
             return feats[..., self.features.index("probe")] > self._state["threshold"]
@@ -251,10 +266,10 @@ class FragmentDetector:
                     out[i] = DBSCAN(eps=self._state["eps"], min_samples=self.min_samples).fit(zi[i]).labels_ == -1
         return torch.from_numpy(np.asarray(out).reshape(n, r)).to(x.device)
 
-    def detect(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def detect(self, model: nn.Module, x: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
         """(N, H, W) bool: the positions to neutralize in x: (N, C, H, W) (flagged fragments minus the RoI)."""
         regions = self.regions(x.shape[2], x.shape[3]).to(x.device)
-        flagged = (self.flagged_fragments(model, x).float() @ regions.flatten(1).float()) > 0
+        flagged = (self.flagged_fragments(model, x, feats).float() @ regions.flatten(1).float()) > 0
         mask = flagged.view(len(x), *x.shape[2:])
         if self.keep_roi:
             if self.roi_source == "global":
@@ -291,6 +306,8 @@ class FragmentDefence(nn.Module):
         fill_value: (1, C, 1, 1) or float, the 'mean' fill (e.g. the fitting set's channel mean).
     """
 
+    fill_value: torch.Tensor
+
     def __init__(
         self,
         model: nn.Module,
@@ -310,10 +327,14 @@ class FragmentDefence(nn.Module):
         self.rank = rank
         self.sigma = sigma
 
-    def flagged(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, H, W) bool: the positions this defence neutralizes in x."""
+    def flagged(self, x: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, H, W) bool: the positions this defence neutralizes in x (``feats``: precomputed fragment features)."""
         with torch.no_grad():
-            return self.detector.detect(self.model, x.detach())
+            return self.detector.detect(self.model, x.detach(), feats)
+
+    def defended_logits(self, x: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
+        """forward(x) with precomputed fragment features (evaluation shares them between detectors)."""
+        return self.model(self.neutralize(x, self.flagged(x, feats)))
 
     def neutralize(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) with ``mask`` (N, H, W) filled; gradients as described in the module docstring."""

@@ -25,7 +25,9 @@ from roiroa.validation import check_images, check_number
 
 
 def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
-    """sqrt(du^2 + dv^2) of the channel mean of x: (N, C, H, W), forward differences (0 at the last row/col) -> (N, H, W)."""
+    """sqrt(du^2 + dv^2) of the channel mean of x: (N, C, H, W) -> (N, H, W).
+
+    Forward differences, 0 at the last row and column."""
     g = x.mean(1)
     du = F.pad(g[:, :, 1:] - g[:, :, :-1], (0, 1))
     dv = F.pad(g[:, 1:, :] - g[:, :-1, :], (0, 0, 0, 1))

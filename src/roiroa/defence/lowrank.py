@@ -26,7 +26,7 @@ def truncated_svd(x: torch.Tensor, rank: int) -> torch.Tensor:
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per image and channel mean of x: (N, C, H, W) over the positions outside mask (N or 1, 1, H, W) -> (N, C, 1, 1)."""
+    """Per image and channel mean of x: (N, C, H, W) outside mask (N or 1, 1, H, W) -> (N, C, 1, 1)."""
     keep = 1.0 - mask
     total = keep.sum(dim=(2, 3), keepdim=True).clamp(min=1.0)
     return (x * keep).sum(dim=(2, 3), keepdim=True) / total
