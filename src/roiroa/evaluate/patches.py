@@ -6,7 +6,8 @@
 Settings: 'clean' (no attack), 'non-adaptive' (the attack crafted on f, evaluated on the defence) and
 'adaptive' (crafted through the defence end to end: the detector's hard decisions are constants in the
 backward pass (BPDA), and for fragment defences the loss also pays ``penalty_weight`` times the detector's
-differentiable anomaly surrogate, so the patch learns to look like clean fragments). Accuracy counts an image
+differentiable anomaly surrogate, so the patch learns to look like clean fragments). 'worst-case' counts an image
+only if both the non-adaptive and the adaptive attack failed on it. Accuracy counts an image
 only if the defended model classifies both the clean and the attacked image correctly.
 """
 
@@ -233,6 +234,23 @@ def load_data_and_model(
     return model.to(device).eval(), x_rest[pick], y_rest[pick], fit.images, fit.labels
 
 
+def random_blocks(areas: torch.Tensor, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """The random-block control: per image a square at a random place covering about ``areas[i]`` of the image.
+
+    Args:
+        areas: (N,) fractions in [0, 1] (e.g. each image's flagged share); side = round(sqrt(area H W)).
+
+    Returns:
+        (N, 1, H, W) bool; an image whose side rounds to 0 gets an empty mask.
+    """
+    masks = torch.zeros(len(areas), 1, height, width, dtype=torch.bool)
+    for i, a in enumerate(areas.tolist()):
+        side = min(round((a * height * width) ** 0.5), height, width)
+        if side > 0:
+            masks[i] = square_masks(1, height, width, side, "random", generator)[0]
+    return masks
+
+
 def _accuracy(ok_clean: torch.Tensor, ok_adv: torch.Tensor) -> float:
     return float((ok_clean & ok_adv).double().mean())
 
@@ -290,12 +308,7 @@ def evaluate_patches(config: PatchEvalConfig) -> tuple[list[dict[str, Any]], dic
 
     def control(images: torch.Tensor, area: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Random square per image with as many pixels as the main defence flagged (mean fill): correct (N,)."""
-        h, w = images.shape[2:]
-        masks = torch.zeros(len(images), 1, h, w, dtype=torch.bool)
-        for i, a in enumerate(area.tolist()):
-            side = round((a * h * w) ** 0.5)
-            if side > 0:
-                masks[i] = square_masks(1, h, w, min(side, h, w), "random", gen)[0]
+        masks = random_blocks(area, images.shape[2], images.shape[3], gen)
         return predict(model, neutralize(images, masks, mean_fill), config.batch_size).cpu() == y
 
     main = config.defences[0] if config.defences else None
@@ -390,6 +403,9 @@ def evaluate_patches(config: PatchEvalConfig) -> tuple[list[dict[str, Any]], dic
                     iou=_mean_iou(flag, res.patch_mask),
                     flagged=float(flag.double().mean()),
                 )
+                # per image worst case: robust only if both the non-adaptive and the adaptive attack failed
+                both = _accuracy(clean[name][1] & adv[name][1], ok)
+                add(label, area, name, "worst-case", both, params=params)
                 log.info("  adaptive %s vs %s: %.1f s", label, name, time.perf_counter() - t0)
     meta["seconds"] = round(time.perf_counter() - start, 1)
     return rows, meta
