@@ -428,7 +428,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
                 if r["attack"] == attack and r["defence"] == d and r["setting"] == "non-adaptive"
             )
             if pts:
-                line = ax.plot(*zip(*pts, strict=False), marker="o", label=d, color=f"C{i % 10}")[0]
+                line = ax.plot(*zip(*pts, strict=False), marker="o", label=d, color=plt.get_cmap("tab20")(i % 20))[0]
                 ada = [
                     (r["area"], r["accuracy"])
                     for r in rows
