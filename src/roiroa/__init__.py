@@ -13,8 +13,10 @@ from roiroa.defence import GlobalMask, Neutralizer, fill_value, neutralize, rand
 from roiroa.errors import InputError
 from roiroa.evaluate import RunConfig, RunResult, load_config, run_experiment
 from roiroa.maps import Occlusion, PerturbationMagnitude, Saliency, create_estimator, list_estimators
-from roiroa.models import MnistCNN, accuracy, create_model, list_models, load_or_train, predict
+from roiroa.models import MnistCNN, Normalized, accuracy, create_model, list_models, load_model, load_or_train, predict
 from roiroa.regions import Segments, dice, grid_regions, iou, isolate, pearson, spearman, top_q_mask
+from roiroa.regions.spatial import morans_i
+from roiroa.regions.statistics import bootstrap_ci
 
 __all__ = [
     "__version__",
@@ -26,6 +28,8 @@ __all__ = [
     "create_model",
     "list_models",
     "load_or_train",
+    "load_model",
+    "Normalized",
     "predict",
     "accuracy",
     "FGSM",
@@ -47,6 +51,8 @@ __all__ = [
     "dice",
     "pearson",
     "spearman",
+    "morans_i",
+    "bootstrap_ci",
     "GlobalMask",
     "Neutralizer",
     "neutralize",

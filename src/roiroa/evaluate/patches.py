@@ -180,22 +180,6 @@ def load_patch_config(path: str | Path) -> PatchEvalConfig:
     return config
 
 
-class Normalized(nn.Module):
-    """f((x - mean) / std): a model trained on normalized inputs, fed [0, 1] images."""
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
-
-
 def load_data_and_model(
     config: PatchEvalConfig, device: torch.device
 ) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -216,7 +200,7 @@ def load_data_and_model(
         test = sample_per_class(splits.test, config.n_test, stage_seed(config.seed, "test-subset"))
         fit = sample_per_class(splits.fit, config.n_fit, stage_seed(config.seed, "fit-subset"))
         return model.eval(), test.images, test.labels, fit.images, fit.labels
-    from roiroa.models.registry import create_model
+    from roiroa.models.loading import load_model
 
     data = load_dataset(config.data, None)
     fit = sample_per_class(data, config.n_fit, stage_seed(config.seed, "fit-subset"))
@@ -225,13 +209,16 @@ def load_data_and_model(
     x_rest, y_rest = data.images[rest], data.labels[rest]
     gen = torch.Generator().manual_seed(stage_seed(config.seed, "test-subset"))
     pick = torch.randperm(len(y_rest), generator=gen)[: config.n_test]
-    model = create_model(config.arch)
-    state = torch.load(str(config.checkpoint), map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    model.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
-    if config.mean is not None and config.std is not None:
-        model = Normalized(model, config.mean, config.std)
-    return model.to(device).eval(), x_rest[pick], y_rest[pick], fit.images, fit.labels
+    norm = (config.mean, config.std) if config.mean is not None and config.std is not None else None
+    model = load_model(
+        config.arch,
+        str(config.checkpoint),
+        image_shape=tuple(data.images.shape[1:]),  # type: ignore[arg-type]
+        num_classes=int(data.labels.max()) + 1,
+        normalization=norm,
+        device=device,
+    )
+    return model, x_rest[pick], y_rest[pick], fit.images, fit.labels
 
 
 def random_blocks(areas: torch.Tensor, height: int, width: int, generator: torch.Generator) -> torch.Tensor:

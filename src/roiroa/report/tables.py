@@ -28,6 +28,7 @@ def metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         for label, stats in entry.items():
             if isinstance(stats, dict):
                 rows += [_row("regions", method, label, m, stats[m]["mean"]) for m in ("iou", "dice")]
+    rows += statistics_rows(results.get("statistics"))
     for row in results["defence"]:
         meta = ("mask", "fill", "threshold", "attack")
         rows += [_row("defence", row["mask"], row["attack"], m, v) for m, v in row.items() if m not in meta]
@@ -38,15 +39,43 @@ def metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def statistics_rows(statistics: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Rows of the dataset statistics: scope 'statistics' (or 'consistency:<kind>') for the value and
+    '...:null' for the null; metrics <name>, <name>_ci_low, <name>_ci_high."""
+    rows: list[dict[str, Any]] = []
+    if not statistics:
+        return rows
+    groups = [("statistics", statistics["per_attack"])]
+    groups += [(f"consistency:{kind}", {label: {"roa_iou": s} for label, s in entries.items()})
+               for kind, entries in statistics["consistency"].items()]
+    for scope, by_label in groups:
+        for label, stats in by_label.items():
+            for name, pair in stats.items():
+                for kind in ("value", "null"):
+                    ci = pair[kind]
+                    where = scope if kind == "value" else f"{scope}:null"
+                    rows += [
+                        _row("statistics", where, label, name + suffix, ci[key])
+                        for suffix, key in (("", "mean"), ("_ci_low", "low"), ("_ci_high", "high"))
+                    ]
+    return rows
+
+
 def per_image_rows(result: RunResult) -> list[dict[str, Any]]:
-    """One row per test image: source index, label, predictions on clean and attacked images, statistics."""
+    """One row per test image: source index, label, predictions on clean and attacked images, statistics,
+    and the class names of the label and of each prediction."""
     test = result.splits.test
     columns = {"index": test.index, "label": test.labels}
     columns |= {f"pred[{k}]": v for k, v in result.predictions.items()}
     columns |= result.per_image
     names = list(columns)
     values = [c.tolist() for c in columns.values()]
-    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+    rows = [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+    classes = test.classes  # class names beside the indices
+    for row in rows:
+        row["class"] = classes[row["label"]]
+        row |= {f"pred_class[{k}]": classes[row[f"pred[{k}]"]] for k in result.predictions}
+    return rows
 
 
 def _pct(v: float) -> str:
