@@ -213,13 +213,14 @@ def paste(x: torch.Tensor, patch: torch.Tensor, tops: torch.Tensor, lefts: torch
 
 
 def _corners(mask: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-left corners (N,) of each mask's bounding box, moved inside the image for a square of ``side``."""
+    """Top-left corners (N,) of each mask's bounding box, moved inside the image for a square of ``side`` (0 where
+    a mask is empty)."""
     n, _, h, w = mask.shape
     tops, lefts = torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
     for i in range(n):
         rows, cols = mask[i, 0].nonzero(as_tuple=True)
         if len(rows) == 0:
-            raise InputError(f"mask {i} is empty: a universal patch needs a position for every image.")
+            continue  # an empty mask: the image stays unchanged (run() cuts the patch to the mask)
         tops[i] = min(int(rows.min()), h - side)
         lefts[i] = min(int(cols.min()), w - side)
     return tops, lefts
@@ -319,6 +320,8 @@ class UniversalPatch(GradientAttack):
         patch_mask = torch.zeros(len(x), 1, h, w, dtype=torch.bool)
         for i, (t, left) in enumerate(zip(tops.tolist(), lefts.tolist(), strict=False)):
             patch_mask[i, 0, t : t + side, left : left + side] = True
+        patch_mask &= mask.expand(len(x), -1, -1, -1).cpu().bool()  # never outside the mask (an empty mask: no patch)
+        x_adv = torch.where(patch_mask, x_adv, x.cpu())
         device = model_device(model)
         grads = [
             _gradient(model, x_adv[s].to(device), y[s].to(device), self.target, 0.0).norm(dim=1).cpu()
