@@ -158,7 +158,8 @@ def within_budget(attack, x, x_adv):
 
 def test_registry_names():
     assert set(list_attacks()) >= {"fgsm", "pgd-linf", "pgd-l2"}
-    assert list_attacks("pgd-*") == ["pgd-l2", "pgd-linf"]
+    assert {"pgd-l2", "pgd-linf"} <= set(list_attacks("pgd-*"))
+    assert all(n.startswith("pgd-") for n in list_attacks("pgd-*"))
 
 
 @pytest.mark.parametrize("name", list_attacks())

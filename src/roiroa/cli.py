@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write RUN_DIR/report.html, one self-contained page, from a run folder")
     report.add_argument("run_dir", type=Path, help="a results folder written by `roiroa run`")
     sub.add_parser("list", help="list registered models, attacks and estimators")
+    patches = sub.add_parser("patches", help="patch attacks against per-input fragment defences and LGS")
+    patches.add_argument("--config", type=Path, help="a .toml or .json patches config (see examples/)")
+    patches.add_argument("--out", type=Path, help="output folder (default: roiroa-runs/patches-<date-time>)")
+    patches.add_argument("--quick", action="store_true", help="50 test images, 100 fitting images, at most 20 steps")
+    patches.add_argument("--seed", type=int, help="seed of every random choice (default: the config's, 0)")
+    patches.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False, help="progress bars")
     return parser
 
 
@@ -123,10 +129,39 @@ def command_list() -> int:
     return 0
 
 
+def command_patches(args: argparse.Namespace) -> int:
+    from roiroa.evaluate.patches import (
+        PatchEvalConfig,
+        evaluate_patches,
+        load_patch_config,
+        patch_table,
+        quick_patch_config,
+        validate_patch_config,
+        write_patch_results,
+    )
+
+    config = load_patch_config(args.config) if args.config else PatchEvalConfig()
+    if args.seed is not None:
+        config = dataclasses.replace(config, seed=args.seed)
+    if args.quick:
+        config = quick_patch_config(config)
+    validate_patch_config(config)
+    resolve_device(config.device)
+    out = args.out or Path("roiroa-runs") / time.strftime("patches-%Y%m%d-%H%M%S")
+    set_progress(args.progress)
+    rows, meta = evaluate_patches(config)
+    write_patch_results(rows, meta, out)
+    print(patch_table(rows))
+    print(f"results: {out}/ (patches.csv, patches.json, patches.png); {meta['n_test']} test images")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
+        if args.command == "patches":
+            return command_patches(args)
         if args.command == "report":
             return command_report(args)
         return command_run(args) if args.command == "run" else command_list()

@@ -10,6 +10,7 @@ from roiroa.attacks.base import (
     register_attack,
 )
 from roiroa.attacks.gradient import FGSM, L2PGD, LinfPGD
+from roiroa.attacks.patch import LocalizedPatch, PatchResult, SquarePGD, UniversalPatch
 
 __all__ = [
     "ATTACKS",
@@ -18,6 +19,10 @@ __all__ = [
     "FGSM",
     "LinfPGD",
     "L2PGD",
+    "LocalizedPatch",
+    "PatchResult",
+    "SquarePGD",
+    "UniversalPatch",
     "create_attack",
     "list_attacks",
     "loss_gradient",
