@@ -10,6 +10,7 @@ from roiroa.attacks.base import (
     register_attack,
 )
 from roiroa.attacks.gradient import FGSM, L2PGD, LinfPGD
+from roiroa.attacks.square import SquareAttack
 
 __all__ = [
     "ATTACKS",
@@ -17,6 +18,7 @@ __all__ = [
     "GradientAttack",
     "FGSM",
     "LinfPGD",
+    "SquareAttack",
     "L2PGD",
     "create_attack",
     "list_attacks",
