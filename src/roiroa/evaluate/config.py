@@ -113,11 +113,11 @@ class DefendConfig:
     run_images: test images of the short form inside ``roiroa run`` (0 turns it off).
     """
 
-    n_test: int = 200
+    n_test: int = 100
     eps: float = 0.15
     steps: int = 20
     square_queries: int = 100
-    eot_draws: int = 8
+    eot_draws: int = 4
     q_roi: float = 0.2
     q_roa: float = 0.2
     threshold: str = "top_q"
@@ -125,10 +125,10 @@ class DefendConfig:
     fill: str = "zero"
     probe_eps: float = 0.1
     probe_steps: int = 5
-    sweep_q_roa: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
+    sweep_q_roa: tuple[float, ...] = (0.1, 0.2, 0.3)
     sweep_dilation: tuple[int, ...] = (0, 1)
     sweep_fills: tuple[str, ...] = ("zero", "mean", "pixel_mean", "blur", "noise")
-    n_sanity: int = 100
+    n_sanity: int = 50
     sanity_eps: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 1.0)
     bits: int = 1
     median_size: int = 3

@@ -273,7 +273,7 @@ def sweep_rows(
     A row is on the Pareto front when no other row has both higher clean and higher adaptive accuracy."""
     d = config.defend
     points: list[tuple[str, str, float, int, str, str]] = []
-    for kind in ("global", "per_class", "per_input"):
+    for kind in ("global", "per_class"):
         for q in d.sweep_q_roa:
             for dil in d.sweep_dilation:
                 points.append((kind, "top_q", q, dil, d.fill, "probe"))
@@ -281,7 +281,8 @@ def sweep_rows(
         for name in d.sweep_fills:
             if name != d.fill:
                 points.append((kind, d.threshold, d.q_roa, d.dilation, name, "probe"))
-    points += [("per_input", "top_q", q, 0, d.fill, "shift") for q in d.sweep_q_roa]
+    # per_input costs a probe attack per forward pass: its sweep covers q_roa and both RoA sources only
+    points += [("per_input", "top_q", q, 0, d.fill, roa) for roa in ("probe", "shift") for q in d.sweep_q_roa]
     rows: list[dict[str, Any]] = []
     for kind, threshold, q, dil, fill_name, roa in progress(points, "sweep", total=len(points)):
         scope = make_scope(kind, fitted, config, q, threshold, roa)
