@@ -87,21 +87,25 @@ BASELINES: Registry[Baseline] = Registry("baseline")
 
 @BASELINES.register("bit_depth")
 def bit_depth_baseline(bits: int = 3) -> Baseline:
+    check_number("bit_depth", "bits", bits, low=1, high=16, integer=True)
     return Baseline("bit_depth", lambda x: bit_depth(x, bits), {"bits": bits}, False)
 
 
 @BASELINES.register("median")
 def median_baseline(size: int = 3) -> Baseline:
+    check_number("median", "size", size, low=1, integer=True)
     return Baseline("median", lambda x: median_smoothing(x, size), {"size": size}, False)
 
 
 @BASELINES.register("jpeg")
 def jpeg_baseline(quality: int = 50) -> Baseline:
+    check_number("jpeg", "quality", quality, low=1, high=95, integer=True)
     return Baseline("jpeg", lambda x: jpeg(x, quality), {"quality": quality}, False)
 
 
 @BASELINES.register("blur")
 def blur_baseline(sigma: float = 1.0) -> Baseline:
+    check_number("blur", "sigma", sigma, low=0.0, low_open=True)
     return Baseline("blur", lambda x: blur(x, sigma), {"sigma": sigma}, True)
 
 

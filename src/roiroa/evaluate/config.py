@@ -137,7 +137,7 @@ class DefendConfig:
     adv_eps: float = 0.15
     adv_steps: int = 7
     adv_epochs: int = 12
-    run_images: int = 100
+    run_images: int = 50
 
 
 def default_attacks() -> tuple[dict[str, Any], ...]:
