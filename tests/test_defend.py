@@ -279,15 +279,17 @@ def test_square_success_rate_matches_art(one_thread):
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 5)).eval()
-    x = torch.rand(2000, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    # ART draws one square position per iteration for the whole batch, so its success rate varies more from seed
+    # to seed than ours (one square per image); 4,000 images keep that variation well inside the 2-point tolerance.
+    x = torch.rand(4000, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         y = net(x).argmax(1)  # every image starts correctly classified
     clf = PyTorchClassifier(net, nn.CrossEntropyLoss(), input_shape=(1, 8, 8), nb_classes=5, clip_values=(0.0, 1.0))
     for eps in (0.02, 0.05):
         torch.manual_seed(0)
-        ours = SquareAttack(eps=eps, queries=30, batch_size=2000)(net, x, y)
+        ours = SquareAttack(eps=eps, queries=30, batch_size=4000)(net, x, y)
         np.random.seed(0)
-        ref = ArtSquare(clf, norm=np.inf, eps=eps, max_iter=30, batch_size=2000, verbose=False).generate(
+        ref = ArtSquare(clf, norm=np.inf, eps=eps, max_iter=30, batch_size=4000, verbose=False).generate(
             x.numpy(), y.numpy()
         )
         ours_rate = float((predict(net, ours) != y).double().mean())
