@@ -118,8 +118,11 @@ def evaluate_entry(
     ok = {"clean": correct(entry.model, x, y)}
     crafted = x_adv_f if entry.crafted_on is None else attack(entry.crafted_on, x, y)
     ok["non-adaptive"] = ok["clean"] & correct(entry.model, crafted, y)
-    seed_all(stage_seed(config.seed, f"defend-adaptive:{entry.name}"))
-    ok["adaptive"] = ok["clean"] & correct(entry.model, attack(entry.attack_model, x, y), y)
+    if entry.kind == "none":  # on f, crafting through the model is the non-adaptive attack itself
+        ok["adaptive"] = ok["non-adaptive"]
+    else:
+        seed_all(stage_seed(config.seed, f"defend-adaptive:{entry.name}"))
+        ok["adaptive"] = ok["clean"] & correct(entry.model, attack(entry.attack_model, x, y), y)
     if square:
         seed_all(stage_seed(config.seed, f"defend-square:{entry.name}"))
         sq = SquareAttack(eps=d.eps, queries=d.square_queries, batch_size=256)
