@@ -3,6 +3,7 @@
     roiroa run [--config FILE] [--out DIR] [--quick] [--seed N] [--device auto|cpu|cuda]
                [--model ARCH] [--weights FILE] [--normalization PRESET] [--mean M --std S]
     roiroa report RUN_DIR
+    roiroa defend [--config FILE] [--out DIR] [--quick] [--seed N] [--device auto|cpu|cuda]
     roiroa list
 
 Bad input ends with one line on stderr and exit code 2, and no run folder is written.
@@ -55,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars on stderr")
     report = sub.add_parser("report", help="write RUN_DIR/report.html, one self-contained page, from a run folder")
     report.add_argument("run_dir", type=Path, help="a results folder written by `roiroa run`")
+    defend = sub.add_parser("defend", help="evaluate every defence and baseline (table, sweep, sanity checks)")
+    defend.add_argument("--config", type=Path, help="a .json or .toml config; its [defend] table sets the evaluation")
+    defend.add_argument("--out", type=Path, help="output folder (default: roiroa-runs/defend-<date-time>)")
+    defend.add_argument("--quick", action="store_true", help="40 images, 5 steps, a small sweep (seconds)")
+    defend.add_argument("--seed", type=int, help="seed of every random choice (default: the config's, 0)")
+    defend.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to compute (default: auto)")
+    defend.add_argument("--data", help="dataset, as for 'roiroa run'")
+    defend.add_argument("--labels", help="the IDX labels file, with an IDX images file as --data")
+    defend.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    defend.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars on stderr"
+    )
     sub.add_parser("list", help="list registered models, attacks and estimators")
     patches = sub.add_parser("patches", help="patch attacks against per-input fragment defences and LGS")
     patches.add_argument("--config", type=Path, help="a .toml or .json patches config (see examples/)")
@@ -122,6 +135,22 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_defend(args: argparse.Namespace) -> int:
+    from roiroa.evaluate.defend import defence_table, run_defend
+    from roiroa.report.defence import write_defence
+    from roiroa.report.run_folder import prepare_out_dir
+
+    config = config_from_args(args)
+    out = args.out or Path("roiroa-runs") / time.strftime("defend-%Y%m%d-%H%M%S")
+    prepare_out_dir(out, args.overwrite)
+    set_progress(args.progress)
+    result = run_defend(config)
+    write_defence(result, out, args.overwrite)
+    print(defence_table(result))
+    print(f"results: {out}/ (defence.csv, defence.json, defence.png, config.json)")
+    return 0
+
+
 def command_list() -> int:
     print("models:     " + ", ".join(list_models()))
     print("attacks:    " + ", ".join(list_attacks()))
@@ -164,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return command_patches(args)
         if args.command == "report":
             return command_report(args)
+        if args.command == "defend":
+            return command_defend(args)
         return command_run(args) if args.command == "run" else command_list()
     except InputError as err:
         if args.debug:

@@ -11,6 +11,7 @@ from roiroa.attacks.base import (
 )
 from roiroa.attacks.gradient import FGSM, L2PGD, LinfPGD
 from roiroa.attacks.patch import LocalizedPatch, PatchResult, SquarePGD, UniversalPatch
+from roiroa.attacks.square import SquareAttack
 
 __all__ = [
     "ATTACKS",
@@ -18,6 +19,7 @@ __all__ = [
     "GradientAttack",
     "FGSM",
     "LinfPGD",
+    "SquareAttack",
     "L2PGD",
     "LocalizedPatch",
     "PatchResult",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from roiroa.attacks.base import attack_parameters, create_attack
+from roiroa.defence.fills import FILL_KINDS
 from roiroa.defence.neutralizer import FILLS
 from roiroa.errors import InputError
 from roiroa.maps.vulnerability import VULNERABILITY_SOURCES
@@ -136,6 +137,50 @@ class StatisticsConfig:
     seed_models: int = 0
 
 
+@dataclass(frozen=True)
+class DefendConfig:
+    """``roiroa defend``: the defence table, the parameter sweep and the sanity checks.
+
+    n_test: test images of the table and the sweep (a balanced subset of the test split).
+    eps, steps: the L-inf budget and PGD steps of every attack in the table.
+    square_queries: iterations of the gradient-free Square attack.
+    eot_draws: draws per gradient for random fills (EOT).
+    q_roi, q_roa, threshold, dilation, fill: the mask parameters of the table's scopes.
+    probe_eps, probe_steps: the per-input scope's own probe attack (PGD L-inf, no random start).
+    sweep_q_roa, sweep_dilation, sweep_fills: the mask parameter sweep.
+    n_sanity, sanity_eps: images and budgets of the check that robust accuracy falls with eps.
+    bits, median_size, jpeg_quality, blur_sigma: the baselines' settings.
+    adv_eps, adv_steps, adv_epochs: PGD adversarial training of the same model.
+    run_images: test images of the short form inside ``roiroa run`` (0 turns it off).
+    """
+
+    n_test: int = 100
+    eps: float = 0.15
+    steps: int = 20
+    square_queries: int = 100
+    eot_draws: int = 4
+    q_roi: float = 0.2
+    q_roa: float = 0.2
+    threshold: str = "top_q"
+    dilation: int = 0
+    fill: str = "zero"
+    probe_eps: float = 0.1
+    probe_steps: int = 5
+    sweep_q_roa: tuple[float, ...] = (0.1, 0.2, 0.3)
+    sweep_dilation: tuple[int, ...] = (0, 1)
+    sweep_fills: tuple[str, ...] = ("zero", "mean", "pixel_mean", "blur", "noise")
+    n_sanity: int = 50
+    sanity_eps: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 1.0)
+    bits: int = 1
+    median_size: int = 3
+    jpeg_quality: int = 50
+    blur_sigma: float = 1.0
+    adv_eps: float = 0.15
+    adv_steps: int = 7
+    adv_epochs: int = 12
+    run_images: int = 50
+
+
 def default_attacks() -> tuple[dict[str, Any], ...]:
     """FGSM and PGD L-infinity at eps 0.15, PGD L2 at eps 2.0, 20 steps."""
     return (
@@ -161,6 +206,7 @@ class RunConfig:
     regions: RegionsConfig = field(default_factory=RegionsConfig)
     defence: DefenceConfig = field(default_factory=DefenceConfig)
     statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
+    defend: DefendConfig = field(default_factory=DefendConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict that :func:`config_from_dict` reads back to an equal config."""
@@ -240,6 +286,25 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
     "regions.q_roa": {"low": 0.0, "low_open": True, "high": 1.0},
     "statistics.bootstrap": {"low": 100, "high": 100000, "integer": True},
     "statistics.seed_models": {"low": 0, "high": 10, "integer": True},
+    "defend.n_test": {"low": 1, "integer": True},
+    "defend.eps": {"low": 0.0, "low_open": True, "high": 1.0},
+    "defend.steps": {"low": 1, "integer": True},
+    "defend.square_queries": {"low": 1, "integer": True},
+    "defend.eot_draws": {"low": 1, "integer": True},
+    "defend.q_roi": {"low": 0.0, "low_open": True, "high": 1.0},
+    "defend.q_roa": {"low": 0.0, "low_open": True, "high": 1.0},
+    "defend.dilation": {"low": 0, "high": 8, "integer": True},
+    "defend.probe_eps": {"low": 0.0, "low_open": True, "high": 1.0},
+    "defend.probe_steps": {"low": 1, "integer": True},
+    "defend.n_sanity": {"low": 1, "integer": True},
+    "defend.bits": {"low": 1, "high": 16, "integer": True},
+    "defend.median_size": {"low": 1, "high": 15, "integer": True},
+    "defend.jpeg_quality": {"low": 1, "high": 95, "integer": True},
+    "defend.blur_sigma": {"low": 0.0, "low_open": True, "high": 10.0},
+    "defend.adv_eps": {"low": 0.0, "low_open": True, "high": 1.0},
+    "defend.adv_steps": {"low": 1, "integer": True},
+    "defend.adv_epochs": {"low": 1, "high": 1000, "integer": True},
+    "defend.run_images": {"low": 0, "integer": True},
 }
 CHOICES: dict[str, Any] = {
     "device": lambda: ("auto", "cpu", "cuda"),
@@ -251,6 +316,8 @@ CHOICES: dict[str, Any] = {
     "defence.fill": lambda: FILLS,
     "statistics.ci_method": lambda: ("BCa", "percentile"),
     "statistics.contiguity": lambda: ("rook", "queen"),
+    "defend.threshold": lambda: ("top_q", "otsu"),
+    "defend.fill": lambda: FILL_KINDS,
 }
 
 
@@ -278,6 +345,15 @@ def validate(config: RunConfig) -> None:
         )
     for q in config.defence.oracle_q:
         check_number("config", "defence.oracle_q", q, low=0.0, low_open=True, high=1.0)
+    d = config.defend
+    for q in d.sweep_q_roa:
+        check_number("config", "defend.sweep_q_roa", q, low=0.0, low_open=True, high=1.0)
+    for r in d.sweep_dilation:
+        check_number("config", "defend.sweep_dilation", r, low=0, high=8, integer=True)
+    for name in d.sweep_fills:
+        check_choice("config", "defend.sweep_fills", name, FILL_KINDS)
+    for e in d.sanity_eps:
+        check_number("config", "defend.sanity_eps", e, low=0.0, low_open=True, high=1.0)
     validate_attacks(config.attacks, config.batch_size)
 
 
@@ -345,4 +421,24 @@ def quick(config: RunConfig) -> RunConfig:
         else spec
         for spec in config.attacks
     )
-    return dataclasses.replace(config, quick=True, data=data, attacks=attacks)
+    return dataclasses.replace(config, quick=True, data=data, attacks=attacks, defend=quick_defend(config.defend))
+
+
+def quick_defend(d: DefendConfig) -> DefendConfig:
+    """The --quick variant of ``roiroa defend``: 40 images, 5 steps, a small sweep, 1 epoch of adversarial training."""
+    return dataclasses.replace(
+        d,
+        n_test=min(d.n_test, 40),
+        steps=min(d.steps, 5),
+        square_queries=min(d.square_queries, 20),
+        eot_draws=min(d.eot_draws, 2),
+        probe_steps=min(d.probe_steps, 2),
+        sweep_q_roa=d.sweep_q_roa[:2],
+        sweep_dilation=d.sweep_dilation[:1],
+        sweep_fills=tuple(f for f in d.sweep_fills if f in ("zero", "noise")),
+        n_sanity=min(d.n_sanity, 20),
+        sanity_eps=(0.05, 0.3, 1.0),
+        adv_steps=min(d.adv_steps, 2),
+        adv_epochs=min(d.adv_epochs, 1),
+        run_images=min(d.run_images, 40),
+    )

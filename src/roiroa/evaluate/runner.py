@@ -328,6 +328,10 @@ def run_experiment(config: RunConfig) -> RunResult:
         defence = defence_stage(model, splits, fit_maps, test_maps, attacks, config)
     with timings("oracle"):
         oracle = oracle_rows(model, test, test_maps, segments, defence.fill, config)
+    with timings("defence_short"):
+        from roiroa.evaluate.defend import short_form_rows  # defend imports this module
+
+        short_rows = short_form_rows(model, splits, fit_maps, test_maps, attacks, config)
     undefended = {label: {"undefended_accuracy": s["robust_accuracy"]} for label, s in summaries.items()}
     results = {
         "roiroa_results_version": 1,
@@ -341,6 +345,7 @@ def run_experiment(config: RunConfig) -> RunResult:
         "regions": regions | {"segments": segment_summary(segments, config)},
         "statistics": statistics,
         "defence": [row | undefended[row["attack"]] for row in defence.rows],
+        "defence_short": short_rows,
         "oracle": [row | undefended[row["attack"]] for row in oracle],
         "timings": timings,
         "versions": versions(),

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -37,6 +38,16 @@ class TrainingRecipe:
     lr: float = 3e-3
     batch_size: int = 64
     shift: int = 2
+
+
+class BatchTransform(Protocol):
+    """A hook on every training batch, e.g. adversarial training: ``(model, xb, yb) -> xb'``."""
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+    def params(self) -> dict[str, Any]:
+        """What the transform does, as JSON (part of the model cache key)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -76,19 +87,32 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
     return hash_tensors(*(state[k] for k in sorted(state)))
 
 
-def train_classifier(model: nn.Module, data: ImageDataset, recipe: TrainingRecipe, seed: int) -> nn.Module:
+def train_classifier(
+    model: nn.Module,
+    data: ImageDataset,
+    recipe: TrainingRecipe,
+    seed: int,
+    batch_transform: BatchTransform | None = None,
+) -> nn.Module:
     """Train ``model`` in place on ``data`` with cross-entropy; returns it in eval mode.
+
+    ``batch_transform`` (optional) replaces each shifted training batch, e.g. by its adversarial images.
 
     Shuffling and shifts use a generator seeded with ``seed``; torch's global generator (used by
     dropout, if the model has any) is seeded inside and restored afterwards.
     """
     device = next(model.parameters()).device
     with seeded_rng(seed, device):
-        return _train(model, data, recipe, torch.Generator().manual_seed(seed), device)
+        return _train(model, data, recipe, torch.Generator().manual_seed(seed), device, batch_transform)
 
 
 def _train(
-    model: nn.Module, data: ImageDataset, recipe: TrainingRecipe, gen: torch.Generator, device: torch.device
+    model: nn.Module,
+    data: ImageDataset,
+    recipe: TrainingRecipe,
+    gen: torch.Generator,
+    device: torch.device,
+    batch_transform: BatchTransform | None = None,
 ) -> nn.Module:
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     steps_per_epoch = len(batch_slices(len(data), recipe.batch_size))
@@ -99,7 +123,10 @@ def _train(
         for s in batch_slices(len(data), recipe.batch_size):
             idx = order[s]
             xb = random_shift(data.images[idx], recipe.shift, gen).to(device)
-            loss = nn.functional.cross_entropy(model(xb), data.labels[idx].to(device))
+            yb = data.labels[idx].to(device)
+            if batch_transform is not None:
+                xb = batch_transform(model, xb, yb)
+            loss = nn.functional.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -109,27 +136,33 @@ def _train(
 
 
 def load_or_train(
-    arch: str, train: ImageDataset, recipe: TrainingRecipe, seed: int, device: torch.device
+    arch: str,
+    train: ImageDataset,
+    recipe: TrainingRecipe,
+    seed: int,
+    device: torch.device,
+    batch_transform: BatchTransform | None = None,
 ) -> TrainedModel:
     """The model ``arch`` trained on ``train``, from the cache when the same training was done before.
 
     The cache key hashes the training images and labels, the architecture, the recipe, the seed,
-    and the device type; the weights are stored as safetensors (no pickle) with their SHA-256, and
-    an entry that fails the check is trained again.
+    the device type, and the batch transform's parameters (when there is one); the weights are stored
+    as safetensors (no pickle) with their SHA-256, and an entry that fails the check is trained again.
     """
     c, h, _ = train.image_shape
     kwargs = {"in_channels": c, "num_classes": train.num_classes, "image_size": h}
-    key = hash_json(
-        {
-            "arch": arch,
-            "kwargs": kwargs,
-            "data": hash_tensors(train.images, train.labels),
-            "recipe": asdict(recipe),
-            "seed": seed,
-            "device": device.type,
-            "version": _RECIPE_VERSION,
-        }
-    )[:16]
+    key_fields = {
+        "arch": arch,
+        "kwargs": kwargs,
+        "data": hash_tensors(train.images, train.labels),
+        "recipe": asdict(recipe),
+        "seed": seed,
+        "device": device.type,
+        "version": _RECIPE_VERSION,
+    }
+    if batch_transform is not None:
+        key_fields["batch_transform"] = batch_transform.params()
+    key = hash_json(key_fields)[:16]
     path = cache_dir() / "models" / f"{arch}-{key}.safetensors"
     start = time.perf_counter()
     model = seeded_model(arch, kwargs, seed, device)
@@ -138,7 +171,7 @@ def load_or_train(
             return TrainedModel(model.eval(), path, True, time.perf_counter() - start)
         path.unlink(missing_ok=True)  # corrupt or stale entry: train again
         model = seeded_model(arch, kwargs, seed, device)
-    train_classifier(model, train, recipe, seed)
+    train_classifier(model, train, recipe, seed, batch_transform)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {
         "arch": arch,
@@ -147,6 +180,8 @@ def load_or_train(
         "seed": str(seed),
         "sha256": state_hash(state),
     }
+    if batch_transform is not None:
+        meta["batch_transform"] = json.dumps(batch_transform.params())
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
     return TrainedModel(model, path, False, time.perf_counter() - start)
 

@@ -103,6 +103,7 @@ def headline_table(results: dict[str, Any]) -> str:
             f"{_pct(row['random_mask_adaptive_accuracy']):>11}{_pct(oracle.get(label, float('nan'))):>9}"
             f"  {_pct(row['area'])}"
         )
+    lines += short_form_lines(results.get("defence_short", []))
     corr = results["regions"]["correlation"]["all"]
     iou = results["regions"]["overlap"]["top_q"]["all"]["iou"]
     lines += [
@@ -115,3 +116,25 @@ def headline_table(results: dict[str, Any]) -> str:
         f"time: {sum(results['timings'].values()):.1f} s",
     ]
     return "\n".join(lines)
+
+
+def short_form_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The short form of `roiroa defend` in the run's table: other scopes and baselines, on fewer images."""
+    if not rows:
+        return []
+    dash = "    -"
+    lines = [
+        "",
+        f"short form of `roiroa defend` (first {rows[0]['n_images']} test images; `roiroa defend` has the full table):",
+        f"{'defence:attack':<22}{'f':>8}{'f∘N':>8}{'f∘N adapt':>11}{'random':>8}{'rnd adapt':>11}  area",
+    ]
+    for r in rows:
+        keys = ("random_mask_accuracy", "random_mask_adaptive_accuracy")
+        ctl = [_pct(r[k]) if r[k] is not None else dash for k in keys]
+        area = _pct(r["area"]) if r["area"] is not None else dash
+        lines.append(
+            f"{r['mask'] + ':' + r['attack']:<22}{_pct(r['undefended_accuracy']):>8}"
+            f"{_pct(r['nonadaptive_accuracy']):>8}"
+            f"{_pct(r['adaptive_accuracy']):>11}{ctl[0]:>8}{ctl[1]:>11}  {area}"
+        )
+    return lines

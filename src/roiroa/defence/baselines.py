@@ -1,0 +1,151 @@
+"""Input-transformation baselines (feature squeezing, JPEG, blur) and PGD adversarial training.
+
+Each transform maps x: (N, C, H, W) in [0, 1] to the same shape and range, and is checked against ART's
+preprocessors (FeatureSqueezing, SpatialSmoothing, JpegCompression) or SciPy (gaussian_filter) in the tests.
+:class:`Preprocessed` wraps f and a transform into the defended model f o T; a transform without a useful
+gradient (bit depth, median, JPEG) is passed with BPDA (identity backward), the blur with its exact gradient.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+from torch import nn
+
+from roiroa.attacks.gradient import LinfPGD
+from roiroa.defence.adaptive import bpda
+from roiroa.defence.fills import gaussian_blur
+from roiroa.registry import Registry
+from roiroa.validation import check_number
+
+BASELINE_NAMES = ("bit_depth", "median", "jpeg", "blur", "adv_training")
+
+
+def bit_depth(x: torch.Tensor, bits: int = 3) -> torch.Tensor:
+    """Round each value to one of 2**bits levels (ART FeatureSqueezing; round half to even like np.rint)."""
+    check_number("bit_depth", "bits", bits, low=1, high=16, integer=True)
+    levels = 2**bits - 1
+    return torch.round(x * levels) / levels
+
+
+def median_smoothing(x: torch.Tensor, size: int = 3) -> torch.Tensor:
+    """Median over a size x size window of each channel, scipy.ndimage.median_filter (mode 'reflect'), as ART's
+    SpatialSmoothing does; SciPy's C filter is faster here than unfolding in torch."""
+    check_number("median_smoothing", "size", size, low=1, integer=True)
+    out = ndimage.median_filter(x.detach().cpu().numpy(), size=(1, 1, size, size), mode="reflect")
+    return torch.from_numpy(out).to(x.device, x.dtype)
+
+
+def jpeg(x: torch.Tensor, quality: int = 50) -> torch.Tensor:
+    """JPEG-compress each image with Pillow at ``quality`` (ART JpegCompression: values * 255 truncated to uint8,
+    mode 'RGB' for 3 channels, else each channel as 'L')."""
+    check_number("jpeg", "quality", quality, low=1, high=95, integer=True)
+    arr = (x.detach().cpu().numpy() * 255).astype(np.uint8)  # truncation, as ART
+    out = np.empty_like(arr)
+
+    def compress(img: np.ndarray, mode: str) -> np.ndarray:
+        buf = io.BytesIO()
+        Image.fromarray(img, mode=mode).save(buf, format="jpeg", quality=quality)
+        return np.array(Image.open(buf))
+
+    for i in range(len(arr)):
+        if arr.shape[1] == 3:
+            out[i] = compress(arr[i].transpose(1, 2, 0), "RGB").transpose(2, 0, 1)
+        else:
+            for c in range(arr.shape[1]):
+                out[i, c] = compress(arr[i, c], "L")
+    return torch.from_numpy(out.astype(np.float32) / 255.0).to(x.device, x.dtype)
+
+
+def blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """Gaussian blur (equal to scipy.ndimage.gaussian_filter, mode 'reflect'); differentiable."""
+    return gaussian_blur(x, sigma)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A named input transformation and whether its gradient is exact or replaced by BPDA."""
+
+    name: str
+    transform: Callable[[torch.Tensor], torch.Tensor]
+    params: dict[str, Any]
+    differentiable: bool
+
+    def describe(self) -> str:
+        return f"{self.name}(" + ", ".join(f"{k}={v}" for k, v in self.params.items()) + ")"
+
+
+BASELINES: Registry[Baseline] = Registry("baseline")
+
+
+@BASELINES.register("bit_depth")
+def bit_depth_baseline(bits: int = 3) -> Baseline:
+    check_number("bit_depth", "bits", bits, low=1, high=16, integer=True)
+    return Baseline("bit_depth", lambda x: bit_depth(x, bits), {"bits": bits}, False)
+
+
+@BASELINES.register("median")
+def median_baseline(size: int = 3) -> Baseline:
+    check_number("median", "size", size, low=1, integer=True)
+    return Baseline("median", lambda x: median_smoothing(x, size), {"size": size}, False)
+
+
+@BASELINES.register("jpeg")
+def jpeg_baseline(quality: int = 50) -> Baseline:
+    check_number("jpeg", "quality", quality, low=1, high=95, integer=True)
+    return Baseline("jpeg", lambda x: jpeg(x, quality), {"quality": quality}, False)
+
+
+@BASELINES.register("blur")
+def blur_baseline(sigma: float = 1.0) -> Baseline:
+    check_number("blur", "sigma", sigma, low=0.0, low_open=True)
+    return Baseline("blur", lambda x: blur(x, sigma), {"sigma": sigma}, True)
+
+
+class Preprocessed(nn.Module):
+    """f o T: the baseline's transform, then the classifier.
+
+    The backward pass is exact for a differentiable transform and BPDA (identity) otherwise, so an attack
+    crafted through this module is the adaptive attack on the baseline.
+    """
+
+    def __init__(self, model: nn.Module, baseline: Baseline) -> None:
+        super().__init__()
+        self.model, self.baseline = model, baseline
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, C, H, W) in [0, 1] -> logits (N, K) of f(T(x))."""
+        t = self.baseline.transform(x) if self.baseline.differentiable else bpda(x, self.baseline.transform)
+        return self.model(t)
+
+
+@dataclass(frozen=True)
+class AdversarialTraining:
+    """Madry et al. (2018) PGD adversarial training as a batch transform of the training loop.
+
+    ``transform(model, xb, yb)`` replaces every training batch by its PGD L-inf adversarial images.
+
+    Args:
+        eps: L-inf budget. Default 0.15.
+        steps: PGD steps per batch. Default 7.
+        step_size: absolute step; None means 2.5 * eps / steps.
+    """
+
+    eps: float = 0.15
+    steps: int = 7
+    step_size: float | None = None
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        attack = LinfPGD(eps=self.eps, steps=self.steps, step_size=self.step_size, batch_size=max(1, len(x)))
+        return attack._attack_chunk(model, x, y, None)[0]
+
+    def params(self) -> dict[str, Any]:
+        """The recipe for the model cache key and the tables."""
+        return {"method": "pgd-linf-madry", **asdict(self)}
