@@ -2,6 +2,7 @@
 
 from roiroa.attacks.base import (
     ATTACKS,
+    Attack,
     AttackResult,
     GradientAttack,
     create_attack,
@@ -9,15 +10,21 @@ from roiroa.attacks.base import (
     loss_gradient,
     register_attack,
 )
-from roiroa.attacks.gradient import FGSM, L2PGD, LinfPGD
+from roiroa.attacks.carlini_wagner import CarliniWagnerL2
+from roiroa.attacks.deepfool import DeepFool
+from roiroa.attacks.gradient import FGSM, L1PGD, L2PGD, LinfPGD
 
 __all__ = [
     "ATTACKS",
+    "Attack",
+    "CarliniWagnerL2",
+    "DeepFool",
     "AttackResult",
     "GradientAttack",
     "FGSM",
     "LinfPGD",
     "L2PGD",
+    "L1PGD",
     "create_attack",
     "list_attacks",
     "loss_gradient",

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import roiroa
-from roiroa.attacks.base import AttackResult, GradientAttack, create_attack
+from roiroa.attacks.base import Attack, AttackResult, create_attack
 from roiroa.data.dataset import ImageDataset, sample_per_class, split_by_class
 from roiroa.data.readers import load_dataset
 from roiroa.defence.neutralizer import GlobalMask, Neutralizer, fill_value, random_mask_like
@@ -113,7 +113,7 @@ def check_fits_data(config: RunConfig, data: ImageDataset) -> None:
         )
 
 
-def build_attacks(config: RunConfig) -> dict[str, GradientAttack]:
+def build_attacks(config: RunConfig) -> dict[str, Attack]:
     """label -> attack, in config order."""
     return {attack_label(s): create_attack(s["name"], **attack_kwargs(s, config.batch_size)) for s in config.attacks}
 
@@ -129,7 +129,7 @@ def importance_estimator(config: RunConfig) -> Occlusion | Saliency:
 def compute_maps(
     model: nn.Module,
     data: ImageDataset,
-    attacks: dict[str, GradientAttack],
+    attacks: dict[str, Attack],
     config: RunConfig,
     stage: str,
     timings: Timings,
@@ -192,7 +192,7 @@ def test_segments(maps: MapSet, config: RunConfig) -> Segments:
 
 
 def attack_summary(
-    attack: GradientAttack,
+    attack: Attack,
     x: torch.Tensor,
     y: torch.Tensor,
     result: AttackResult,
@@ -246,7 +246,7 @@ def defence_stage(
     splits: Splits,
     fit_maps: MapSet,
     test_maps: MapSet,
-    attacks: dict[str, GradientAttack],
+    attacks: dict[str, Attack],
     config: RunConfig,
 ) -> DefenceStage:
     """Fit the global mask on the fitting maps and evaluate f o N and the random control on the test set."""
@@ -344,7 +344,7 @@ def model_summary(trained: TrainedModel, config: RunConfig, test_accuracy: float
     }
 
 
-def maps_summary(config: RunConfig, attacks: dict[str, GradientAttack]) -> dict[str, Any]:
+def maps_summary(config: RunConfig, attacks: dict[str, Attack]) -> dict[str, Any]:
     m = config.maps
     importance: dict[str, Any] = {"method": m.importance}
     if m.importance == "occlusion":

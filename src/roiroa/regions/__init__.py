@@ -2,6 +2,7 @@
 
 from roiroa.regions.partition import grid_regions, regions_to_pixels, window_starts
 from roiroa.regions.segments import SEGMENT_NAMES, Segments
+from roiroa.regions.superpixels import label_regions, slic_labels
 from roiroa.regions.statistics import dice, iou, pearson, spearman, summarize
 from roiroa.regions.thresholds import THRESHOLD_METHODS, isolate, otsu_mask, top_q_mask
 
@@ -20,4 +21,6 @@ __all__ = [
     "top_q_mask",
     "otsu_mask",
     "THRESHOLD_METHODS",
+    "slic_labels",
+    "label_regions",
 ]
