@@ -237,9 +237,7 @@ class Attack(Protocol):
         """x_adv: (N, C, H, W) in [0, 1]; ``mask`` (N or 1, 1, H, W) in {0, 1} restricts where it acts."""
         ...
 
-    def run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> AttackResult:
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
         """The adversarial images and the attack's gradient map."""
         ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +23,11 @@ from roiroa.data.dataset import ImageDataset, sample_per_class, split_by_class
 from roiroa.data.readers import load_dataset
 from roiroa.defence.neutralizer import GlobalMask, Neutralizer, fill_value, random_mask_like
 from roiroa.errors import InputError
-from roiroa.evaluate.config import RunConfig, attack_kwargs, attack_label
+from roiroa.evaluate.config import RunConfig, attack_kwargs, attack_label, importance_spec
 from roiroa.evaluate.robustness import evaluate_defence, mean, oracle_analysis
-from roiroa.maps.occlusion import Occlusion
+from roiroa.maps.registry import create_estimator
 from roiroa.maps.saliency import Saliency
-from roiroa.maps.vulnerability import attack_vulnerability, mean_vulnerability
+from roiroa.maps.vulnerability import attack_vulnerability, mean_vulnerability, unit_mean
 from roiroa.models.predict import predict
 from roiroa.models.train import TrainedModel, load_or_train
 from roiroa.regions.segments import SEGMENT_NAMES, Segments
@@ -118,12 +118,10 @@ def build_attacks(config: RunConfig) -> dict[str, Attack]:
     return {attack_label(s): create_attack(s["name"], **attack_kwargs(s, config.batch_size)) for s in config.attacks}
 
 
-def importance_estimator(config: RunConfig) -> Occlusion | Saliency:
-    """The RoI estimator the config names."""
-    m = config.maps
-    if m.importance == "occlusion":
-        return Occlusion(window=m.window, stride=m.stride, baseline=m.baseline, batch_size=m.batch_size)
-    return Saliency(batch_size=config.batch_size)
+def importance_estimator(config: RunConfig) -> Callable[..., torch.Tensor]:
+    """The RoI estimator the config names, with its parameters."""
+    name, kwargs = importance_spec(config)
+    return create_estimator(name, **kwargs)
 
 
 def compute_maps(
@@ -146,6 +144,11 @@ def compute_maps(
         for label in attacks
     }
     vuln[ALL] = mean_vulnerability(list(vuln.values()))
+    if config.maps.vulnerability_estimator is not None:
+        with timings(f"vulnerability_{stage}"):
+            seed_all(stage_seed(config.seed, f"{stage}:vulnerability-estimator"))
+            estimator = create_estimator(config.maps.vulnerability_estimator, **config.maps.vulnerability_params)
+            vuln[ALL] = unit_mean(estimator(model, x, y))
     with timings(f"importance_{stage}"):
         importance = importance_estimator(config)(model, x, y)
         saliency = (
@@ -362,14 +365,17 @@ def maps_summary(config: RunConfig, attacks: dict[str, Attack]) -> dict[str, Any
         )
         for label, a in attacks.items()
     }
-    return {
-        "importance": importance,
-        "vulnerability": {
-            "source": m.vulnerability,
-            "per_attack": used,
-            ALL: "mean of the maps, each scaled to unit mean |A|",
-        },
+    if m.importance_params:
+        importance["params"] = dict(m.importance_params)
+    vulnerability: dict[str, Any] = {
+        "source": m.vulnerability,
+        "per_attack": used,
+        ALL: "mean of the maps, each scaled to unit mean |A|",
     }
+    if m.vulnerability_estimator is not None:
+        vulnerability[ALL] = f"the {m.vulnerability_estimator!r} estimator's map, scaled to unit mean |A|"
+        vulnerability["estimator"] = {"name": m.vulnerability_estimator, "params": dict(m.vulnerability_params)}
+    return {"importance": importance, "vulnerability": vulnerability}
 
 
 def segment_summary(segments: Segments, config: RunConfig) -> dict[str, Any]:

@@ -169,9 +169,7 @@ class IntegratedGradients:
             logits_x, logits_b = model(xd), model(base)
         gap = logits_x.gather(1, yd[:, None])[:, 0] - logits_b.gather(1, yd[:, None])[:, 0]
         error = attr.flatten(1).sum(1) - gap
-        return IGResult(
-            reduce_channels(attr, self.reduce).to(x.device), attr.to(x.device), error.detach().to(x.device)
-        )
+        return IGResult(reduce_channels(attr, self.reduce).to(x.device), attr.to(x.device), error.detach().to(x.device))
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Attribution (N, H, W) of x: (N, C, H, W) in [0, 1] for classes y: (N,)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -67,6 +67,8 @@ class LocalizedAttack:
         >>> result.maps.shape, result.success_rate  # (N, H, W), (N,)
     """
 
+    kind: ClassVar[str] = "vulnerability"
+
     attack: Any = field(default_factory=_default_attack)
     window: int = 4
     stride: int = 2
@@ -84,7 +86,9 @@ class LocalizedAttack:
         check_number(owner, "batch_size", self.batch_size, low=1, integer=True)
         self.attack_: Attack = resolve_attack(self.attack)
         # One batch of masked attacks: the attack chunks by our batch size, not its own.
-        if dataclasses.is_dataclass(self.attack_) and "batch_size" in {f.name for f in dataclasses.fields(self.attack_)}:
+        if dataclasses.is_dataclass(self.attack_) and "batch_size" in {
+            f.name for f in dataclasses.fields(self.attack_)
+        }:
             self.attack_ = dataclasses.replace(self.attack_, batch_size=self.batch_size)  # type: ignore[type-var]
         self.success_rate_: torch.Tensor | None = None
 
@@ -122,9 +126,7 @@ class LocalizedAttack:
             drops, success = drops * used, success & used
         drops, success = drops.view(n, r), success.view(n, r)
         rate = (
-            success.float().sum(1) / regions.flatten(2).any(2).float().sum(1)
-            if per_image
-            else success.float().mean(1)
+            success.float().sum(1) / regions.flatten(2).any(2).float().sum(1) if per_image else success.float().mean(1)
         )
         return LocalizedResult(
             regions_to_pixels(drops, regions).to(x.device),

@@ -15,7 +15,6 @@ from roiroa.regions.superpixels import label_regions, slic_labels
 from roiroa.utils import batch_slices, model_device, progress
 from roiroa.validation import check_choice, check_images, check_labels, check_number
 
-
 Output = Literal["probability", "logit"]
 OUTPUTS = ("probability", "logit")
 RegionKind = Literal["grid", "superpixels"]

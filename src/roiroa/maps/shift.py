@@ -7,7 +7,7 @@ minus the importance of the true class on the clean image, with any importance e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -36,6 +36,8 @@ class AttributionShift:
         importance: an importance estimator instance or registered name. Default 'saliency'.
         importance_params: keywords for a named importance estimator.
     """
+
+    kind: ClassVar[str] = "vulnerability"
 
     attack: Any = field(default_factory=_default_attack)
     importance: Any = "saliency"

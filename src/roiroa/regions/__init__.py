@@ -2,8 +2,8 @@
 
 from roiroa.regions.partition import grid_regions, regions_to_pixels, window_starts
 from roiroa.regions.segments import SEGMENT_NAMES, Segments
-from roiroa.regions.superpixels import label_regions, slic_labels
 from roiroa.regions.statistics import dice, iou, pearson, spearman, summarize
+from roiroa.regions.superpixels import label_regions, slic_labels
 from roiroa.regions.thresholds import THRESHOLD_METHODS, isolate, otsu_mask, top_q_mask
 
 __all__ = [

@@ -9,9 +9,7 @@ from skimage.segmentation import slic
 from roiroa.validation import check_images, check_number
 
 
-def slic_labels(
-    x: torch.Tensor, n_segments: int = 49, compactness: float = 0.1, sigma: float = 0.0
-) -> torch.Tensor:
+def slic_labels(x: torch.Tensor, n_segments: int = 49, compactness: float = 0.1, sigma: float = 0.0) -> torch.Tensor:
     """SLIC superpixel labels of each image: (N, C, H, W) in [0, 1] -> (N, H, W) int64 in 0..R_i-1.
 
     Args:
