@@ -1,14 +1,22 @@
 """Reference architectures (a registry by name), training with a cached checkpoint, predictions."""
 
-from roiroa.models import mnist_cnn  # noqa: F401  (registers "mnist-cnn")
+from roiroa.models import lenet, mnist_cnn, resnet  # noqa: F401  (register "mnist-cnn", "lenet5", "resnet20"...)
+from roiroa.models.lenet import LeNet5
 from roiroa.models.mnist_cnn import MnistCNN
 from roiroa.models.predict import accuracy, predict, predict_logits
 from roiroa.models.registry import MODELS, create_model, list_models, register_model
+from roiroa.models.resnet import CifarResNet, resnet20, resnet32, resnet44, resnet56
 from roiroa.models.train import TrainedModel, TrainingRecipe, load_or_train, random_shift, train_classifier
 
 __all__ = [
     "MODELS",
     "MnistCNN",
+    "LeNet5",
+    "CifarResNet",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
     "create_model",
     "list_models",
     "register_model",
