@@ -154,16 +154,16 @@ def test_grad_cam_equals_captum(mnist_model, small, relu):
 
 
 class SumPoolNet(nn.Module):
-    """conv -> logits = sum over positions of V @ A: the gradient dlogit_k/dA_c is V[k, c] everywhere."""
+    """A = relu(conv(x)), logits = V @ (sum of A over positions): dlogit_k/dA_c is V[k, c] everywhere."""
 
     def __init__(self, channels: int = 4) -> None:
         super().__init__()
         torch.manual_seed(3)
-        self.conv = nn.Conv2d(1, channels, 3, padding=1, stride=2)
+        self.features = nn.Sequential(nn.Conv2d(1, channels, 3, padding=1, stride=2), nn.ReLU())
         self.head = nn.Linear(channels, 3, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.conv(x)).sum((2, 3)))
+        return self.head(self.features(x).sum((2, 3)))
 
 
 def test_grad_cam_plus_plus_closed_form():
@@ -173,9 +173,9 @@ def test_grad_cam_plus_plus_closed_form():
     model = SumPoolNet().eval()
     gen = torch.Generator().manual_seed(0)
     x, y = torch.rand(3, 1, 12, 12, generator=gen), torch.tensor([0, 1, 2])
-    ours = GradCAMPlusPlus(layer="conv", relu=False)(model, x, y)
+    ours = GradCAMPlusPlus(layer="features", relu=False)(model, x, y)
     with torch.no_grad():
-        act = torch.relu(model.conv(x))  # (3, 4, 6, 6)
+        act = model.features(x)  # (3, 4, 6, 6)
     v = model.head.weight[y].detach()  # (3, 4)
     s = act.sum((2, 3))
     alpha = torch.where(v != 0, v**2 / (2 * v**2 + s * v**3), torch.zeros_like(v))
@@ -189,7 +189,7 @@ def test_grad_cam_plus_plus_closed_form():
     one = SumPoolNet(channels=1).eval()
     with torch.no_grad():
         one.head.weight.fill_(0.7)
-    cam, campp = GradCAM(layer="conv")(one, x, y), GradCAMPlusPlus(layer="conv")(one, x, y)
+    cam, campp = GradCAM(layer="features")(one, x, y), GradCAMPlusPlus(layer="features")(one, x, y)
     ratio = campp.flatten(1).sum(1) / cam.flatten(1).sum(1)
     assert (ratio > 0).all()
     assert torch.allclose(campp, cam * ratio.view(-1, 1, 1), atol=1e-5)
@@ -260,7 +260,7 @@ def test_perturbation_magnitude_repeats_average_random_starts(mnist_model, small
     torch.manual_seed(0)
     one = PerturbationMagnitude(attacks=[{"name": "pgd-l2", "eps": 1.0, "steps": 3}], repeats=1)(mnist_model, x, y)
     torch.manual_seed(0)
-    three = PerturbationMagnitude(attacks=["pgd-l2"], repeats=3)(mnist_model, x, y)
+    three = PerturbationMagnitude(attacks=[{"name": "pgd-l2", "eps": 1.0, "steps": 3}], repeats=3)(mnist_model, x, y)
     assert one.shape == three.shape == (8, 28, 28)
     assert torch.allclose(three.flatten(1).mean(1), torch.ones(8), atol=1e-4)
     assert not torch.allclose(one, three)
@@ -281,7 +281,13 @@ def test_every_estimator_registered_and_callable(mnist_model, small):
         "attribution-shift",
     ):
         assert name in names
-    fast = {"localized": {"attack": {"name": "fgsm"}, "window": 14, "stride": 14}, "integrated-gradients": {"steps": 4}}
+    quick_attack = {"name": "fgsm", "eps": 0.1}
+    fast = {
+        "localized": {"attack": quick_attack, "window": 14, "stride": 14},
+        "integrated-gradients": {"steps": 4},
+        "perturbation": {"attacks": [quick_attack]},
+        "attribution-shift": {"attack": quick_attack},
+    }
     for name in names:
         out = create_estimator(name, **fast.get(name, {}))(mnist_model, x, y)
         assert out.shape == (2, 28, 28) and torch.isfinite(out).all(), name
