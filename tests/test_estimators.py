@@ -291,3 +291,37 @@ def test_every_estimator_registered_and_callable(mnist_model, small):
     for name in names:
         out = create_estimator(name, **fast.get(name, {}))(mnist_model, x, y)
         assert out.shape == (2, 28, 28) and torch.isfinite(out).all(), name
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+def test_config_chooses_estimators_by_name(mnist_model, small):
+    from roiroa.evaluate.config import RunConfig, config_from_dict
+    from roiroa.evaluate.runner import importance_estimator
+
+    default = importance_estimator(RunConfig())
+    assert default == Occlusion(window=4, stride=2, baseline=0.0, batch_size=256)  # today's run, unchanged
+    cfg = config_from_dict(
+        {
+            "maps": {
+                "importance": "integrated-gradients",
+                "importance_params": {"steps": 8, "method": "riemann_middle"},
+                "vulnerability_estimator": "localized",
+                "vulnerability_params": {"attack": {"name": "fgsm", "eps": 0.2}, "window": 7, "stride": 7},
+            }
+        }
+    )
+    est = importance_estimator(cfg)
+    assert isinstance(est, IntegratedGradients) and est.steps == 8 and est.method == "riemann_middle"
+    occ = importance_estimator(config_from_dict({"maps": {"importance_params": {"output": "logit"}}}))
+    assert isinstance(occ, Occlusion) and occ.output == "logit" and occ.window == 4
+    assert cfg.to_dict()["maps"]["vulnerability_params"]["window"] == 7
+    with pytest.raises(InputError, match="maps.vulnerability_estimator"):
+        config_from_dict({"maps": {"vulnerability_estimator": "saliency"}})
+    with pytest.raises(InputError, match="maps.importance"):
+        config_from_dict({"maps": {"importance": "localized"}})
+    with pytest.raises(InputError, match="steps"):
+        config_from_dict({"maps": {"importance": "integrated-gradients", "importance_params": {"steps": 0}}})
+    with pytest.raises(InputError, match="estimator 'grad-cam'"):
+        config_from_dict({"maps": {"importance": "grad-cam", "importance_params": {"nope": 1}}})

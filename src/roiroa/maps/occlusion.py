@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +28,27 @@ def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, output: Output) -
     return (logits.softmax(1) if output == "probability" else logits).gather(1, y[:, None])[:, 0]
 
 
+@contextmanager
+def channels_last(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` with channels-last (NHWC) weights inside the block, restoring its layout after.
+
+    On CPU the convolutions of NHWC tensors are faster (oneDNN's native layout); the results agree
+    with NCHW to float rounding (about 1e-6 here, see tests). Used for many forward passes of
+    occluded images.
+    """
+    formats = {p: p.is_contiguous() for p in model.parameters() if p.dim() == 4}
+    if not formats:
+        yield
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for param, was_contiguous in formats.items():
+            if was_contiguous:
+                param.data = param.data.contiguous()
+
+
 @torch.no_grad()
 def occlusion_drops(
     model: nn.Module,
@@ -36,6 +59,7 @@ def occlusion_drops(
     batch_size: int = 256,
     skip_unchanged: bool = True,
     output: Output = "probability",
+    fast_layout: bool = True,
 ) -> torch.Tensor:
     """s_y(x) - s_y(x with region r set to the baseline), for every image and region, where s is the
     softmax probability (``output='probability'``) or the logit (``'logit'``).
@@ -52,30 +76,35 @@ def occlusion_drops(
         regions: (R, H, W) bool region masks shared by all images (may overlap), or (N, R, H, W)
             per image (superpixels; empty regions have drop 0).
         baseline: the fill of an occluded region: a number, or baseline images (N, C, H, W).
+        fast_layout: forward in channels-last layout (the model's own layout is restored after).
 
     Returns:
         (N, R) float32 on x's device.
     """
-    device = model_device(model)
-    xd, yd, reg = x.to(device), y.to(device), regions.to(device)
-    base = baseline.to(device, xd.dtype) if isinstance(baseline, torch.Tensor) else torch.full_like(xd[:1], baseline)
-    per_image = reg.dim() == 4
-    s_clean = torch.cat([_score(model, xd[s], yd[s], output) for s in batch_slices(len(xd), batch_size)])
-    differs = (xd != base).any(dim=1).flatten(1).float()  # (N, P)
-    if per_image:
-        active = torch.einsum("np,nrp->nr", differs, reg.flatten(2).float()) > 0  # (N, R)
-    else:
-        active = (differs @ reg.flatten(1).float().T) > 0  # (N, R)
-    if not skip_unchanged:
-        active = torch.ones_like(active)
-    img_idx, reg_idx = active.nonzero(as_tuple=True)
-    n_regions = reg.shape[1] if per_image else reg.shape[0]
-    drops = torch.zeros(len(xd), n_regions, device=device)
-    for s in progress(batch_slices(len(img_idx), batch_size), "occlusion"):
-        i, r = img_idx[s], reg_idx[s]
-        m = (reg[i, r] if per_image else reg[r]).unsqueeze(1).to(xd.dtype)  # (B, 1, H, W)
-        occluded = xd[i] * (1 - m) + (base[i] if len(base) > 1 else base) * m
-        drops[i, r] = s_clean[i] - _score(model, occluded, yd[i], output)
+    with channels_last(model) if fast_layout else nullcontext():
+        device = model_device(model)
+        xd, yd, reg = x.to(device), y.to(device), regions.to(device)
+        is_tensor = isinstance(baseline, torch.Tensor)
+        base = baseline.to(device, xd.dtype) if is_tensor else torch.full_like(xd[:1], baseline)  # type: ignore[union-attr]
+        per_image = reg.dim() == 4
+        s_clean = torch.cat([_score(model, xd[s], yd[s], output) for s in batch_slices(len(xd), batch_size)])
+        differs = (xd != base).any(dim=1).flatten(1).float()  # (N, P)
+        if per_image:
+            active = torch.einsum("np,nrp->nr", differs, reg.flatten(2).float()) > 0  # (N, R)
+        else:
+            active = (differs @ reg.flatten(1).float().T) > 0  # (N, R)
+        if not skip_unchanged:
+            active = torch.ones_like(active)
+        img_idx, reg_idx = active.nonzero(as_tuple=True)
+        n_regions = reg.shape[1] if per_image else reg.shape[0]
+        drops = torch.zeros(len(xd), n_regions, device=device)
+        for s in progress(batch_slices(len(img_idx), batch_size), "occlusion"):
+            i, r = img_idx[s], reg_idx[s]
+            m = (reg[i, r] if per_image else reg[r]).unsqueeze(1).to(xd.dtype)  # (B, 1, H, W)
+            occluded = xd[i] * (1 - m) + (base[i] if len(base) > 1 else base) * m
+            if fast_layout:
+                occluded = occluded.contiguous(memory_format=torch.channels_last)
+            drops[i, r] = s_clean[i] - _score(model, occluded, yd[i], output)
     return drops.to(x.device)
 
 
