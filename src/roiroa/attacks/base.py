@@ -229,7 +229,10 @@ class Attack(Protocol):
     between the perturbation and the gradient reading.
     """
 
-    norm: Any
+    @property
+    def norm(self) -> Any:
+        """'linf', 'l2' or 'l1' (a class attribute in the implementations)."""
+        ...
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None

@@ -79,8 +79,8 @@ class InputXGradient:
 def ig_nodes(steps: int, method: IGMethod) -> tuple[torch.Tensor, torch.Tensor]:
     """Points alpha in [0, 1] and weights of the path integral, as Captum's approximation methods."""
     if method == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(steps)
-        return torch.from_numpy(0.5 * (1 + nodes)), torch.from_numpy(0.5 * weights)
+        nodes, gl_weights = np.polynomial.legendre.leggauss(steps)
+        return torch.from_numpy(0.5 * (1 + nodes)), torch.from_numpy(0.5 * gl_weights)
     if steps < 2:
         raise ValueError("Riemann methods need steps >= 2")
     n = steps

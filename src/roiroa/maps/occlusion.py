@@ -40,7 +40,7 @@ def channels_last(model: nn.Module) -> Iterator[None]:
     if not formats:
         yield
         return
-    model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     try:
         yield
     finally:
@@ -85,7 +85,7 @@ def occlusion_drops(
         device = model_device(model)
         xd, yd, reg = x.to(device), y.to(device), regions.to(device)
         is_tensor = isinstance(baseline, torch.Tensor)
-        base = baseline.to(device, xd.dtype) if is_tensor else torch.full_like(xd[:1], baseline)  # type: ignore[union-attr]
+        base = baseline.to(device, xd.dtype) if is_tensor else torch.full_like(xd[:1], baseline)  # type: ignore[union-attr,arg-type]
         per_image = reg.dim() == 4
         s_clean = torch.cat([_score(model, xd[s], yd[s], output) for s in batch_slices(len(xd), batch_size)])
         differs = (xd != base).any(dim=1).flatten(1).float()  # (N, P)
