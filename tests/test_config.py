@@ -217,7 +217,7 @@ BAD = {
     "unknown threshold": ({"regions": {"threshold": "median"}}, r"'regions\.threshold'"),
     "unknown attack name": (
         {"attacks": [{"name": "pgd"}]},
-        r"unknown attack 'pgd'.*fgsm, pgd-l2, pgd-linf",
+        r"unknown attack 'pgd'.*fgsm, .*pgd-l2, pgd-linf",
     ),
     "attack without name": ({"attacks": [{"eps": 0.1}]}, r"attacks\[0\] has no 'name'"),
     "unknown attack hyperparameter": (
