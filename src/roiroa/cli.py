@@ -22,7 +22,7 @@ from pathlib import Path
 from roiroa.attacks.base import list_attacks
 from roiroa.errors import InputError
 from roiroa.evaluate.config import RunConfig, load_config, quick, validate
-from roiroa.maps.registry import list_estimators
+from roiroa.maps.registry import list_estimators, list_importance_estimators, list_vulnerability_estimators
 from roiroa.models.loading import check_weights_file
 from roiroa.models.registry import list_models
 from roiroa.utils import resolve_device, set_progress
@@ -155,6 +155,8 @@ def command_list() -> int:
     print("models:     " + ", ".join(list_models()))
     print("attacks:    " + ", ".join(list_attacks()))
     print("estimators: " + ", ".join(list_estimators()))
+    print("  importance (maps.importance):                " + ", ".join(list_importance_estimators()))
+    print("  vulnerability (maps.vulnerability_estimator): " + ", ".join(list_vulnerability_estimators()))
     return 0
 
 

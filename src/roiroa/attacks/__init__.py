@@ -2,6 +2,7 @@
 
 from roiroa.attacks.base import (
     ATTACKS,
+    Attack,
     AttackResult,
     GradientAttack,
     create_attack,
@@ -9,12 +10,17 @@ from roiroa.attacks.base import (
     loss_gradient,
     register_attack,
 )
-from roiroa.attacks.gradient import FGSM, L2PGD, LinfPGD
+from roiroa.attacks.carlini_wagner import CarliniWagnerL2
+from roiroa.attacks.deepfool import DeepFool
+from roiroa.attacks.gradient import FGSM, L1PGD, L2PGD, LinfPGD
 from roiroa.attacks.patch import LocalizedPatch, PatchResult, SquarePGD, UniversalPatch
 from roiroa.attacks.square import SquareAttack
 
 __all__ = [
     "ATTACKS",
+    "Attack",
+    "CarliniWagnerL2",
+    "DeepFool",
     "AttackResult",
     "GradientAttack",
     "FGSM",
@@ -25,6 +31,7 @@ __all__ = [
     "PatchResult",
     "SquarePGD",
     "UniversalPatch",
+    "L1PGD",
     "create_attack",
     "list_attacks",
     "loss_gradient",

@@ -11,17 +11,18 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from roiroa.errors import InputError
 from roiroa.registry import Registry
 from roiroa.utils import batch_slices, model_device, progress
 from roiroa.validation import check_bool, check_images, check_labels, check_mask, check_number
 
-Norm = Literal["linf", "l2"]
+Norm = Literal["linf", "l2", "l1"]
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,14 @@ def _flat_norm(t: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_step(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """The steepest-ascent direction of unit norm: sign(grad) for linf, grad / ||grad||_2 for l2 (0 stays 0)."""
+    """The steepest-ascent direction of unit norm: sign(grad) for linf, grad / ||grad||_2 for l2 (0 stays 0),
+    and for l1 sign(grad) at the one coordinate of largest |grad| (ART's sparse L1 step)."""
     if norm == "linf":
         return grad.sign()
+    if norm == "l1":
+        flat = grad.flatten(1)
+        onehot = torch.zeros_like(flat).scatter_(1, flat.abs().argmax(1, keepdim=True), 1.0)
+        return (onehot * flat.sign()).view_as(grad)
     n = _flat_norm(grad)
     return grad / torch.where(n == 0, torch.ones_like(n), n)
 
@@ -69,7 +75,8 @@ def project(delta: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
     """Project each perturbation of delta: (N, C, H, W) onto the eps-ball of ``norm``."""
     if norm == "linf":
         return delta.clamp(-eps, eps)
-    n = _flat_norm(delta)
+    # l2 and l1: rescale onto the ball (for l1 as ART's default, suboptimal=True, does).
+    n = _flat_norm(delta) if norm == "l2" else delta.flatten(1).abs().sum(1).view(-1, 1, 1, 1)
     return delta * torch.where(n > eps, eps / torch.where(n == 0, torch.ones_like(n), n), torch.ones_like(n))
 
 
@@ -78,9 +85,46 @@ def random_start(x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
     if norm == "linf":
         return torch.empty_like(x).uniform_(-eps, eps)
     d = x[0].numel()
+    if norm == "l1":  # as ART's random_sphere(norm=1): gaps of sorted uniforms, random signs
+        u = torch.rand(len(x), d, device=x.device, dtype=x.dtype).sort(1).values
+        gaps = u - torch.cat([torch.zeros_like(u[:, :1]), u[:, :-1]], 1)
+        signs = torch.randint(0, 2, gaps.shape, device=x.device).to(x.dtype) * 2 - 1
+        return (eps * gaps * signs).view_as(x)
     direction = torch.randn_like(x)
     radius = eps * torch.rand(len(x), 1, 1, 1, device=x.device, dtype=x.dtype) ** (1.0 / d)
     return direction / _flat_norm(direction) * radius
+
+
+ChunkAttack = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | None"], tuple[torch.Tensor, torch.Tensor]
+]
+
+
+def run_in_chunks(
+    attack_chunk: ChunkAttack,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mask: torch.Tensor | None,
+    batch_size: int,
+    desc: str,
+) -> AttackResult:
+    """Check the inputs, then call ``attack_chunk(model, x, y, mask) -> (x_adv, grad_map)`` on chunks of
+    ``batch_size`` images on the model's device; the result is on x's device. Every attack's ``run``.
+
+    Args:
+        x: (N, C, H, W) in [0, 1]; y: (N,) int64; mask: optional (N or 1, 1, H, W) in {0, 1}.
+    """
+    check_images(x)
+    check_labels(y, len(x))
+    if mask is not None:
+        check_mask(mask, x)
+    device = model_device(model)
+    outs = []
+    for s in progress(batch_slices(len(x), batch_size), desc):
+        m = None if mask is None else (mask if len(mask) == 1 else mask[s]).to(device, x.dtype)
+        outs.append(attack_chunk(model, x[s].to(device), y[s].to(device), m))
+    return AttackResult(torch.cat([o[0] for o in outs]).to(x.device), torch.cat([o[1] for o in outs]).to(x.device))
 
 
 class GradientAttack:
@@ -139,16 +183,7 @@ class GradientAttack:
         Returns:
             AttackResult with tensors on x's device.
         """
-        check_images(x)
-        check_labels(y, len(x))
-        if mask is not None:
-            check_mask(mask, x)
-        device = model_device(model)
-        outs = []
-        for s in progress(batch_slices(len(x), self.batch_size), type(self).__name__):
-            m = None if mask is None else (mask if len(mask) == 1 else mask[s]).to(device, x.dtype)
-            outs.append(self._attack_chunk(model, x[s].to(device), y[s].to(device), m))
-        return AttackResult(torch.cat([o[0] for o in outs]).to(x.device), torch.cat([o[1] for o in outs]).to(x.device))
+        return run_in_chunks(self._attack_chunk, model, x, y, mask, self.batch_size, type(self).__name__)
 
     def _attack_chunk(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None
@@ -186,13 +221,54 @@ def _fooled(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(dim=1) != y
 
 
-ATTACKS: Registry[GradientAttack] = Registry("attack")
+@runtime_checkable
+class Attack(Protocol):
+    """What every registered attack offers (gradient, optimisation and score-based alike).
+
+    ``norm`` names the budget's norm ('linf', 'l2', 'l1'); vulnerability maps read it to choose
+    between the perturbation and the gradient reading.
+    """
+
+    @property
+    def norm(self) -> Any:
+        """'linf', 'l2' or 'l1' (a class attribute in the implementations)."""
+        ...
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x_adv: (N, C, H, W) in [0, 1]; ``mask`` (N or 1, 1, H, W) in {0, 1} restricts where it acts."""
+        ...
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
+        """The adversarial images and the attack's gradient map."""
+        ...
+
+    def params(self) -> dict[str, Any]:
+        """The hyperparameters as a JSON-able dict with the key 'attack'."""
+        ...
+
+
+ATTACKS: Registry[Attack] = Registry("attack")
 register_attack = ATTACKS.register
 
 
-def create_attack(name: str, **kwargs: Any) -> GradientAttack:
+def create_attack(name: str, **kwargs: Any) -> Attack:
     """A configured attack by registered name, e.g. ``create_attack('pgd-linf', eps=0.1)``."""
     return ATTACKS.create(name, **kwargs)
+
+
+def resolve_attack(spec: Attack | str | dict[str, Any]) -> Attack:
+    """An attack from an instance, a registered name, or a dict {'name': ..., hyperparameters...}."""
+    if isinstance(spec, str):
+        return create_attack(spec)
+    if isinstance(spec, dict):
+        if "name" not in spec:
+            raise InputError(f"an attack given as a table needs a 'name'; got {spec!r}.")
+        return create_attack(spec["name"], **{k: v for k, v in spec.items() if k not in ("name", "label")})
+    if not isinstance(spec, Attack):
+        raise InputError(f"expected an attack (instance, name or table); got {type(spec).__name__}.")
+    return spec
 
 
 def attack_parameters(name: str) -> list[str]:

@@ -81,3 +81,25 @@ class L2PGD(_PGD):
     name: ClassVar[str] = "pgd-l2"
     norm: ClassVar[Norm] = "l2"
     eps: float = 2.0
+
+
+@register_attack("pgd-l1")
+@dataclass(kw_only=True)
+class L1PGD(_PGD):
+    """Sparse PGD in the L1 ball: each step changes the one pixel (and channel) of largest |grad| by
+    ``step_size``; the perturbation is rescaled onto the ball. Step for step ART's
+    ``ProjectedGradientDescent(norm=1)``, so its perturbation is naturally local (at most ``steps``
+    positions change).
+
+    Args:
+        eps: L1 budget > 0 over the whole image. Default 10.0.
+        steps: gradient steps (= the most positions changed). Default 20.
+        step_size: absolute step; None means 2.5 * eps / steps.
+        random_start: start from a random point of the L1 ball (ART's random_sphere). Default False.
+        restarts, batch_size: as in :class:`LinfPGD`.
+    """
+
+    name: ClassVar[str] = "pgd-l1"
+    norm: ClassVar[Norm] = "l1"
+    eps: float = 10.0
+    random_start: bool = False

@@ -19,6 +19,7 @@ from roiroa.attacks.base import attack_parameters, create_attack
 from roiroa.defence.fills import FILL_KINDS
 from roiroa.defence.neutralizer import FILLS
 from roiroa.errors import InputError
+from roiroa.maps.registry import create_estimator, list_importance_estimators, list_vulnerability_estimators
 from roiroa.maps.vulnerability import VULNERABILITY_SOURCES
 from roiroa.models.normalize import NORMALIZATIONS, normalization_values
 from roiroa.models.registry import list_models
@@ -30,7 +31,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-IMPORTANCE_METHODS = ("occlusion", "saliency")
+IMPORTANCE_METHODS = ("occlusion", "saliency")  # the spine's two; every registered one is accepted
 QUICK_TEST_IMAGES = 200
 QUICK_FIT_IMAGES = 200
 QUICK_STEPS = 10
@@ -86,10 +87,17 @@ class ModelConfig:
 class MapsConfig:
     """Importance (RoI) and vulnerability (RoA) estimators.
 
-    importance: 'occlusion' or 'saliency'.
+    importance: a registered importance estimator ('occlusion', 'saliency', 'integrated-gradients',
+        'grad-cam', ...; ``roiroa list`` shows them).
     window, stride, baseline: occlusion windows and their fill.
     vulnerability: 'auto', 'perturbation' or 'gradient' (see roiroa.maps.vulnerability).
     batch_size: occluded images per forward pass.
+    importance_params: more keywords of the importance estimator (e.g. {steps = 64} for
+        integrated gradients, {output = 'logit'} for occlusion).
+    vulnerability_estimator: None (default): the RoA map 'all' is the mean of the attacks' maps;
+        else a registered vulnerability estimator ('localized', 'attribution-shift',
+        'perturbation') whose map, at unit mean |A|, becomes 'all'.
+    vulnerability_params: its keywords (e.g. {attack = {name = 'pgd-linf', eps = 0.3}}).
     """
 
     importance: str = "occlusion"
@@ -98,6 +106,9 @@ class MapsConfig:
     baseline: float = 0.0
     vulnerability: str = "auto"
     batch_size: int = 256
+    importance_params: dict[str, Any] = field(default_factory=dict)
+    vulnerability_estimator: str | None = None
+    vulnerability_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -310,7 +321,7 @@ CHOICES: dict[str, Any] = {
     "device": lambda: ("auto", "cpu", "cuda"),
     "model.arch": list_models,
     "model.normalization": lambda: ("none", *NORMALIZATIONS),
-    "maps.importance": lambda: IMPORTANCE_METHODS,
+    "maps.importance": list_importance_estimators,
     "maps.vulnerability": lambda: VULNERABILITY_SOURCES,
     "regions.threshold": lambda: ("top_q", "otsu"),
     "defence.fill": lambda: FILLS,
@@ -326,6 +337,18 @@ def _get(config: RunConfig, key: str) -> Any:
     for part in key.split("."):
         value = getattr(value, part)
     return value
+
+
+def importance_spec(config: RunConfig) -> tuple[str, dict[str, Any]]:
+    """The importance estimator's registered name and keywords: occlusion gets the window, stride,
+    baseline and batch size of ``maps``, saliency the run's batch size; ``importance_params`` win."""
+    m = config.maps
+    base: dict[str, Any] = {}
+    if m.importance == "occlusion":
+        base = {"window": m.window, "stride": m.stride, "baseline": m.baseline, "batch_size": m.batch_size}
+    elif m.importance == "saliency":
+        base = {"batch_size": config.batch_size}
+    return m.importance, base | dict(m.importance_params)
 
 
 def validate(config: RunConfig) -> None:
@@ -354,6 +377,12 @@ def validate(config: RunConfig) -> None:
         check_choice("config", "defend.sweep_fills", name, FILL_KINDS)
     for e in d.sanity_eps:
         check_number("config", "defend.sanity_eps", e, low=0.0, low_open=True, high=1.0)
+    name, kwargs = importance_spec(config)
+    create_estimator(name, **kwargs)  # checks every keyword
+    if config.maps.vulnerability_estimator is not None:
+        name = config.maps.vulnerability_estimator
+        check_choice("config", "maps.vulnerability_estimator", name, list_vulnerability_estimators())
+        create_estimator(config.maps.vulnerability_estimator, **config.maps.vulnerability_params)
     validate_attacks(config.attacks, config.batch_size)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from roiroa.attacks.base import GradientAttack
+from roiroa.attacks.base import Attack
 from roiroa.data.dataset import ImageDataset
 from roiroa.maps.vulnerability import attack_vulnerability, perturbation_map
 from roiroa.models.train import load_or_train
@@ -100,7 +100,7 @@ def per_image_statistics(
     model: nn.Module,
     test: ImageDataset,
     maps: MapSet,
-    attacks: dict[str, GradientAttack],
+    attacks: dict[str, Attack],
     config: RunConfig,
     train: ImageDataset | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -160,7 +160,7 @@ def restart_consistency(
     model: nn.Module,
     test: ImageDataset,
     maps: MapSet,
-    attacks: dict[str, GradientAttack],
+    attacks: dict[str, Attack],
     config: RunConfig,
     gen: torch.Generator,
 ) -> dict[str, torch.Tensor]:
@@ -180,7 +180,7 @@ def seed_consistency(
     train: ImageDataset,
     test: ImageDataset,
     maps: MapSet,
-    attacks: dict[str, GradientAttack],
+    attacks: dict[str, Attack],
     config: RunConfig,
     gen: torch.Generator,
 ) -> dict[str, torch.Tensor]:
@@ -266,7 +266,7 @@ def dataset_statistics(
     model: nn.Module,
     test: ImageDataset,
     maps: MapSet,
-    attacks: dict[str, GradientAttack],
+    attacks: dict[str, Attack],
     config: RunConfig,
     train: ImageDataset | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from roiroa.attacks.base import AttackResult, GradientAttack
+from roiroa.attacks.base import Attack, AttackResult
 from roiroa.defence.neutralizer import Neutralizer, neutralize, random_mask_like
 from roiroa.models.predict import predict
 from roiroa.regions.segments import Segments
@@ -33,7 +33,7 @@ def evaluate_defence(
     control: Neutralizer,
     x: torch.Tensor,
     y: torch.Tensor,
-    attacks: dict[str, GradientAttack],
+    attacks: dict[str, Attack],
     results: dict[str, AttackResult],
 ) -> list[dict[str, Any]]:
     """One row per attack: clean, non-adaptive and adaptive accuracy of f o N, beside the random-mask control.

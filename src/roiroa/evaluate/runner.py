@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,17 +19,17 @@ import torch
 from torch import nn
 
 import roiroa
-from roiroa.attacks.base import AttackResult, GradientAttack, create_attack
+from roiroa.attacks.base import Attack, AttackResult, create_attack
 from roiroa.data.dataset import ImageDataset, sample_per_class, split_by_class
 from roiroa.data.readers import load_dataset
 from roiroa.defence.neutralizer import GlobalMask, Neutralizer, fill_value, random_mask_like
 from roiroa.errors import InputError
-from roiroa.evaluate.config import RunConfig, attack_kwargs, attack_label
+from roiroa.evaluate.config import RunConfig, attack_kwargs, attack_label, importance_spec
 from roiroa.evaluate.dataset_statistics import dataset_statistics
 from roiroa.evaluate.robustness import evaluate_defence, mean, oracle_analysis
-from roiroa.maps.occlusion import Occlusion
+from roiroa.maps.registry import create_estimator
 from roiroa.maps.saliency import Saliency
-from roiroa.maps.vulnerability import attack_vulnerability, mean_vulnerability
+from roiroa.maps.vulnerability import attack_vulnerability, mean_vulnerability, unit_mean
 from roiroa.models.loading import check_model_fits, load_model
 from roiroa.models.normalize import normalization_values
 from roiroa.models.predict import predict
@@ -147,23 +147,21 @@ def prepare_model(config: RunConfig, splits: Splits, device: torch.device) -> Tr
     return trained
 
 
-def build_attacks(config: RunConfig) -> dict[str, GradientAttack]:
+def build_attacks(config: RunConfig) -> dict[str, Attack]:
     """label -> attack, in config order."""
     return {attack_label(s): create_attack(s["name"], **attack_kwargs(s, config.batch_size)) for s in config.attacks}
 
 
-def importance_estimator(config: RunConfig) -> Occlusion | Saliency:
-    """The RoI estimator the config names."""
-    m = config.maps
-    if m.importance == "occlusion":
-        return Occlusion(window=m.window, stride=m.stride, baseline=m.baseline, batch_size=m.batch_size)
-    return Saliency(batch_size=config.batch_size)
+def importance_estimator(config: RunConfig) -> Callable[..., torch.Tensor]:
+    """The RoI estimator the config names, with its parameters."""
+    name, kwargs = importance_spec(config)
+    return create_estimator(name, **kwargs)
 
 
 def compute_maps(
     model: nn.Module,
     data: ImageDataset,
-    attacks: dict[str, GradientAttack],
+    attacks: dict[str, Attack],
     config: RunConfig,
     stage: str,
     timings: Timings,
@@ -180,6 +178,11 @@ def compute_maps(
         for label in attacks
     }
     vuln[ALL] = mean_vulnerability(list(vuln.values()))
+    if config.maps.vulnerability_estimator is not None:
+        with timings(f"vulnerability_{stage}"):
+            seed_all(stage_seed(config.seed, f"{stage}:vulnerability-estimator"))
+            estimator = create_estimator(config.maps.vulnerability_estimator, **config.maps.vulnerability_params)
+            vuln[ALL] = unit_mean(estimator(model, x, y))
     with timings(f"importance_{stage}"):
         importance = importance_estimator(config)(model, x, y)
         saliency = (
@@ -226,7 +229,7 @@ def test_segments(maps: MapSet, config: RunConfig) -> Segments:
 
 
 def attack_summary(
-    attack: GradientAttack,
+    attack: Attack,
     x: torch.Tensor,
     y: torch.Tensor,
     result: AttackResult,
@@ -280,7 +283,7 @@ def defence_stage(
     splits: Splits,
     fit_maps: MapSet,
     test_maps: MapSet,
-    attacks: dict[str, GradientAttack],
+    attacks: dict[str, Attack],
     config: RunConfig,
 ) -> DefenceStage:
     """Fit the global mask on the fitting maps and evaluate f o N and the random control on the test set."""
@@ -397,7 +400,7 @@ def normalization_summary(config: RunConfig) -> dict[str, Any] | None:
     return {"preset": config.model.normalization, "mean": list(values[0]), "std": list(values[1])}
 
 
-def maps_summary(config: RunConfig, attacks: dict[str, GradientAttack]) -> dict[str, Any]:
+def maps_summary(config: RunConfig, attacks: dict[str, Attack]) -> dict[str, Any]:
     m = config.maps
     importance: dict[str, Any] = {"method": m.importance}
     if m.importance == "occlusion":
@@ -415,14 +418,17 @@ def maps_summary(config: RunConfig, attacks: dict[str, GradientAttack]) -> dict[
         )
         for label, a in attacks.items()
     }
-    return {
-        "importance": importance,
-        "vulnerability": {
-            "source": m.vulnerability,
-            "per_attack": used,
-            ALL: "mean of the maps, each scaled to unit mean |A|",
-        },
+    if m.importance_params:
+        importance["params"] = dict(m.importance_params)
+    vulnerability: dict[str, Any] = {
+        "source": m.vulnerability,
+        "per_attack": used,
+        ALL: "mean of the maps, each scaled to unit mean |A|",
     }
+    if m.vulnerability_estimator is not None:
+        vulnerability[ALL] = f"the {m.vulnerability_estimator!r} estimator's map, scaled to unit mean |A|"
+        vulnerability["estimator"] = {"name": m.vulnerability_estimator, "params": dict(m.vulnerability_params)}
+    return {"importance": importance, "vulnerability": vulnerability}
 
 
 def segment_summary(segments: Segments, config: RunConfig) -> dict[str, Any]:

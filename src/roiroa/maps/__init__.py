@@ -1,8 +1,13 @@
 """Importance and vulnerability estimators, each ``estimator(model, x, y) -> (N, H, W)``."""
 
+from roiroa.maps.baselines import baseline_images, gaussian_blur
+from roiroa.maps.gradcam import GradCAM, GradCAMPlusPlus, last_conv_name
+from roiroa.maps.gradients import IGResult, InputXGradient, IntegratedGradients, reduce_channels
+from roiroa.maps.localized import LocalizedAttack, LocalizedResult
 from roiroa.maps.occlusion import Occlusion, occlusion_drops
 from roiroa.maps.registry import ESTIMATORS, create_estimator, list_estimators, register_estimator
 from roiroa.maps.saliency import Saliency
+from roiroa.maps.shift import AttributionShift
 from roiroa.maps.vulnerability import (
     VULNERABILITY_SOURCES,
     PerturbationMagnitude,
@@ -26,4 +31,16 @@ __all__ = [
     "perturbation_map",
     "unit_mean",
     "VULNERABILITY_SOURCES",
+    "baseline_images",
+    "gaussian_blur",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "last_conv_name",
+    "InputXGradient",
+    "IntegratedGradients",
+    "IGResult",
+    "reduce_channels",
+    "LocalizedAttack",
+    "LocalizedResult",
+    "AttributionShift",
 ]

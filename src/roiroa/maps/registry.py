@@ -19,3 +19,18 @@ def create_estimator(name: str, **kwargs: Any) -> Callable[..., Any]:
 def list_estimators(pattern: str = "*") -> list[str]:
     """Registered estimator names matching ``pattern``."""
     return ESTIMATORS.names(pattern)
+
+
+def estimator_kind(name: str) -> str:
+    """'importance' or 'vulnerability': the ``kind`` class attribute of the registered estimator."""
+    return str(getattr(ESTIMATORS.get(name), "kind", "importance"))
+
+
+def list_importance_estimators() -> list[str]:
+    """Registered importance (RoI) estimator names."""
+    return [n for n in ESTIMATORS.names() if estimator_kind(n) == "importance"]
+
+
+def list_vulnerability_estimators() -> list[str]:
+    """Registered vulnerability (RoA) estimator names."""
+    return [n for n in ESTIMATORS.names() if estimator_kind(n) == "vulnerability"]

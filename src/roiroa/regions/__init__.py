@@ -16,6 +16,7 @@ from roiroa.regions.statistics import (
     spearman,
     summarize,
 )
+from roiroa.regions.superpixels import label_regions, slic_labels
 from roiroa.regions.thresholds import THRESHOLD_METHODS, isolate, otsu_mask, top_q_mask
 
 __all__ = [
@@ -42,4 +43,6 @@ __all__ = [
     "top_q_mask",
     "otsu_mask",
     "THRESHOLD_METHODS",
+    "slic_labels",
+    "label_regions",
 ]

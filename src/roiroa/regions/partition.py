@@ -39,11 +39,15 @@ def regions_to_pixels(values: torch.Tensor, regions: torch.Tensor) -> torch.Tens
 
     Args:
         values: (N, R) one value per image and region.
-        regions: (R, H, W) bool.
+        regions: (R, H, W) bool, or (N, R, H, W) per image.
 
     Returns:
         (N, H, W); 0 at pixels no region covers.
     """
+    if regions.dim() == 4:  # per-image regions (N, R, H, W), e.g. superpixels
+        flat = regions.flatten(2).to(values.dtype)  # (N, R, P)
+        coverage = flat.sum(1).clamp(min=1)
+        return (torch.einsum("nr,nrp->np", values, flat) / coverage).view(values.shape[0], *regions.shape[2:])
     flat = regions.flatten(1).to(values.dtype)  # (R, P)
     coverage = flat.sum(0).clamp(min=1)
     return (values @ flat / coverage).view(values.shape[0], *regions.shape[1:])
