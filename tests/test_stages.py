@@ -311,10 +311,10 @@ def signal_after(proc: subprocess.Popen, stage: str, sig: int) -> tuple[int, lis
 def test_sigint_and_sigkill_then_resume(cli_setup, session_cache, tmp_path):
     root, config = cli_setup
     cases = {"SIGINT": (signal.SIGINT, "attacks_test"), "SIGKILL": (signal.SIGKILL, "defence")}
-    procs = {
-        name: (start_run(config, tmp_path / name / "out", fresh_cache(session_cache, tmp_path / name / "cache")), sig, st)
-        for name, (sig, st) in cases.items()
-    }
+    procs = {}
+    for name, (sig, stage) in cases.items():
+        cache = fresh_cache(session_cache, tmp_path / name / "cache")
+        procs[name] = (start_run(config, tmp_path / name / "out", cache), sig, stage)
     for name, (proc, sig, stage) in procs.items():
         rc, lines = signal_after(proc, stage, sig)
         folder = tmp_path / name

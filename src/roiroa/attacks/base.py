@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from roiroa.registry import Registry
 from roiroa.utils import batch_slices, model_device, progress
-from roiroa.validation import check_bool, check_images, check_labels, check_mask, check_number
+from roiroa.validation import check_bool, check_images, check_labels, check_mask, check_model_output, check_number
 
 Norm = Literal["linf", "l2"]
 
@@ -143,6 +143,7 @@ class GradientAttack:
         check_labels(y, len(x))
         if mask is not None:
             check_mask(mask, x)
+        check_model_output(model, x, y)
         device = model_device(model)
         outs = []
         for s in progress(batch_slices(len(x), self.batch_size), type(self).__name__):

@@ -61,6 +61,8 @@ def images_to_tensor(array: np.ndarray, source: str) -> torch.Tensor:
 def read_npz(path: str | Path) -> ImageDataset:
     """Read ``images`` and ``labels`` (and optional ``classes``) from a .npz file. Never unpickles."""
     path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):  # np.load would take it for a pickle
+        raise InputError(f"{path}: cannot read it as .npz (not a zip archive); check the file is complete.")
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = set(f.files)

@@ -10,7 +10,7 @@ from torch import nn
 from roiroa.maps.registry import register_estimator
 from roiroa.regions.partition import grid_regions, regions_to_pixels
 from roiroa.utils import batch_slices, model_device, progress
-from roiroa.validation import check_images, check_labels, check_number
+from roiroa.validation import check_images, check_labels, check_model_output, check_number
 
 
 @torch.no_grad()
@@ -95,6 +95,7 @@ class Occlusion:
         """Importance (N, H, W) of x: (N, C, H, W) in [0, 1] for classes y: (N,)."""
         check_images(x)
         check_labels(y, len(x))
+        check_model_output(model, x, y)
         regions = grid_regions(x.shape[2], x.shape[3], self.window, self.stride)
         return regions_to_pixels(
             occlusion_drops(model, x, y, regions, self.baseline, self.batch_size), regions.to(x.device)
