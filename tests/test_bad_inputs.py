@@ -40,6 +40,7 @@ class Case:
 
     make: Callable[[Path], tuple[list[str] | None, Callable[[], object]]]
     words: tuple[str, ...]  # the message names the problem and the fix
+    skip: Callable[[], str | None] = lambda: None  # a reason why the input is not bad on this machine
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -158,8 +159,18 @@ def model_case(call: Callable[[nn.Module, torch.Tensor, torch.Tensor], object]) 
     return Case(make, ("3 outputs", "labels go up to 9", "one output per class"))
 
 
-def cuda_case(folder: Path):
-    return (None if torch.cuda.is_available() else ["--device", "cuda"]), lambda: resolve_device("cuda")
+def read_only(folder: Path) -> Path:
+    (folder / "locked").mkdir()
+    (folder / "locked").chmod(0o555)
+    return folder / "locked" / "out"
+
+
+def if_root() -> str | None:
+    return "running as root: root ignores folder permissions" if os.geteuid() == 0 else None
+
+
+def if_cuda() -> str | None:
+    return "CUDA is available here, so --device cuda is valid input" if torch.cuda.is_available() else None
 
 
 CASES: dict[str, Case] = {
@@ -243,11 +254,14 @@ CASES: dict[str, Case] = {
     "oracle q 0": config_case({"defence": {"oracle_q": [0.0]}}, "defence.oracle_q", "(0, 1]"),
     "chunk size 0": config_case({"chunk_size": 0}, "chunk_size", "Got 0"),
     "negative seed": Case(lambda f: (["--seed", "-1"], lambda: config_from_dict({"seed": -1})), ("'seed'", "Got -1")),
-    "cuda without a GPU": Case(cuda_case, ("cuda", "--device cpu")),
+    "cuda without a GPU": Case(
+        lambda f: (["--device", "cuda"], lambda: resolve_device("cuda")), ("cuda", "--device cpu"), if_cuda
+    ),
     # output folder
     "output folder not empty": out_case(non_empty, "not empty", "--overwrite"),
     "output path is a file": out_case(existing_file, "not a folder", "choose another --out"),
     "output parent is a file": out_case(file_parent, "cannot create", "writable --out"),
+    "output folder read-only": Case(out_case(read_only, "").make, ("cannot write in", "writable --out"), if_root),
     # config structure
     "config unknown key": config_case({"data": {"sorce": "mnist"}}, "unknown key 'data.sorce'", "valid keys"),
     "config wrong type": config_case({"seed": "one"}, "'seed' must be int", "'one'"),
@@ -280,14 +294,14 @@ def api_message(api: Callable[[], object]) -> str:
 def test_bad_input(case_setup, request, capsys):
     folder, args, api = case_setup
     name = request.node.callspec.id
+    if CASES[name].skip():
+        pytest.skip(CASES[name].skip())
     message = api_message(api)
     for word in CASES[name].words:
         assert word in message, (word, message)
     if args is None:
-        if name == "cuda without a GPU":
-            pytest.skip("CUDA is available here, so --device cuda is valid input")
         return  # API only (the model rows reach the CLI with --weights)
-    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    before = snapshot(folder)
     capsys.readouterr()
     argv = ["run", *args, "--no-progress"] + ([] if "--out" in args else ["--out", str(folder / "out")])
     assert main(argv) == 2
@@ -296,7 +310,12 @@ def test_bad_input(case_setup, request, capsys):
     lines = captured.err.splitlines()
     assert lines == [f"roiroa: error: {message}"]
     # nothing was written: no run folder, no temporary folder, nothing changed among the input files
-    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before
+    assert snapshot(folder) == before
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` with the content of its files."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
 
 
 @pytest.mark.parametrize("name", ["config unknown key", "npz truncated"])
@@ -307,24 +326,41 @@ def test_debug_shows_the_traceback(name, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-SUBPROCESS_CASES = ["npz truncated", "label out of range", "unknown attack", "window larger than the image"]
+SUBPROCESS_CASES = [  # a few of each kind; every import of torch costs seconds
+    "config missing",
+    "config unknown key",
+    "NaN pixel",
+    "window larger than the image",
+    "cuda without a GPU",
+    "output folder not empty",
+    "output folder read-only",
+]
 
 
 def test_console_script_exits_2_with_one_line(tmp_path):
-    """A few rows through a real process: exit code 2, one line on stderr, no traceback, nothing written."""
+    """Rows through a real process: exit code 2, one line on stderr, no traceback, no stage run, nothing written."""
     env = dict(os.environ, TQDM_DISABLE="1")
     procs = {}
     for name in SUBPROCESS_CASES:
+        if CASES[name].skip():
+            continue
         folder = tmp_path / name.replace(" ", "-")
         folder.mkdir()
         args, api = CASES[name].make(folder)
-        before = sorted(p.name for p in folder.iterdir())
-        cmd = [sys.executable, "-m", "roiroa", "run", *args, "--out", str(folder / "out")]
+        assert args is not None
+        before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+        argv = args + ([] if "--out" in args else ["--out", str(folder / "out")])
+        cmd = [sys.executable, "-m", "roiroa", "run", *argv]
         proc = subprocess.Popen(cmd, env=env, cwd=folder, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         procs[name] = (folder, before, api_message(api), proc)
     for name, (folder, before, message, proc) in procs.items():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 2, (name, err)
+        # one line: no traceback, and no stage log line (it failed before any training or attacking)
         assert [line for line in err.splitlines() if line.strip()] == [f"roiroa: error: {message}"], name
         assert out == ""
-        assert sorted(p.name for p in folder.iterdir()) == before, name
+        # nothing new: no run folder, no hidden temporary folder, no default roiroa-runs/
+        assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before, name
+    for folder, *_ in procs.values():
+        for p in folder.iterdir():
+            p.chmod(0o755)
