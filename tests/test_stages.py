@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from roiroa.cli import main
 from roiroa.evaluate.config import config_from_dict
 from roiroa.evaluate.runner import Timings, build_attacks, compute_maps, run_experiment
 from roiroa.evaluate.stages import StageCache, model_hash
-from roiroa.report.run_folder import _json_safe
+from roiroa.report.run_folder import _json_safe, write_run
 
 TINY = {
     "data": {"max_test": 40, "n_fit": 40},
@@ -34,7 +35,6 @@ TINY = {
     "chunk_size": 16,
     "examples": 2,
 }
-STAGES = ("attacks_test", "importance_test", "regions", "attacks_fit", "importance_fit", "defence", "oracle")
 
 
 def comparable(results: dict) -> dict:
@@ -192,34 +192,31 @@ def reference(tiny_config, mnist_model):
 
 
 @pytest.mark.slow
-def test_resume_after_interruption_at_every_stage_gives_the_same_results(tiny_config, reference, tmp_path):
-    """Interrupt the same run again and again, each time one stage further; then let it finish."""
+def test_resume_after_interruption_gives_the_same_results(tiny_config, reference, tmp_path):
+    """Interrupt the same run again and again, each time further on; damage some entries; then let it finish."""
     cache = StageCache(tmp_path)
-    # in the middle of the test attacks (after 2 of 3 chunks), then after each later stage
+    # in the middle of the test attacks (2 of 3 chunks), in the middle of the fit maps, after the defence
     run_interrupted(tiny_config, cache, "attacks_test", nth=2)
     assert cache.misses == 3 and cache.hits == 0  # attacks and maps of chunk 0, attacks of chunk 1
-    for stage in STAGES[1:]:
+    for stage, nth in (("importance_fit", 2), ("defence", 1)):
         hits = cache.hits
-        run_interrupted(tiny_config, cache, stage)
+        run_interrupted(tiny_config, cache, stage, nth)
         assert cache.hits > hits  # it resumed from the cache ...
         assert len(list(tmp_path.iterdir())) == cache.misses  # ... and computed no entry twice
-    cache.hits = cache.misses = 0
+    assert len(list(tmp_path.iterdir())) == 3 * 2 * 2 + 1  # 3 chunks x (attacks, maps) x (test, fit) + defence
+
+    # damage three entries of different kinds: they are found and computed again
+    entries = sorted(tmp_path.iterdir())
+    for prefix in ("attacks-", "maps-", "defence-"):
+        _flip_byte(next(p for p in entries if p.name.startswith(prefix)), 3 if prefix == "defence-" else 5)
+    cache = StageCache(tmp_path)
     resumed = run_experiment(tiny_config, cache)
-    assert cache.misses == 0 and cache.hits == 3 * 2 * 2 + 2  # 3 chunks x (attacks, maps) x (test, fit) + 2
+    assert (cache.hits, cache.misses, cache.corrupt) == (3 * 2 * 2 - 2, 3 + 1, 3)  # + the oracle, not cached yet
     assert comparable(resumed.results) == comparable(reference.results)
     assert torch.equal(resumed.segments.labels(), reference.segments.labels())
     for label, r in reference.test_maps.results.items():
         assert torch.equal(resumed.test_maps.results[label].x_adv, r.x_adv)
-
-    # damage three entries of different kinds: they are found, recomputed, and the results do not change
-    entries = sorted(tmp_path.iterdir())
-    damaged = [next(p for p in entries if p.name.startswith(s)) for s in ("attacks-", "maps-", "defence-")]
-    for p in damaged:
-        _flip_byte(p, 3 if p.suffix == ".json" else 5)
-    again = StageCache(tmp_path)
-    rerun = run_experiment(tiny_config, again)
-    assert again.corrupt == 3 and again.misses == 3
-    assert comparable(rerun.results) == comparable(reference.results)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 @pytest.mark.slow
@@ -273,12 +270,12 @@ def test_chunk_size_only_changes_the_random_starts(tiny_config, mnist_model, mni
 
 
 @pytest.fixture(scope="module")
-def cli_setup(tmp_path_factory, session_cache, mnist_model, reference):
-    """The tiny config as a file, and the results folder of an uninterrupted `--no-cache` run."""
+def cli_setup(tmp_path_factory, session_cache, reference):
+    """The tiny config as a file, and the results folder of the uninterrupted run."""
     root = tmp_path_factory.mktemp("signals")
     config = root / "tiny.json"
     config.write_text(json.dumps(TINY))
-    assert main(["run", "--config", str(config), "--out", str(root / "reference"), "--no-progress", "--no-cache"]) == 0
+    write_run(reference, root / "reference")
     return root, config
 
 
@@ -294,8 +291,8 @@ def start_run(config: Path, out: Path, cache: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def signal_after(proc: subprocess.Popen, stage: str, sig: int) -> tuple[int, list[str]]:
-    """Send ``sig`` once the log line of ``stage`` appears on stderr; return (exit code, stderr lines)."""
+def signal_after(proc: subprocess.Popen, stage: str, sig: int, result: dict) -> None:
+    """Send ``sig`` once the log line of ``stage`` appears on stderr; store the exit code and stderr lines."""
     lines = []
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -304,22 +301,26 @@ def signal_after(proc: subprocess.Popen, stage: str, sig: int) -> tuple[int, lis
             proc.send_signal(sig)
             break
     lines += proc.stderr.read().splitlines()
-    return proc.wait(timeout=120), [line for line in lines if line.strip()]
+    result["rc"], result["lines"] = proc.wait(timeout=300), [line for line in lines if line.strip()]
 
 
 @pytest.mark.slow
 def test_sigint_and_sigkill_then_resume(cli_setup, session_cache, tmp_path):
     root, config = cli_setup
-    cases = {"SIGINT": (signal.SIGINT, "attacks_test"), "SIGKILL": (signal.SIGKILL, "defence")}
-    procs = {}
+    cases = {"SIGINT": (signal.SIGINT, "attacks_test"), "SIGKILL": (signal.SIGKILL, "importance_fit")}
+    results: dict[str, dict] = {name: {} for name in cases}
+    threads = []
     for name, (sig, stage) in cases.items():
-        cache = fresh_cache(session_cache, tmp_path / name / "cache")
-        procs[name] = (start_run(config, tmp_path / name / "out", cache), sig, stage)
-    for name, (proc, sig, stage) in procs.items():
-        rc, lines = signal_after(proc, stage, sig)
+        proc = start_run(config, tmp_path / name / "out", fresh_cache(session_cache, tmp_path / name / "cache"))
+        threads.append(threading.Thread(target=signal_after, args=(proc, stage, sig, results[name])))
+        threads[-1].start()
+    for t in threads:
+        t.join(timeout=300)
+    for name, (sig, _) in cases.items():
+        rc, lines = results[name]["rc"], results[name]["lines"]
         folder = tmp_path / name
         # no results folder and no half-written temporary folder
-        assert sorted(p.name for p in folder.iterdir()) == ["cache"], name
+        assert sorted(p.name for p in folder.iterdir()) == ["cache"], (name, lines)
         assert not any("Traceback" in line for line in lines), lines
         if sig == signal.SIGINT:
             assert rc == 130
