@@ -13,7 +13,7 @@ from roiroa.defence import GlobalMask, Neutralizer, fill_value, neutralize, rand
 from roiroa.errors import InputError
 from roiroa.evaluate import RunConfig, RunResult, load_config, run_experiment
 from roiroa.maps import Occlusion, PerturbationMagnitude, Saliency, create_estimator, list_estimators
-from roiroa.models import MnistCNN, accuracy, create_model, list_models, load_or_train, predict
+from roiroa.models import MnistCNN, Normalized, accuracy, create_model, list_models, load_model, load_or_train, predict
 from roiroa.regions import Segments, dice, grid_regions, iou, isolate, pearson, spearman, top_q_mask
 
 __all__ = [
@@ -26,6 +26,8 @@ __all__ = [
     "create_model",
     "list_models",
     "load_or_train",
+    "load_model",
+    "Normalized",
     "predict",
     "accuracy",
     "FGSM",

@@ -1,6 +1,7 @@
 """The command line: a thin layer over :func:`roiroa.run_experiment` and :func:`roiroa.report.write_run`.
 
     roiroa run [--config FILE] [--out DIR] [--quick] [--seed N] [--device auto|cpu|cuda]
+               [--model ARCH] [--weights FILE] [--normalization PRESET] [--mean M --std S]
     roiroa list
 
 Bad input ends with one line on stderr and exit code 2, and no run folder is written.
@@ -20,6 +21,7 @@ from roiroa.attacks.base import list_attacks
 from roiroa.errors import InputError
 from roiroa.evaluate.config import RunConfig, load_config, quick, validate
 from roiroa.maps.registry import list_estimators
+from roiroa.models.loading import check_weights_file
 from roiroa.models.registry import list_models
 from roiroa.utils import resolve_device, set_progress
 
@@ -40,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to compute (default: auto)")
     run.add_argument("--data", help="dataset: 'mnist' (bundled), a .npz, an IDX images file, or an image folder")
     run.add_argument("--labels", help="the IDX labels file, with an IDX images file as --data")
+    run.add_argument("--model", help="architecture: a registered name (roiroa list) or package.module:callable")
+    run.add_argument("--weights", help="pretrained weights to load instead of training (.pt/.pth/.th, .safetensors)")
+    run.add_argument(
+        "--normalization", help="the weights' input normalization: none, cifar10, imagenet (applied inside the model)"
+    )
+    run.add_argument("--mean", type=_floats, help="explicit normalization mean per channel, e.g. 0.5,0.5,0.5")
+    run.add_argument("--std", type=_floats, help="explicit normalization std per channel, e.g. 0.25,0.25,0.25")
+    run.add_argument("--trust-code", action="store_true", help="allow TorchScript weights (they run their own code)")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars on stderr")
     run.add_argument(
@@ -52,16 +62,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    """'0.5,0.5,0.5' -> (0.5, 0.5, 0.5) (argparse turns the ValueError into a one-line usage error)."""
+    return tuple(float(v) for v in text.split(","))
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The config file (or the defaults) with the command line's overrides applied."""
     config = load_config(args.config) if args.config else RunConfig()
     top = {k: v for k, v in (("seed", args.seed), ("device", args.device)) if v is not None}
     data = {k: v for k, v in (("source", args.data), ("labels", args.labels)) if v is not None}
-    config = dataclasses.replace(config, **top, data=dataclasses.replace(config.data, **data))
+    model = {
+        k: v
+        for k, v in (
+            ("arch", args.model),
+            ("weights", args.weights),
+            ("normalization", args.normalization),
+            ("mean", args.mean),
+            ("std", args.std),
+            ("trust_code", args.trust_code or None),
+        )
+        if v is not None
+    }
+    config = dataclasses.replace(
+        config, **top, data=dataclasses.replace(config.data, **data), model=dataclasses.replace(config.model, **model)
+    )
     if args.quick:
         config = quick(config)
     validate(config)
     resolve_device(config.device)  # a missing GPU is bad input too: fail before any work
+    if config.model.weights is not None:  # a missing, corrupt or unsafe weights file too
+        check_weights_file(config.model.weights, config.model.trust_code)
     return config
 
 

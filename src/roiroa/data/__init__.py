@@ -1,5 +1,6 @@
 """Datasets as (images in [0, 1], labels) tensors: bundled MNIST and readers for users' files."""
 
+from roiroa.data.cifar import read_cifar_batch, read_cifar_folder
 from roiroa.data.dataset import ImageDataset, make_dataset, sample_per_class, split_by_class
 from roiroa.data.readers import (
     load_bundled_mnist,
@@ -19,4 +20,6 @@ __all__ = [
     "read_npz",
     "read_idx",
     "read_image_folder",
+    "read_cifar_batch",
+    "read_cifar_folder",
 ]

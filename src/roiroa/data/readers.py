@@ -156,19 +156,29 @@ def load_dataset(source: str, labels: str | None = None) -> ImageDataset:
 
     Args:
         source: 'mnist' (bundled), a .npz file, an IDX images file (then ``labels`` is the IDX
-            labels file), or a folder with one subfolder of images per class.
+            labels file), a folder with one subfolder of images per class, a CIFAR python batch
+            file (``test_batch``, ``data_batch_N``) or folder (its ``test_batch``), or
+            'torchvision:NAME[:train|test]' (opt-in: needs torchvision and a connection).
         labels: the IDX labels file, only with an IDX images file.
     """
     if source in BUNDLED:
         return load_bundled_mnist()
+    if source.startswith("torchvision:"):  # opt-in, online
+        from roiroa.data.online import read_torchvision
+
+        return read_torchvision(source)
     path = Path(source)
     if not path.exists():
         raise InputError(
             f"dataset {source!r} not found: give an existing .npz, IDX file or image folder, "
             f"or one of {sorted(BUNDLED)}."
         )
+    from roiroa.data.cifar import is_cifar_folder, read_cifar_batch, read_cifar_folder  # (imports this module)
+
     if path.is_dir():
-        return read_image_folder(path)
+        return read_cifar_folder(path) if is_cifar_folder(path) else read_image_folder(path)
+    if path.name == "test_batch" or path.name.startswith("data_batch_"):
+        return read_cifar_batch(path)
     if path.suffix == ".npz":
         return read_npz(path)
     if labels is None:

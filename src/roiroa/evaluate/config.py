@@ -19,6 +19,7 @@ from roiroa.attacks.base import attack_parameters, create_attack
 from roiroa.defence.neutralizer import FILLS
 from roiroa.errors import InputError
 from roiroa.maps.vulnerability import VULNERABILITY_SOURCES
+from roiroa.models.normalize import NORMALIZATIONS, normalization_values
 from roiroa.models.registry import list_models
 from roiroa.models.train import TrainingRecipe
 from roiroa.validation import check_choice, check_number
@@ -43,6 +44,9 @@ class DataConfig:
     test_fraction: share of each class held out for testing.
     max_test: use at most this many test images (balanced over classes); None = all.
     n_fit: images of the training split used to fit the global mask.
+    fit_source: a second dataset (same forms as source) that trains the model and fits the mask;
+        then every image of ``source`` is a test image (capped by max_test) and nothing is split.
+    fit_labels: the IDX labels file of an IDX ``fit_source``.
     """
 
     source: str = "mnist"
@@ -50,14 +54,31 @@ class DataConfig:
     test_fraction: float = 0.2
     max_test: int | None = None
     n_fit: int = 500
+    fit_source: str | None = None
+    fit_labels: str | None = None
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The reference model trained on the training split (cached): architecture and training recipe."""
+    """The model: trained on the training split (cached), or loaded from ``weights``.
+
+    arch: a registered architecture (``roiroa list``) or user code 'package.module:callable'
+        (called with num_classes where it takes it, else with no arguments; needs ``weights``).
+    training: the recipe when the model is trained (no ``weights``).
+    weights: a pretrained state_dict (.pt/.pth/.th, safetensors) to load instead of training.
+    normalization: 'none', 'cifar10' or 'imagenet': the (mean, std) the weights were trained with;
+        applied inside the model, so attacks and maps stay in [0, 1] pixels.
+    mean, std: explicit per-channel normalization instead of a preset.
+    trust_code: allow a TorchScript ``weights`` file (it runs its own code when loaded).
+    """
 
     arch: str = "mnist-cnn"
     training: TrainingRecipe = field(default_factory=TrainingRecipe)
+    weights: str | None = None
+    normalization: str = "none"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    trust_code: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +227,7 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
 CHOICES: dict[str, Any] = {
     "device": lambda: ("auto", "cpu", "cuda"),
     "model.arch": list_models,
+    "model.normalization": lambda: ("none", *NORMALIZATIONS),
     "maps.importance": lambda: IMPORTANCE_METHODS,
     "maps.vulnerability": lambda: VULNERABILITY_SOURCES,
     "regions.threshold": lambda: ("top_q", "otsu"),
@@ -226,7 +248,10 @@ def validate(config: RunConfig) -> None:
         if _get(config, key) is not None:
             check_number("config", key, _get(config, key), **limits)
     for key, choices in CHOICES.items():
+        if key == "model.arch" and ":" in config.model.arch:
+            continue  # user code, package.module:callable
         check_choice("config", key, _get(config, key), choices())
+    validate_model(config.model)
     if config.maps.stride > config.maps.window:
         raise InputError(
             f"config: maps.stride ({config.maps.stride}) is larger than maps.window ({config.maps.window}); "
@@ -235,6 +260,20 @@ def validate(config: RunConfig) -> None:
     for q in config.defence.oracle_q:
         check_number("config", "defence.oracle_q", q, low=0.0, low_open=True, high=1.0)
     validate_attacks(config.attacks, config.batch_size)
+
+
+def validate_model(model: ModelConfig) -> None:
+    """Normalization and user-code architectures go with pretrained ``weights`` only."""
+    normalization_values(model.normalization, model.mean, model.std)  # checks the preset name and mean/std
+    if model.weights is None and ":" in model.arch:
+        raise InputError(
+            f"config: model.arch {model.arch!r} is user code: give its weights (model.weights, --weights); "
+            "roiroa trains registered architectures only."
+        )
+    if model.weights is None and (model.normalization != "none" or model.mean is not None):
+        raise InputError(
+            "config: model.normalization/mean/std describe pretrained weights: give model.weights, or drop them."
+        )
 
 
 def validate_attacks(attacks: tuple[dict[str, Any], ...], batch_size: int) -> None:

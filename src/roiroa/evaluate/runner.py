@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +32,8 @@ from roiroa.evaluate.stages import StageCache, model_hash
 from roiroa.maps.occlusion import Occlusion
 from roiroa.maps.saliency import Saliency
 from roiroa.maps.vulnerability import attack_vulnerability, mean_vulnerability
+from roiroa.models.loading import check_model_fits, load_model
+from roiroa.models.normalize import normalization_values
 from roiroa.models.predict import predict
 from roiroa.models.train import TrainedModel, load_or_train
 from roiroa.regions.segments import SEGMENT_NAMES, Segments
@@ -97,7 +100,15 @@ class RunResult:
 def load_splits(config: RunConfig) -> Splits:
     """Read the dataset, split it by class (seeded), and draw the fitting and (capped) test sets."""
     data = load_dataset(config.data.source, config.data.labels)
-    train, test = split_by_class(data, config.data.test_fraction, config.seed)
+    if config.data.fit_source is not None:  # every source image is a test image; train and fit from elsewhere
+        train, test = load_dataset(config.data.fit_source, config.data.fit_labels), data
+        if train.num_classes != test.num_classes:
+            raise InputError(
+                f"data.fit_source has {train.num_classes} classes but data.source has {test.num_classes}: "
+                "give datasets with the same classes."
+            )
+    else:
+        train, test = split_by_class(data, config.data.test_fraction, config.seed)
     if config.data.max_test is not None:
         test = sample_per_class(test, config.data.max_test, stage_seed(config.seed, "test-subset"))
     fit = sample_per_class(train, config.data.n_fit, stage_seed(config.seed, "fit-subset"))
@@ -115,6 +126,28 @@ def check_fits_data(config: RunConfig, data: ImageDataset) -> None:
         raise InputError(
             f"the {config.model.arch} model needs square images of at least 4x4; got {h}x{w}: resize them."
         )
+
+
+def prepare_model(config: RunConfig, splits: Splits, device: torch.device) -> TrainedModel:
+    """The model of the run: loaded from ``model.weights`` where given, else trained (cached); checked on one image."""
+    m, test = config.model, splits.test
+    if m.weights is None:
+        trained = load_or_train(m.arch, splits.train, m.training, config.seed, device)
+    else:
+        start = time.perf_counter()
+        norm = normalization_values(m.normalization, m.mean, m.std)
+        model = load_model(
+            m.arch,
+            m.weights,
+            image_shape=test.image_shape,
+            num_classes=test.num_classes,
+            normalization=norm,
+            device=device,
+            trust_code=m.trust_code,
+        )
+        trained = TrainedModel(model, Path(m.weights), False, time.perf_counter() - start)
+    check_model_fits(trained.model, test.images[0], test.num_classes)
+    return trained
 
 
 def build_attacks(config: RunConfig) -> dict[str, GradientAttack]:
@@ -378,7 +411,7 @@ def run_experiment(config: RunConfig, cache: StageCache | None = None) -> RunRes
         splits = load_splits(config)
         check_fits_data(config, splits.test)
     with timings("model"):
-        trained = load_or_train(config.model.arch, splits.train, config.model.training, config.seed, device)
+        trained = prepare_model(config, splits, device)
     model, test = trained.model, splits.test
     attacks = build_attacks(config)
     test_maps = compute_maps(model, test, attacks, config, "test", timings, cache)
@@ -449,7 +482,17 @@ def model_summary(trained: TrainedModel, config: RunConfig, test_accuracy: float
         "parameters": sum(p.numel() for p in trained.model.parameters()),
         "checkpoint": str(trained.checkpoint),
         "from_cache": trained.from_cache,
+        "pretrained": config.model.weights is not None,
+        "normalization": normalization_summary(config),
     }
+
+
+def normalization_summary(config: RunConfig) -> dict[str, Any] | None:
+    """The preset and (mean, std) applied inside the model, or None."""
+    values = normalization_values(config.model.normalization, config.model.mean, config.model.std)
+    if values is None:
+        return None
+    return {"preset": config.model.normalization, "mean": list(values[0]), "std": list(values[1])}
 
 
 def maps_summary(config: RunConfig, attacks: dict[str, GradientAttack]) -> dict[str, Any]:

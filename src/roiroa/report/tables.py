@@ -39,14 +39,20 @@ def metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def per_image_rows(result: RunResult) -> list[dict[str, Any]]:
-    """One row per test image: source index, label, predictions on clean and attacked images, statistics."""
+    """One row per test image: source index, label, predictions on clean and attacked images, statistics,
+    and the class names of the label and of each prediction."""
     test = result.splits.test
     columns = {"index": test.index, "label": test.labels}
     columns |= {f"pred[{k}]": v for k, v in result.predictions.items()}
     columns |= result.per_image
     names = list(columns)
     values = [c.tolist() for c in columns.values()]
-    return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+    rows = [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+    classes = test.classes  # class names beside the indices
+    for row in rows:
+        row["class"] = classes[row["label"]]
+        row |= {f"pred_class[{k}]": classes[row[f"pred[{k}]"]] for k in result.predictions}
+    return rows
 
 
 def _pct(v: float) -> str:
