@@ -30,6 +30,8 @@ from roiroa.evaluate.config import config_from_dict, load_config
 from roiroa.evaluate.runner import run_experiment
 from roiroa.evaluate.stages import StageCache
 from roiroa.maps import Occlusion, Saliency
+from roiroa.models import create_model
+from roiroa.models.loading import load_model
 from roiroa.report.run_folder import prepare_out_dir
 from roiroa.utils import resolve_device
 
@@ -150,7 +152,7 @@ class ThreeClasses(nn.Module):
 
 
 def model_case(call: Callable[[nn.Module, torch.Tensor, torch.Tensor], object]) -> Case:
-    """A model with 3 outputs for labels up to 9 (the CLI gets this row with --weights, issue 6)."""
+    """A model object with 3 outputs for labels up to 9, given to an attack or an estimator."""
 
     def make(folder: Path):
         x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 9, 2, 1])
@@ -171,6 +173,51 @@ def if_root() -> str | None:
 
 def if_cuda() -> str | None:
     return "CUDA is available here, so --device cuda is valid input" if torch.cuda.is_available() else None
+
+
+class Payload:
+    """Unpickling this calls open(marker, 'w'): the marker file exists afterwards iff code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def weights_case(write: Callable[[Path], Path], *words: str, size: int = 12) -> Case:
+    """A bad --weights file for the mnist-cnn architecture and a 2-class dataset: the API is load_model."""
+
+    def make(folder: Path):
+        data, weights = npz(folder, size=size), write(folder)
+
+        def api():
+            return load_model("mnist-cnn", weights, image_shape=(1, size, size), num_classes=2)
+
+        return ["--data", str(data), "--weights", str(weights)], api
+
+    return Case(make, words)
+
+
+def other_architecture(folder: Path) -> Path:
+    torch.save(nn.Linear(4, 2).state_dict(), folder / "linear.pt")
+    return folder / "linear.pt"
+
+
+def ten_classes(folder: Path) -> Path:
+    torch.save(create_model("mnist-cnn").state_dict(), folder / "ten.pt")
+    return folder / "ten.pt"
+
+
+def malicious(folder: Path) -> Path:
+    torch.save({"state_dict": {}, "x": Payload(folder / "pwned")}, folder / "evil.pt")
+    return folder / "evil.pt"
+
+
+def truncated_checkpoint(folder: Path) -> Path:
+    torch.save(create_model("mnist-cnn", num_classes=2, image_size=12).state_dict(), folder / "cut.pt")
+    (folder / "cut.pt").write_bytes((folder / "cut.pt").read_bytes()[:5000])
+    return folder / "cut.pt"
 
 
 CASES: dict[str, Case] = {
@@ -231,6 +278,13 @@ CASES: dict[str, Case] = {
     "model with 3 outputs for 10 classes (attack)": model_case(lambda m, x, y: create_attack("pgd-linf")(m, x, y)),
     "model with 3 outputs for 10 classes (occlusion)": model_case(lambda m, x, y: Occlusion()(m, x, y)),
     "model with 3 outputs for 10 classes (saliency)": model_case(lambda m, x, y: Saliency()(m, x, y)),
+    # checkpoints
+    "checkpoint of another architecture": weights_case(other_architecture, "do not fit the architecture MnistCNN"),
+    "checkpoint with 10 classes for 2-class data": weights_case(
+        ten_classes, "shape mismatches", "(10,", "(2,", "its number of classes", size=28
+    ),
+    "checkpoint with a code payload (pickle)": weights_case(malicious, "pickled Python objects", "refuses"),
+    "truncated checkpoint": weights_case(truncated_checkpoint, "cut.pt", "truncated"),
     # names
     "unknown attack": config_case({"attacks": [{"name": "pgd"}]}, "unknown attack 'pgd'", "choose one of"),
     "unknown importance estimator": config_case({"maps": {"importance": "shap"}}, "maps.importance", "'shap'"),
@@ -296,12 +350,13 @@ def test_bad_input(case_setup, request, capsys):
     name = request.node.callspec.id
     if CASES[name].skip():
         pytest.skip(CASES[name].skip())
+    before = snapshot(folder)
     message = api_message(api)
     for word in CASES[name].words:
         assert word in message, (word, message)
+    assert snapshot(folder) == before  # nothing written (and no payload ran)
     if args is None:
-        return  # API only (the model rows reach the CLI with --weights)
-    before = snapshot(folder)
+        return  # API only: a model object (the CLI loads models by --model and --weights, rows above)
     capsys.readouterr()
     argv = ["run", *args, "--no-progress"] + ([] if "--out" in args else ["--out", str(folder / "out")])
     assert main(argv) == 2
@@ -328,6 +383,7 @@ def test_debug_shows_the_traceback(name, tmp_path):
 
 SUBPROCESS_CASES = [  # a few of each kind; every import of torch costs seconds
     "config missing",
+    "checkpoint with a code payload (pickle)",
     "config unknown key",
     "NaN pixel",
     "window larger than the image",
