@@ -1,7 +1,7 @@
 """Trustworthy runs: the stage cache (hash-checked, atomic), resuming after SIGINT/SIGKILL, determinism,
 and memory that does not grow with the number of images.
 
-Every run here uses a tiny config (40 test and 40 fitting images, FGSM and 2-step PGD, 3 chunks) on the
+Every run here uses a tiny config (24 test and 24 fitting images, FGSM and 2-step PGD, 2 chunks) on the
 session's trained model, so a run takes a few seconds.
 """
 
@@ -28,13 +28,14 @@ from roiroa.evaluate.stages import StageCache, model_hash
 from roiroa.report.run_folder import _json_safe, write_run
 
 TINY = {
-    "data": {"max_test": 40, "n_fit": 40},
+    "data": {"max_test": 24, "n_fit": 24},
     "attacks": [{"name": "fgsm", "eps": 0.15}, {"name": "pgd-linf", "eps": 0.15, "steps": 2}],
-    "maps": {"window": 4, "stride": 4},
+    "maps": {"window": 7, "stride": 7},
     "defence": {"oracle_q": [0.2]},
     "chunk_size": 16,
     "examples": 2,
 }
+CHUNKS = 2  # of the test set and of the fitting set
 
 
 def comparable(results: dict) -> dict:
@@ -195,15 +196,13 @@ def reference(tiny_config, mnist_model):
 def test_resume_after_interruption_gives_the_same_results(tiny_config, reference, tmp_path):
     """Interrupt the same run again and again, each time further on; damage some entries; then let it finish."""
     cache = StageCache(tmp_path)
-    # in the middle of the test attacks (2 of 3 chunks), in the middle of the fit maps, after the defence
+    # in the middle of the test attacks (after the attacks of chunk 1 of 2), then after the defence
     run_interrupted(tiny_config, cache, "attacks_test", nth=2)
     assert cache.misses == 3 and cache.hits == 0  # attacks and maps of chunk 0, attacks of chunk 1
-    for stage, nth in (("importance_fit", 2), ("defence", 1)):
-        hits = cache.hits
-        run_interrupted(tiny_config, cache, stage, nth)
-        assert cache.hits > hits  # it resumed from the cache ...
-        assert len(list(tmp_path.iterdir())) == cache.misses  # ... and computed no entry twice
-    assert len(list(tmp_path.iterdir())) == 3 * 2 * 2 + 1  # 3 chunks x (attacks, maps) x (test, fit) + defence
+    run_interrupted(tiny_config, cache, "defence")
+    assert cache.hits == 3  # it resumed from the cache ...
+    assert len(list(tmp_path.iterdir())) == cache.misses  # ... and computed no entry twice
+    assert cache.misses == CHUNKS * 2 * 2 + 1  # chunks x (attacks, maps) x (test, fit) + defence
 
     # damage three entries of different kinds: they are found and computed again
     entries = sorted(tmp_path.iterdir())
@@ -211,7 +210,7 @@ def test_resume_after_interruption_gives_the_same_results(tiny_config, reference
         _flip_byte(next(p for p in entries if p.name.startswith(prefix)), 3 if prefix == "defence-" else 5)
     cache = StageCache(tmp_path)
     resumed = run_experiment(tiny_config, cache)
-    assert (cache.hits, cache.misses, cache.corrupt) == (3 * 2 * 2 - 2, 3 + 1, 3)  # + the oracle, not cached yet
+    assert (cache.hits, cache.misses, cache.corrupt) == (CHUNKS * 2 * 2 - 2, 3 + 1, 3)  # + the oracle, not cached yet
     assert comparable(resumed.results) == comparable(reference.results)
     assert torch.equal(resumed.segments.labels(), reference.segments.labels())
     for label, r in reference.test_maps.results.items():
@@ -236,7 +235,8 @@ def test_seed_reaches_random_starts_and_masks(tiny_config, mnist_model, mnist_sp
     from roiroa.defence.neutralizer import random_mask_like
     from roiroa.utils import stage_seed
 
-    data = mnist_splits.test.subset(torch.arange(24))
+    data = mnist_splits.test.subset(torch.arange(8))
+    tiny_config = dataclasses.replace(tiny_config, maps=dataclasses.replace(tiny_config.maps, importance="saliency"))
     attacks = build_attacks(tiny_config)
     maps = {
         s: compute_maps(mnist_model, data, attacks, dataclasses.replace(tiny_config, seed=s), "test", Timings())
@@ -256,11 +256,11 @@ def test_chunk_size_only_changes_the_random_starts(tiny_config, mnist_model, mni
     """Deterministic attacks and maps do not depend on how the images are chunked."""
     import dataclasses
 
-    data = mnist_splits.test.subset(torch.arange(20))
+    data = mnist_splits.test.subset(torch.arange(10))
     config = dataclasses.replace(tiny_config, attacks=({"name": "fgsm", "eps": 0.1},))
     attacks = build_attacks(config)
     whole = compute_maps(mnist_model, data, attacks, dataclasses.replace(config, chunk_size=64), "t", Timings())
-    parts = compute_maps(mnist_model, data, attacks, dataclasses.replace(config, chunk_size=7), "t", Timings())
+    parts = compute_maps(mnist_model, data, attacks, dataclasses.replace(config, chunk_size=3), "t", Timings())
     assert torch.equal(whole.results["fgsm"].x_adv, parts.results["fgsm"].x_adv)
     assert torch.allclose(whole.importance, parts.importance, atol=1e-6)
 
@@ -327,8 +327,9 @@ def test_sigint_and_sigkill_then_resume(cli_setup, session_cache, tmp_path):
             assert [line for line in lines if not line.startswith("  ")] == [
                 "roiroa: interrupted; no results folder was written (run the same command again to resume)."
             ]
-        else:
-            assert rc == -signal.SIGKILL
+            assert any(p.name.startswith("attacks-") for p in (folder / "cache" / "stages").iterdir())
+            continue  # resuming is the same after either signal: once is enough (it costs a run)
+        assert rc == -signal.SIGKILL
         # started again with the same config: resumes from the cached stages, same results.json
         os.environ["ROIROA_CACHE"] = str(folder / "cache")
         try:
