@@ -139,9 +139,10 @@ def test_attacks_never_leave_the_eps_ball_or_the_unit_box(case):
     delta = x_adv - x
     assert x_adv.shape == x.shape
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+    # up to float32 rounding of (x + delta) - x: at most one ulp of 1.0 (1.2e-7) per pixel
     if attack.norm == "linf":
-        assert float(delta.abs().max()) <= attack.eps * (1 + 1e-6)
+        assert float(delta.abs().max()) <= attack.eps + 2e-7
     else:
-        assert float(delta.flatten(1).norm(dim=1).max()) <= attack.eps * (1 + 1e-5)
+        assert float(delta.flatten(1).norm(dim=1).max()) <= attack.eps * (1 + 1e-5) + 2e-7 * 6 * math.sqrt(3)
     if mask is not None:
         assert (delta * (1 - mask) == 0).all()  # nothing changes outside the mask
