@@ -15,6 +15,8 @@ from roiroa.evaluate import RunConfig, RunResult, load_config, run_experiment
 from roiroa.maps import Occlusion, PerturbationMagnitude, Saliency, create_estimator, list_estimators
 from roiroa.models import MnistCNN, Normalized, accuracy, create_model, list_models, load_model, load_or_train, predict
 from roiroa.regions import Segments, dice, grid_regions, iou, isolate, pearson, spearman, top_q_mask
+from roiroa.regions.spatial import morans_i
+from roiroa.regions.statistics import bootstrap_ci
 
 __all__ = [
     "__version__",
@@ -49,6 +51,8 @@ __all__ = [
     "dice",
     "pearson",
     "spearman",
+    "morans_i",
+    "bootstrap_ci",
     "GlobalMask",
     "Neutralizer",
     "neutralize",

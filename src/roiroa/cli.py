@@ -2,6 +2,7 @@
 
     roiroa run [--config FILE] [--out DIR] [--quick] [--seed N] [--device auto|cpu|cuda]
                [--model ARCH] [--weights FILE] [--normalization PRESET] [--mean M --std S]
+    roiroa report RUN_DIR
     roiroa list
 
 Bad input ends with one line on stderr and exit code 2, and no run folder is written.
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="reuse and store the results of finished stages (an interrupted run resumes); --no-cache recomputes",
     )
+    report = sub.add_parser("report", help="write RUN_DIR/report.html, one self-contained page, from a run folder")
+    report.add_argument("run_dir", type=Path, help="a results folder written by `roiroa run`")
     sub.add_parser("list", help="list registered models, attacks and estimators")
     return parser
 
@@ -109,7 +112,14 @@ def command_run(args: argparse.Namespace) -> int:
     result = run_experiment(config, None if args.cache else StageCache(None))
     write_run(result, out, args.overwrite)
     print(headline_table(result.results))
-    print(f"results: {out}/ (results.json, metrics.csv, per_image.csv, maps.npz, examples.png, config.json)")
+    print(f"results: {out}/ (report.html, results.json, metrics.csv, per_image.csv, maps.npz, examples.png, ...)")
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from roiroa.report.html import write_report
+
+    print(f"report: {write_report(args.run_dir)}")
     return 0
 
 
@@ -124,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
+        if args.command == "report":
+            return command_report(args)
         return command_run(args) if args.command == "run" else command_list()
     except InputError as err:
         if args.debug:

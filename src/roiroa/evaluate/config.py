@@ -116,6 +116,26 @@ class DefenceConfig:
     oracle_q: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
 
 
+@dataclass(frozen=True)
+class StatisticsConfig:
+    """Dataset statistics (roiroa.evaluate.dataset_statistics).
+
+    bootstrap: resamples of each 95% confidence interval over images (scipy.stats.bootstrap).
+    ci_method: 'BCa' or 'percentile'.
+    contiguity: neighbours of Moran's I, 'rook' (edges) or 'queen' (edges and corners).
+    restarts: re-run every random-start attack once with another seed, for the consistency of the RoA
+        across random restarts.
+    seed_models: train this many more models (seeds seed+1, ...; cached) and attack them, for the
+        consistency of the RoA across model seeds (0 = skip; each costs a training run).
+    """
+
+    bootstrap: int = 2000
+    ci_method: str = "BCa"
+    contiguity: str = "rook"
+    restarts: bool = True
+    seed_models: int = 0
+
+
 def default_attacks() -> tuple[dict[str, Any], ...]:
     """FGSM and PGD L-infinity at eps 0.15, PGD L2 at eps 2.0, 20 steps."""
     return (
@@ -145,6 +165,7 @@ class RunConfig:
     maps: MapsConfig = field(default_factory=MapsConfig)
     regions: RegionsConfig = field(default_factory=RegionsConfig)
     defence: DefenceConfig = field(default_factory=DefenceConfig)
+    statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict that :func:`config_from_dict` reads back to an equal config."""
@@ -223,6 +244,8 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
     "maps.batch_size": {"low": 1, "integer": True},
     "regions.q_roi": {"low": 0.0, "low_open": True, "high": 1.0},
     "regions.q_roa": {"low": 0.0, "low_open": True, "high": 1.0},
+    "statistics.bootstrap": {"low": 100, "high": 100000, "integer": True},
+    "statistics.seed_models": {"low": 0, "high": 10, "integer": True},
 }
 CHOICES: dict[str, Any] = {
     "device": lambda: ("auto", "cpu", "cuda"),
@@ -232,6 +255,8 @@ CHOICES: dict[str, Any] = {
     "maps.vulnerability": lambda: VULNERABILITY_SOURCES,
     "regions.threshold": lambda: ("top_q", "otsu"),
     "defence.fill": lambda: FILLS,
+    "statistics.ci_method": lambda: ("BCa", "percentile"),
+    "statistics.contiguity": lambda: ("rook", "queen"),
 }
 
 

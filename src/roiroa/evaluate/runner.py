@@ -27,6 +27,7 @@ from roiroa.data.readers import load_dataset
 from roiroa.defence.neutralizer import GlobalMask, Neutralizer, fill_value, random_mask_like
 from roiroa.errors import InputError
 from roiroa.evaluate.config import RunConfig, attack_kwargs, attack_label
+from roiroa.evaluate.dataset_statistics import dataset_statistics
 from roiroa.evaluate.robustness import evaluate_defence, mean, oracle_analysis
 from roiroa.evaluate.stages import StageCache, model_hash
 from roiroa.maps.occlusion import Occlusion
@@ -427,6 +428,9 @@ def run_experiment(config: RunConfig, cache: StageCache | None = None) -> RunRes
     with timings("regions"):
         regions, per_image = region_statistics(test_maps, config)
         segments = test_segments(test_maps, config)
+    with timings("statistics"):
+        statistics, statistics_per_image = dataset_statistics(model, test, test_maps, attacks, config, splits.train)
+        per_image |= statistics_per_image
     fit_maps = compute_maps(model, splits.fit, attacks, config, "fit", timings, cache)
     with timings("defence"):
         defence = defence_stage(model, splits, fit_maps, test_maps, attacks, config, cache)
@@ -443,6 +447,7 @@ def run_experiment(config: RunConfig, cache: StageCache | None = None) -> RunRes
         "attacks": summaries,
         "maps": maps_summary(config, attacks),
         "regions": regions | {"segments": segment_summary(segments, config)},
+        "statistics": statistics,
         "defence": [row | undefended[row["attack"]] for row in defence.rows],
         "oracle": [row | undefended[row["attack"]] for row in oracle],
         "timings": timings,

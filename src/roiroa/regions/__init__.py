@@ -2,7 +2,20 @@
 
 from roiroa.regions.partition import grid_regions, regions_to_pixels, window_starts
 from roiroa.regions.segments import SEGMENT_NAMES, Segments
-from roiroa.regions.statistics import dice, iou, pearson, spearman, summarize
+from roiroa.regions.spatial import moran_permutation_test, moran_z, morans_i
+from roiroa.regions.statistics import (
+    bootstrap_ci,
+    dice,
+    iou,
+    pairwise_iou,
+    pearson,
+    pointing_game,
+    relevance_mass,
+    share_inside,
+    shuffle_positions,
+    spearman,
+    summarize,
+)
 from roiroa.regions.thresholds import THRESHOLD_METHODS, isolate, otsu_mask, top_q_mask
 
 __all__ = [
@@ -16,6 +29,15 @@ __all__ = [
     "pearson",
     "spearman",
     "summarize",
+    "share_inside",
+    "pointing_game",
+    "relevance_mass",
+    "pairwise_iou",
+    "shuffle_positions",
+    "bootstrap_ci",
+    "morans_i",
+    "moran_z",
+    "moran_permutation_test",
     "isolate",
     "top_q_mask",
     "otsu_mask",

@@ -63,7 +63,7 @@ def _show_map(ax: plt.Axes, m: torch.Tensor, region: torch.Tensor, colour: str) 
 def write_examples_figure(result: RunResult, path: Path) -> None:
     """examples.png: per test image the input, RoI, RoA, four segments, attacked, neutralized, oracle."""
     test, maps, seg = result.splits.test, result.test_maps, result.segments
-    names = test.classes
+    names = [n.replace("$", r"\$") for n in test.classes]  # matplotlib reads $...$ as maths
     idx = example_indices(test.labels, result.config.examples)
     if not idx:
         return

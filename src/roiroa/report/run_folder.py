@@ -1,6 +1,7 @@
 """Writing a run folder atomically: everything goes to a temporary folder that is renamed at the end.
 
-Files: config.json, results.json, metrics.csv, per_image.csv, maps.npz, examples.png.
+Files: config.json, results.json, metrics.csv, per_image.csv, maps.npz, examples.png, report.html
+(the report is made from the other files alone, inside the temporary folder).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import numpy as np
 from roiroa.errors import InputError
 from roiroa.maps.vulnerability import perturbation_map
 from roiroa.report.figures import write_examples_figure
+from roiroa.report.html import write_report
 from roiroa.report.tables import METRIC_COLUMNS, metric_rows, per_image_rows
 
 if TYPE_CHECKING:
     from roiroa.evaluate.runner import RunResult
 
-RUN_FILES = ("config.json", "results.json", "metrics.csv", "per_image.csv", "maps.npz", "examples.png")
+RUN_FILES = ("config.json", "results.json", "metrics.csv", "per_image.csv", "maps.npz", "examples.png", "report.html")
 
 
 def _json_safe(obj: Any) -> Any:
@@ -97,6 +99,7 @@ def write_run(result: RunResult, out: Path, overwrite: bool = False) -> Path:
         write_csv(tmp / "per_image.csv", rows, list(rows[0]) if rows else ["index"])
         np.savez_compressed(tmp / "maps.npz", **map_arrays(result))  # type: ignore[arg-type]
         write_examples_figure(result, tmp / "examples.png")
+        write_report(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -28,6 +28,7 @@ def metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         for label, stats in entry.items():
             if isinstance(stats, dict):
                 rows += [_row("regions", method, label, m, stats[m]["mean"]) for m in ("iou", "dice")]
+    rows += statistics_rows(results.get("statistics"))
     for row in results["defence"]:
         meta = ("mask", "fill", "threshold", "attack")
         rows += [_row("defence", row["mask"], row["attack"], m, v) for m, v in row.items() if m not in meta]
@@ -35,6 +36,28 @@ def metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         metrics = ("area", "accuracy", "clean_accuracy", "random_mask_accuracy")
         rows += [_row("oracle", f"q_roa={row['q_roa']}", row["attack"], m, row[m]) for m in metrics]
     rows += [_row("timings", stage, "", "seconds", sec) for stage, sec in results["timings"].items()]
+    return rows
+
+
+def statistics_rows(statistics: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Rows of the dataset statistics: scope 'statistics' (or 'consistency:<kind>') for the value and
+    '...:null' for the null; metrics <name>, <name>_ci_low, <name>_ci_high."""
+    rows: list[dict[str, Any]] = []
+    if not statistics:
+        return rows
+    groups = [("statistics", statistics["per_attack"])]
+    groups += [(f"consistency:{kind}", {label: {"roa_iou": s} for label, s in entries.items()})
+               for kind, entries in statistics["consistency"].items()]
+    for scope, by_label in groups:
+        for label, stats in by_label.items():
+            for name, pair in stats.items():
+                for kind in ("value", "null"):
+                    ci = pair[kind]
+                    where = scope if kind == "value" else f"{scope}:null"
+                    rows += [
+                        _row("statistics", where, label, name + suffix, ci[key])
+                        for suffix, key in (("", "mean"), ("_ci_low", "low"), ("_ci_high", "high"))
+                    ]
     return rows
 
 
