@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trust-code", action="store_true", help="allow TorchScript weights (they run their own code)")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars on stderr")
+    run.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reuse and store the results of finished stages (an interrupted run resumes); --no-cache recomputes",
+    )
     report = sub.add_parser("report", help="write RUN_DIR/report.html, one self-contained page, from a run folder")
     report.add_argument("run_dir", type=Path, help="a results folder written by `roiroa run`")
     defend = sub.add_parser("defend", help="evaluate every defence and baseline (table, sweep, sanity checks)")
@@ -114,6 +120,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def command_run(args: argparse.Namespace) -> int:
     from roiroa.evaluate.runner import run_experiment
+    from roiroa.evaluate.stages import StageCache
     from roiroa.report import headline_table, write_run
     from roiroa.report.run_folder import prepare_out_dir
 
@@ -121,7 +128,7 @@ def command_run(args: argparse.Namespace) -> int:
     out = args.out or Path("roiroa-runs") / time.strftime("%Y%m%d-%H%M%S")
     prepare_out_dir(out, args.overwrite)  # fail before the work, not after
     set_progress(args.progress)
-    result = run_experiment(config)
+    result = run_experiment(config, None if args.cache else StageCache(None))
     write_run(result, out, args.overwrite)
     print(headline_table(result.results))
     print(f"results: {out}/ (report.html, results.json, metrics.csv, per_image.csv, maps.npz, examples.png, ...)")
@@ -204,7 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"roiroa: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("roiroa: interrupted; no results folder was written.", file=sys.stderr)
+        print(
+            "roiroa: interrupted; no results folder was written (run the same command again to resume).",
+            file=sys.stderr,
+        )
         return 130
 
 

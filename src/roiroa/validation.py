@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from roiroa.errors import InputError
+from roiroa.utils import model_device
 
 
 def parameter_error(owner: str, name: str, expected: str, value: Any) -> InputError:
@@ -94,3 +95,26 @@ def check_mask(mask: torch.Tensor, x: torch.Tensor, name: str = "mask") -> None:
     n, _, h, w = x.shape
     if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2:] != (h, w) or mask.shape[0] not in (1, n):
         raise InputError(f"{name} must have shape ({n} or 1, 1, {h}, {w}); got {tuple(mask.shape)}.")
+
+
+def check_model_output(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Raise unless ``model`` (in eval mode) maps x[:1] to logits (1, K) with K above every label in y.
+
+    One forward pass of one image; the model's parameters are left alone.
+    """
+    if not len(x):
+        return
+    with torch.no_grad():
+        out = model(x[:1].to(model_device(model)))
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 1:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(
+            f"the model returned {shape} for one image; it must return logits of shape (N, K): "
+            "give a classifier that outputs one score per class."
+        )
+    k, top = out.shape[1], int(y.max())
+    if top >= k:
+        raise InputError(
+            f"the model has {k} outputs but the labels go up to {top}: "
+            "give a model with one output per class of the data, or labels 0..K-1."
+        )

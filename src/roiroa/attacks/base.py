@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from roiroa.errors import InputError
 from roiroa.registry import Registry
 from roiroa.utils import batch_slices, model_device, progress
-from roiroa.validation import check_bool, check_images, check_labels, check_mask, check_number
+from roiroa.validation import check_bool, check_images, check_labels, check_mask, check_model_output, check_number
 
 Norm = Literal["linf", "l2", "l1"]
 
@@ -119,6 +119,7 @@ def run_in_chunks(
     check_labels(y, len(x))
     if mask is not None:
         check_mask(mask, x)
+    check_model_output(model, x, y)
     device = model_device(model)
     outs = []
     for s in progress(batch_slices(len(x), batch_size), desc):

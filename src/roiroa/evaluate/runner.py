@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from torch import nn
 
 import roiroa
 from roiroa.attacks.base import Attack, AttackResult, create_attack
+from roiroa.cache import hash_tensors
 from roiroa.data.dataset import ImageDataset, sample_per_class, split_by_class
 from roiroa.data.readers import load_dataset
 from roiroa.defence.neutralizer import GlobalMask, Neutralizer, fill_value, random_mask_like
@@ -27,6 +29,7 @@ from roiroa.errors import InputError
 from roiroa.evaluate.config import RunConfig, attack_kwargs, attack_label, importance_spec
 from roiroa.evaluate.dataset_statistics import dataset_statistics
 from roiroa.evaluate.robustness import evaluate_defence, mean, oracle_analysis
+from roiroa.evaluate.stages import StageCache, model_hash
 from roiroa.maps.registry import create_estimator
 from roiroa.maps.saliency import Saliency
 from roiroa.maps.vulnerability import attack_vulnerability, mean_vulnerability, unit_mean
@@ -37,7 +40,7 @@ from roiroa.models.train import TrainedModel, load_or_train
 from roiroa.regions.segments import SEGMENT_NAMES, Segments
 from roiroa.regions.statistics import dice, iou, pearson, spearman, summarize
 from roiroa.regions.thresholds import isolate
-from roiroa.utils import model_device, progress, resolve_device, seed_all, stage_seed
+from roiroa.utils import batch_slices, model_device, progress, resolve_device, seed_all, stage_seed
 
 log = logging.getLogger(__name__)
 ALL = "all"  # the key of the mean vulnerability over all attacks
@@ -75,6 +78,7 @@ class MapSet:
     saliency: torch.Tensor
     vulnerability: dict[str, torch.Tensor]
     results: dict[str, AttackResult]
+    keys: tuple[str, ...] = ()  # the stage-cache entries the maps came from
 
 
 @dataclass
@@ -165,30 +169,92 @@ def compute_maps(
     config: RunConfig,
     stage: str,
     timings: Timings,
+    cache: StageCache | None = None,
 ) -> MapSet:
-    """Run every attack on ``data`` and compute importance, saliency and vulnerability maps."""
-    x, y = data.images, data.labels
-    with timings(f"attacks_{stage}"):
-        results = {}
-        for label, attack in attacks.items():
-            seed_all(stage_seed(config.seed, f"{stage}:{label}"))
-            results[label] = attack.run(model, x, y)
-    vuln = {
-        label: attack_vulnerability(x, results[label], attacks[label].norm, config.maps.vulnerability)  # type: ignore[arg-type]
-        for label in attacks
-    }
-    vuln[ALL] = mean_vulnerability(list(vuln.values()))
+    """Run every attack on ``data`` and compute importance, saliency and vulnerability maps.
+
+    The work goes in chunks of ``config.chunk_size`` images (see :func:`map_chunks`), each cached.
+    """
+    chunks = list(map_chunks(model, data, attacks, config, stage, timings, cache or StageCache(None)))
+    vuln = {k: torch.cat([c.vulnerability[k] for c in chunks]) for k in chunks[0].vulnerability}
     if config.maps.vulnerability_estimator is not None:
         with timings(f"vulnerability_{stage}"):
             seed_all(stage_seed(config.seed, f"{stage}:vulnerability-estimator"))
             estimator = create_estimator(config.maps.vulnerability_estimator, **config.maps.vulnerability_params)
-            vuln[ALL] = unit_mean(estimator(model, x, y))
-    with timings(f"importance_{stage}"):
-        importance = importance_estimator(config)(model, x, y)
-        saliency = (
-            importance if config.maps.importance == "saliency" else Saliency(batch_size=config.batch_size)(model, x, y)
-        )
-    return MapSet(importance, saliency, vuln, results)
+            vuln[ALL] = unit_mean(estimator(model, data.images, data.labels))
+    return MapSet(
+        torch.cat([c.importance for c in chunks]),
+        torch.cat([c.saliency for c in chunks]),
+        vuln,
+        {
+            k: AttackResult(
+                torch.cat([c.results[k].x_adv for c in chunks]), torch.cat([c.results[k].grad_map for c in chunks])
+            )
+            for k in attacks
+        },
+        tuple(key for c in chunks for key in c.keys),
+    )
+
+
+def map_chunks(
+    model: nn.Module,
+    data: ImageDataset,
+    attacks: dict[str, Attack],
+    config: RunConfig,
+    stage: str,
+    timings: Timings,
+    cache: StageCache,
+) -> Iterator[MapSet]:
+    """The maps of ``data`` chunk by chunk (``config.chunk_size`` images each), each chunk cached on disk.
+
+    Only one chunk is computed at a time, so the memory this needs does not grow with the number of
+    images. The attacks' random starts of chunk i are seeded from the run's seed, the stage, the
+    attack and i, so a chunk read from the cache and a chunk computed again give the same maps.
+    """
+    model_key = model_hash(model)
+    device = model_device(model).type
+    m = config.maps
+    name, kwargs = importance_spec(config)
+    for i, s in enumerate(batch_slices(len(data), config.chunk_size)):
+        x, y = data.images[s], data.labels[s]
+        inputs = {"model": model_key, "data": hash_tensors(x, y), "device": device}
+        seeds = {label: stage_seed(config.seed, f"{stage}:{label}" + (f":{i}" if i else "")) for label in attacks}
+        params = {label: a.params() for label, a in attacks.items()}
+        attack_key = cache.key("attacks", inputs | {"attacks": params, "seeds": seeds})
+        with timings(f"attacks_{stage}"):
+            raw = cache.tensors(attack_key, partial(run_attacks, model, x, y, attacks, seeds))
+        results = {label: AttackResult(raw[f"x_adv[{label}]"], raw[f"grad_map[{label}]"]) for label in attacks}
+        estimator = {"importance": name, "params": kwargs}
+        maps_key = cache.key("maps", inputs | estimator | {"saliency_batch_size": config.batch_size})
+        with timings(f"importance_{stage}"):
+            found = cache.tensors(maps_key, partial(importance_maps, model, x, y, config))
+        vuln = {
+            label: attack_vulnerability(x, results[label], attacks[label].norm, m.vulnerability)  # type: ignore[arg-type]
+            for label in attacks
+        }
+        vuln[ALL] = mean_vulnerability(list(vuln.values()))
+        yield MapSet(found["importance"], found["saliency"], vuln, results, (attack_key, maps_key))
+
+
+def run_attacks(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: dict[str, Attack], seeds: dict[str, int]
+) -> dict[str, torch.Tensor]:
+    """Every attack on x: (N, C, H, W), each seeded: ``x_adv[<label>]`` (N, C, H, W) and ``grad_map[<label>]``."""
+    out = {}
+    for label, attack in attacks.items():
+        seed_all(seeds[label])
+        result = attack.run(model, x, y)
+        out[f"x_adv[{label}]"], out[f"grad_map[{label}]"] = result.x_adv, result.grad_map
+    return out
+
+
+def importance_maps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: RunConfig) -> dict[str, torch.Tensor]:
+    """``importance`` (the config's estimator) and ``saliency``, each (N, H, W), of x: (N, C, H, W)."""
+    importance = importance_estimator(config)(model, x, y)
+    saliency = (
+        importance if config.maps.importance == "saliency" else Saliency(batch_size=config.batch_size)(model, x, y)
+    )
+    return {"importance": importance, "saliency": saliency}
 
 
 def region_statistics(maps: MapSet, config: RunConfig) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -249,9 +315,32 @@ def attack_summary(
 
 
 def oracle_rows(
+    model: nn.Module,
+    test: ImageDataset,
+    maps: MapSet,
+    segments: Segments,
+    fill: torch.Tensor,
+    config: RunConfig,
+    cache: StageCache | None = None,
+) -> list[dict[str, Any]]:
+    """The oracle analysis for every attack and every q in ``defence.oracle_q`` (cached)."""
+    cache = cache or StageCache(None)
+    inputs = {
+        "model": model_hash(model),
+        "test": hash_tensors(test.images, test.labels, segments.roi, fill),
+        "test_maps": maps.keys or [hash_tensors(v) for v in maps.vulnerability.values()],
+        "x_adv": [hash_tensors(r.x_adv) for r in maps.results.values()] if not maps.keys else [],
+        "vulnerability": config.maps.vulnerability,
+        "q_roi": config.regions.q_roi,
+        "oracle_q": list(config.defence.oracle_q),
+        "seed": stage_seed(config.seed, "oracle-random-masks"),
+    }
+    return cache.json(cache.key("oracle", inputs), partial(_oracle_rows, model, test, maps, segments, fill, config))
+
+
+def _oracle_rows(
     model: nn.Module, test: ImageDataset, maps: MapSet, segments: Segments, fill: torch.Tensor, config: RunConfig
 ) -> list[dict[str, Any]]:
-    """The oracle analysis for every attack and every q in ``defence.oracle_q``."""
     gen = torch.Generator().manual_seed(stage_seed(config.seed, "oracle-random-masks"))
     rows = []
     for label, result in progress(maps.results.items(), "oracle", total=len(maps.results)):
@@ -285,22 +374,43 @@ def defence_stage(
     test_maps: MapSet,
     attacks: dict[str, Attack],
     config: RunConfig,
+    cache: StageCache | None = None,
 ) -> DefenceStage:
     """Fit the global mask on the fitting maps and evaluate f o N and the random control on the test set."""
     r, device = config.regions, model_device(model)
     mask = GlobalMask(r.q_roi, r.q_roa, r.threshold).fit(fit_maps.importance, fit_maps.vulnerability[ALL])  # type: ignore[arg-type]
     fill = fill_value(config.defence.fill, splits.fit.images)  # type: ignore[arg-type]
     random_mask = random_mask_like(mask.mask_, torch.Generator().manual_seed(stage_seed(config.seed, "random-mask")))
-    seed_all(stage_seed(config.seed, "adaptive"))
     defended = mask.wrap(model, fill).to(device)
     control = Neutralizer(model, random_mask, fill).to(device)
-    rows = evaluate_defence(defended, control, splits.test.images, splits.test.labels, attacks, test_maps.results)
+
+    def evaluate() -> list[dict[str, Any]]:
+        seed_all(stage_seed(config.seed, "adaptive"))
+        return evaluate_defence(defended, control, splits.test.images, splits.test.labels, attacks, test_maps.results)
+
+    cache = cache or StageCache(None)
+    inputs = {
+        "model": model_hash(model),
+        "test": hash_tensors(splits.test.images, splits.test.labels),
+        "masks": hash_tensors(mask.mask_, random_mask, fill),
+        "test_maps": test_maps.keys or [hash_tensors(r.x_adv) for r in test_maps.results.values()],
+        "attacks": {label: a.params() for label, a in attacks.items()},
+        "seed": stage_seed(config.seed, "adaptive"),
+        "device": device.type,
+    }
+    rows = cache.json(cache.key("defence", inputs), evaluate)
     meta = {"mask": "global", "fill": config.defence.fill, "threshold": r.threshold}
     return DefenceStage(mask, random_mask, fill, [meta | row for row in rows])
 
 
-def run_experiment(config: RunConfig) -> RunResult:
-    """Run every stage of a config and return the results in memory (nothing is written)."""
+def run_experiment(config: RunConfig, cache: StageCache | None = None) -> RunResult:
+    """Run every stage of a config and return the results in memory.
+
+    The expensive stages (attacks, maps, defence, oracle) are cached on disk in ``cache`` (default:
+    :meth:`StageCache.default`; ``StageCache(None)`` turns caching off), so a run that was interrupted
+    resumes from the stages it finished and gives the same results.
+    """
+    cache = StageCache.default() if cache is None else cache
     timings = Timings()
     device = resolve_device(config.device)
     with timings("data"):
@@ -310,7 +420,7 @@ def run_experiment(config: RunConfig) -> RunResult:
         trained = prepare_model(config, splits, device)
     model, test = trained.model, splits.test
     attacks = build_attacks(config)
-    test_maps = compute_maps(model, test, attacks, config, "test", timings)
+    test_maps = compute_maps(model, test, attacks, config, "test", timings, cache)
     predictions = {"clean": predict(model, test.images)} | {
         label: predict(model, r.x_adv) for label, r in test_maps.results.items()
     }
@@ -326,11 +436,11 @@ def run_experiment(config: RunConfig) -> RunResult:
     with timings("statistics"):
         statistics, statistics_per_image = dataset_statistics(model, test, test_maps, attacks, config, splits.train)
         per_image |= statistics_per_image
-    fit_maps = compute_maps(model, splits.fit, attacks, config, "fit", timings)
+    fit_maps = compute_maps(model, splits.fit, attacks, config, "fit", timings, cache)
     with timings("defence"):
-        defence = defence_stage(model, splits, fit_maps, test_maps, attacks, config)
+        defence = defence_stage(model, splits, fit_maps, test_maps, attacks, config, cache)
     with timings("oracle"):
-        oracle = oracle_rows(model, test, test_maps, segments, defence.fill, config)
+        oracle = oracle_rows(model, test, test_maps, segments, defence.fill, config, cache)
     with timings("defence_short"):
         from roiroa.evaluate.defend import short_form_rows  # defend imports this module
 

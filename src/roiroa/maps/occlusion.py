@@ -15,7 +15,7 @@ from roiroa.maps.registry import register_estimator
 from roiroa.regions.partition import grid_regions, regions_to_pixels
 from roiroa.regions.superpixels import label_regions, slic_labels
 from roiroa.utils import batch_slices, model_device, progress
-from roiroa.validation import check_choice, check_images, check_labels, check_number
+from roiroa.validation import check_choice, check_images, check_labels, check_model_output, check_number
 
 Output = Literal["probability", "logit"]
 OUTPUTS = ("probability", "logit")
@@ -162,6 +162,7 @@ class Occlusion:
         """Importance (N, H, W) of x: (N, C, H, W) in [0, 1] for classes y: (N,)."""
         check_images(x)
         check_labels(y, len(x))
+        check_model_output(model, x, y)
         regions = self.region_masks(x)
         base = (
             float(self.baseline)

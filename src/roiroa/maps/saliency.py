@@ -10,7 +10,7 @@ from torch import nn
 
 from roiroa.maps.registry import register_estimator
 from roiroa.utils import batch_slices, model_device
-from roiroa.validation import check_choice, check_images, check_labels, check_number
+from roiroa.validation import check_choice, check_images, check_labels, check_model_output, check_number
 
 
 @register_estimator("saliency")
@@ -35,6 +35,7 @@ class Saliency:
         """Saliency (N, H, W) >= 0 of x: (N, C, H, W) in [0, 1] for classes y: (N,)."""
         check_images(x)
         check_labels(y, len(x))
+        check_model_output(model, x, y)
         device = model_device(model)
         out = []
         for s in batch_slices(len(x), self.batch_size):
