@@ -91,7 +91,7 @@ MASKABLE = {
     "pgd-linf": {"eps": 0.3, "steps": 3},
     "pgd-l2": {"eps": 3.0, "steps": 3},
     "pgd-l1": {"eps": 10.0, "steps": 5, "step_size": 1.0},
-    "cw-l2": {"steps": 5, "binary_search_steps": 1},
+    "cw-l2": {"steps": 30, "binary_search_steps": 1, "initial_const": 100.0, "learning_rate": 0.1},
     "deepfool": {"steps": 5},
 }
 

@@ -340,8 +340,8 @@ def test_sigint_and_sigkill_then_resume(cli_setup, session_cache, tmp_path):
         assert read_results(folder / "out") == read_results(root / "reference")
         with np.load(folder / "out" / "maps.npz") as a, np.load(root / "reference" / "maps.npz") as b:
             assert sorted(a.files) == sorted(b.files)
-            for k in a.files:
-                assert np.array_equal(a[k], b[k]), k
+            for k in a.files:  # stages computed in another process may differ by float rounding (oneDNN)
+                np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,27 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline and write a results folder")
-    run.add_argument(
-        "--config", type=Path, help="a .json or .toml config (a run folder's config.json repeats that run)"
-    )
-    run.add_argument("--out", type=Path, help="results folder (default: roiroa-runs/<date-time>)")
-    run.add_argument(
-        "--quick", action="store_true", help="200 test images, 200 fitting images, at most 10 attack steps"
-    )
-    run.add_argument("--seed", type=int, help="seed of every random choice (default: the config's, 0)")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to compute (default: auto)")
-    run.add_argument("--data", help="dataset: 'mnist' (bundled), a .npz, an IDX images file, or an image folder")
-    run.add_argument("--labels", help="the IDX labels file, with an IDX images file as --data")
-    run.add_argument("--model", help="architecture: a registered name (roiroa list) or package.module:callable")
-    run.add_argument("--weights", help="pretrained weights to load instead of training (.pt/.pth/.th, .safetensors)")
-    run.add_argument(
-        "--normalization", help="the weights' input normalization: none, cifar10, imagenet (applied inside the model)"
-    )
-    run.add_argument("--mean", type=_floats, help="explicit normalization mean per channel, e.g. 0.5,0.5,0.5")
-    run.add_argument("--std", type=_floats, help="explicit normalization std per channel, e.g. 0.25,0.25,0.25")
-    run.add_argument("--trust-code", action="store_true", help="allow TorchScript weights (they run their own code)")
-    run.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
-    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars on stderr")
+    defend = sub.add_parser("defend", help="evaluate every defence and baseline (table, sweep, sanity checks)")
+    _add_experiment_options(run, "<date-time>")
+    _add_experiment_options(defend, "defend-<date-time>")
     run.add_argument(
         "--cache",
         action=argparse.BooleanOptionalAction,
@@ -62,18 +44,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report = sub.add_parser("report", help="write RUN_DIR/report.html, one self-contained page, from a run folder")
     report.add_argument("run_dir", type=Path, help="a results folder written by `roiroa run`")
-    defend = sub.add_parser("defend", help="evaluate every defence and baseline (table, sweep, sanity checks)")
-    defend.add_argument("--config", type=Path, help="a .json or .toml config; its [defend] table sets the evaluation")
-    defend.add_argument("--out", type=Path, help="output folder (default: roiroa-runs/defend-<date-time>)")
-    defend.add_argument("--quick", action="store_true", help="40 images, 5 steps, a small sweep (seconds)")
-    defend.add_argument("--seed", type=int, help="seed of every random choice (default: the config's, 0)")
-    defend.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to compute (default: auto)")
-    defend.add_argument("--data", help="dataset, as for 'roiroa run'")
-    defend.add_argument("--labels", help="the IDX labels file, with an IDX images file as --data")
-    defend.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
-    defend.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars on stderr"
-    )
     sub.add_parser("list", help="list registered models, attacks and estimators")
     patches = sub.add_parser("patches", help="patch attacks against per-input fragment defences and LGS")
     patches.add_argument("--config", type=Path, help="a .toml or .json patches config (see examples/)")
@@ -82,6 +52,33 @@ def build_parser() -> argparse.ArgumentParser:
     patches.add_argument("--seed", type=int, help="seed of every random choice (default: the config's, 0)")
     patches.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False, help="progress bars")
     return parser
+
+
+def _add_experiment_options(parser: argparse.ArgumentParser, default_out: str) -> None:
+    """The options that `roiroa run` and `roiroa defend` share: config, data, model, seed, output."""
+    parser.add_argument(
+        "--config", type=Path, help="a .json or .toml config (a run folder's config.json repeats that run)"
+    )
+    parser.add_argument("--out", type=Path, help=f"results folder (default: roiroa-runs/{default_out})")
+    parser.add_argument(
+        "--quick", action="store_true", help="a small, fast version of the config"
+    )
+    parser.add_argument("--seed", type=int, help="seed of every random choice (default: the config's, 0)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to compute (default: auto)")
+    parser.add_argument("--data", help="dataset: 'mnist' (bundled), a .npz, an IDX images file, or an image folder")
+    parser.add_argument("--labels", help="the IDX labels file, with an IDX images file as --data")
+    parser.add_argument("--model", help="architecture: a registered name (roiroa list) or package.module:callable")
+    parser.add_argument("--weights", help="pretrained weights to load instead of training (.pt/.pth/.th, .safetensors)")
+    parser.add_argument(
+        "--normalization", help="the weights' input normalization: none, cifar10, imagenet (applied inside the model)"
+    )
+    parser.add_argument("--mean", type=_floats, help="explicit normalization mean per channel, e.g. 0.5,0.5,0.5")
+    parser.add_argument("--std", type=_floats, help="explicit normalization std per channel, e.g. 0.25,0.25,0.25")
+    parser.add_argument("--trust-code", action="store_true", help="allow TorchScript weights (they run their own code)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars on stderr"
+    )
 
 
 def _floats(text: str) -> tuple[float, ...]:
