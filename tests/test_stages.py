@@ -289,7 +289,16 @@ def fresh_cache(session_cache: Path, folder: Path) -> Path:
 def start_run(config: Path, out: Path, cache: Path) -> subprocess.Popen:
     env = dict(os.environ, ROIROA_CACHE=str(cache), TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "roiroa", "run", "--config", str(config), "--out", str(out), "--no-progress"]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that starts jobs in the background ignores SIGINT in them, and Python keeps an ignored SIGINT:
+    # restore the default so that the child gets its KeyboardInterrupt wherever the tests are run from.
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def signal_after(proc: subprocess.Popen, stage: str, sig: int, result: dict) -> None:
