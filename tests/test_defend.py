@@ -17,7 +17,7 @@ from roiroa.data.dataset import ImageDataset
 from roiroa.defence import Neutralizer
 from roiroa.defence.adaptive import EOT, bpda
 from roiroa.defence.baselines import BASELINES, AdversarialTraining, Preprocessed, bit_depth, jpeg, median_smoothing
-from roiroa.defence.fills import gaussian_blur, make_fill
+from roiroa.defence.fills import make_fill
 from roiroa.defence.scopes import (
     EqualAreaControl,
     FixedScope,
@@ -30,6 +30,7 @@ from roiroa.defence.scopes import (
 from roiroa.errors import InputError
 from roiroa.evaluate.config import DefendConfig, RunConfig
 from roiroa.evaluate.defend import Entry, evaluate_entry, pareto_front
+from roiroa.filters import gaussian_blur
 from roiroa.models.predict import predict
 from roiroa.models.train import TrainingRecipe, train_classifier
 from roiroa.utils import seed_all

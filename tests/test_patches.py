@@ -12,7 +12,8 @@ import torch
 from roiroa.attacks import create_attack
 from roiroa.attacks.patch import LocalizedPatch, SquarePGD, UniversalPatch, patch_side, square_masks
 from roiroa.cli import main
-from roiroa.defence.fragments import FragmentDefence, FragmentDetector, straight_through
+from roiroa.defence.adaptive import bpda
+from roiroa.defence.fragments import FragmentDefence, FragmentDetector
 from roiroa.defence.lgs import LGSParams, local_gradient_smoothing
 from roiroa.defence.lowrank import lowrank_fill, truncated_svd
 from roiroa.defence.neutralizer import fill_value
@@ -163,7 +164,7 @@ def test_bpda_gradients_flow_through_the_defence(pixel_detector, mnist_model, mn
     x, y = mnist_batch
     x_p, truth = planted(x[:8])
     xi = x_p.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(straight_through(xi, xi**2).sum(), xi)
+    (g,) = torch.autograd.grad(bpda(xi, lambda t: t**2).sum(), xi)
     assert torch.equal(g, torch.ones_like(xi))  # identity in the backward pass
     for fill, inside_zero in (("mean", True), ("lowrank", False)):
         defence = FragmentDefence(mnist_model, pixel_detector, fill, fill_value("mean", x))

@@ -21,7 +21,7 @@ from torch import nn
 
 from roiroa.attacks.gradient import LinfPGD
 from roiroa.defence.adaptive import bpda
-from roiroa.defence.fills import gaussian_blur
+from roiroa.filters import gaussian_blur
 from roiroa.registry import Registry
 from roiroa.validation import check_number
 

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from roiroa.attacks.gradient import LinfPGD
+from roiroa.defence.adaptive import bpda
 from roiroa.defence.lowrank import blur_fill, lowrank_fill
 from roiroa.defence.neutralizer import neutralize
 from roiroa.errors import InputError
@@ -54,14 +55,6 @@ METHODS = ("iforest", "dbscan", "roa")
 FIT_ON = ("clean", "self")
 ROI_SOURCES = ("global", "input")
 PATCH_FILLS = ("mean", "blur", "lowrank")
-
-
-def straight_through(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """y in the forward pass, identity gradient to x in the backward pass (BPDA, Athalye et al. 2018).
-
-    (A local copy of the one-liner; the lead folds it with defence/adaptive.py.)
-    """
-    return x + (y - x).detach()
 
 
 def laplacian_energy(x: torch.Tensor) -> torch.Tensor:
@@ -342,7 +335,7 @@ class FragmentDefence(nn.Module):
             return neutralize(x, mask, self.fill_value.to(x.dtype))
         if self.fill == "blur":
             return blur_fill(x, mask, self.sigma)
-        return straight_through(x, lowrank_fill(x.detach(), mask, self.rank))
+        return bpda(x, lambda t: lowrank_fill(t, mask, self.rank))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) in [0, 1] -> logits (N, K) of f(N(x))."""

@@ -11,9 +11,9 @@ the defended model's forward pass. (To be folded with the other fills of defence
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 from roiroa.defence.neutralizer import as_mask4d
+from roiroa.filters import gaussian_blur
 from roiroa.validation import check_number
 
 
@@ -46,23 +46,6 @@ def lowrank_fill(x: torch.Tensor, mask: torch.Tensor, rank: int = 2) -> torch.Te
     m = as_mask4d(mask).to(x.device, x.dtype)
     prefilled = x * (1 - m) + masked_mean(x, m) * m
     return torch.where(m > 0, truncated_svd(prefilled, rank).clamp(0.0, 1.0), x)
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:
-    """x: (N, C, H, W) blurred per channel by a Gaussian of ``sigma`` pixels (kernel 2*ceil(3 sigma)+1, reflect pad)."""
-    check_number("gaussian_blur", "sigma", sigma, low=0.0, low_open=True)
-    radius = int(torch.tensor(3 * sigma).ceil())
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
-    c = x.shape[1]
-    pad = min(radius, x.shape[2] - 1, x.shape[3] - 1)
-    if pad < radius:  # reflect padding needs pad < size; fall back to replicate for tiny images
-        xp = F.pad(x, (radius, radius, radius, radius), mode="replicate")
-    else:
-        xp = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    xp = F.conv2d(xp, k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    return F.conv2d(xp, k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
 
 def blur_fill(x: torch.Tensor, mask: torch.Tensor, sigma: float = 2.0) -> torch.Tensor:

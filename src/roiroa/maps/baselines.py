@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch.nn import functional as F
 
+from roiroa.filters import gaussian_blur
 from roiroa.validation import check_choice, check_number
 
 BASELINES = ("zero", "mean", "blur")
@@ -20,24 +18,6 @@ def check_baseline(owner: str, baseline: Baseline, blur_sigma: float) -> None:
     else:
         check_number(owner, "baseline", baseline, low=0.0, high=1.0)
     check_number(owner, "blur_sigma", blur_sigma, low=0.0, low_open=True)
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Each channel of x: (N, C, H, W) convolved with a Gaussian of std ``sigma`` pixels (reflected borders).
-
-    Plain torch (a separable kernel of radius ceil(3 sigma)) so that it runs on the model's device.
-    """
-    radius = max(1, math.ceil(3 * sigma))
-    radius = min(radius, x.shape[2] - 1, x.shape[3] - 1) if min(x.shape[2:]) > 1 else 0
-    if radius == 0:
-        return x.clone()
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    c = x.shape[1]
-    out = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def baseline_images(x: torch.Tensor, baseline: Baseline, blur_sigma: float = 2.0) -> torch.Tensor:
