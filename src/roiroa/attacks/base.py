@@ -128,7 +128,29 @@ def run_in_chunks(
     return AttackResult(torch.cat([o[0] for o in outs]).to(x.device), torch.cat([o[1] for o in outs]).to(x.device))
 
 
-class GradientAttack:
+class AttackCalls:
+    """What every attack class shares: ``attack(model, x, y, mask)`` returns ``run(...).x_adv``, and
+    ``params()`` the dataclass fields with the attack's name and norm. Subclasses are dataclasses with
+    the class constants ``name`` and ``norm`` and a ``run`` method."""
+
+    name: ClassVar[str]
+    norm: ClassVar[Norm]
+
+    def params(self) -> dict[str, Any]:
+        """The hyperparameters as a JSON-able dict with the keys 'attack' and 'norm'."""
+        return {"attack": self.name, "norm": self.norm, **asdict(self)}  # type: ignore[call-overload]
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Adversarial images x_adv: (N, C, H, W) in [0, 1]; see ``run``."""
+        return self.run(model, x, y, mask).x_adv
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
+        raise NotImplementedError
+
+
+class GradientAttack(AttackCalls):
     """Base of the gradient attacks; concrete attacks are dataclasses that set the hyperparameters.
 
     Subclasses define the fields ``eps``, ``steps``, ``random_start``, ``restarts``, ``batch_size``
@@ -165,12 +187,6 @@ class GradientAttack:
             "restarts": self.restarts,
         }
         return {"attack": self.name, "norm": self.norm, **asdict(self), **resolved}  # type: ignore[call-overload]
-
-    def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Adversarial images x_adv: (N, C, H, W) in [0, 1]; see :meth:`run`."""
-        return self.run(model, x, y, mask).x_adv
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
         """Attack ``model`` (in eval mode) on x in chunks of ``batch_size``.

@@ -7,13 +7,13 @@ under many window masks) at once with Adam, as in the paper.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from roiroa.attacks.base import AttackResult, Norm, register_attack, run_in_chunks
+from roiroa.attacks.base import AttackCalls, AttackResult, Norm, register_attack, run_in_chunks
 from roiroa.validation import check_number
 
 
@@ -26,7 +26,7 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @register_attack("cw-l2")
 @dataclass(kw_only=True)
-class CarliniWagnerL2:
+class CarliniWagnerL2(AttackCalls):
     """Carlini-Wagner L2: minimise ||delta||_2^2 + c * max(Z_y - max_{k!=y} Z_k, -confidence) in tanh
     space with Adam, with a binary search over c per image. Unbounded: it returns, per image, the
     smallest adversarial perturbation it found (x itself where none was found).
@@ -60,15 +60,6 @@ class CarliniWagnerL2:
         check_number(owner, "initial_const", self.initial_const, low=0.0, low_open=True)
         check_number(owner, "learning_rate", self.learning_rate, low=0.0, low_open=True)
         check_number(owner, "batch_size", self.batch_size, low=1, integer=True)
-
-    def params(self) -> dict[str, Any]:
-        return {"attack": self.name, "norm": self.norm, **asdict(self)}
-
-    def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Adversarial images x_adv: (N, C, H, W) in [0, 1]; see :meth:`run`."""
-        return self.run(model, x, y, mask).x_adv
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
         """Attack x: (N, C, H, W) in [0, 1] with labels y: (N,); ``mask`` (N or 1, 1, H, W) limits where.

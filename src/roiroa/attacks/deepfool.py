@@ -7,13 +7,13 @@ once at the end), so both reach the same success rate.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from roiroa.attacks.base import AttackResult, Norm, register_attack, run_in_chunks
+from roiroa.attacks.base import AttackCalls, AttackResult, Norm, register_attack, run_in_chunks
 from roiroa.validation import check_number
 
 _TOL = 1e-7  # ART's guard against division by zero
@@ -36,7 +36,7 @@ def class_gradients(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, to
 
 @register_attack("deepfool")
 @dataclass(kw_only=True)
-class DeepFool:
+class DeepFool(AttackCalls):
     """DeepFool: repeatedly step to the linearised boundary of the nearest other class (L2).
 
     Unbounded: it stops per image as soon as the label changes (or after ``steps``), then scales
@@ -59,15 +59,6 @@ class DeepFool:
         check_number(owner, "steps", self.steps, low=1, integer=True)
         check_number(owner, "overshoot", self.overshoot, low=0.0)
         check_number(owner, "batch_size", self.batch_size, low=1, integer=True)
-
-    def params(self) -> dict[str, Any]:
-        return {"attack": self.name, "norm": self.norm, **asdict(self)}
-
-    def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Adversarial images x_adv: (N, C, H, W) in [0, 1]; see :meth:`run`."""
-        return self.run(model, x, y, mask).x_adv
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
         """Attack x: (N, C, H, W) in [0, 1] away from labels y: (N,); ``mask`` (N or 1, 1, H, W) limits where.

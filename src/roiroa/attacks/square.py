@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, cast
+from dataclasses import dataclass
+from typing import ClassVar, cast
 
 import torch
 from torch import nn
 
-from roiroa.attacks.base import ATTACKS, AttackResult, GradientAttack, Norm
+from roiroa.attacks.base import ATTACKS, AttackCalls, AttackResult, GradientAttack, Norm
 from roiroa.utils import batch_slices, model_device, progress
 from roiroa.validation import check_images, check_labels, check_mask, check_number
 
@@ -35,7 +35,7 @@ def margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(kw_only=True)
-class SquareAttack:
+class SquareAttack(AttackCalls):
     """Square attack, L-infinity (Andriushchenko et al. 2020).
 
     Args:
@@ -66,16 +66,6 @@ class SquareAttack:
         check_number("SquareAttack", "p_init", self.p_init, low=0.0, low_open=True, high=1.0)
         check_number("SquareAttack", "restarts", self.restarts, low=1, integer=True)
         check_number("SquareAttack", "batch_size", self.batch_size, low=1, integer=True)
-
-    def params(self) -> dict[str, Any]:
-        """The hyperparameters as a JSON-able dict."""
-        return {"attack": self.name, "norm": self.norm, **asdict(self)}
-
-    def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Adversarial images x_adv: (N, C, H, W) in [0, 1]; see :meth:`run`."""
-        return self.run(model, x, y, mask).x_adv
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
         """Attack ``model`` on x in chunks of ``batch_size``.
