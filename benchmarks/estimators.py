@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import seconds
 from torch import nn
 
 from roiroa.attacks import LinfPGD
@@ -30,6 +29,8 @@ from roiroa.attacks.carlini_wagner import margin
 from roiroa.evaluate.config import RunConfig
 from roiroa.evaluate.runner import load_splits
 from roiroa.maps import LocalizedAttack, Occlusion
+from roiroa.models.loading import load_model
+from roiroa.models.normalize import NORMALIZATIONS, Normalized
 from roiroa.models.resnet import resnet20
 from roiroa.models.train import TrainingRecipe, load_or_train
 from roiroa.regions.partition import grid_regions, regions_to_pixels
@@ -38,41 +39,16 @@ from roiroa.utils import set_progress
 SHARED = Path(os.environ.get("ROIROA_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
 
 
-def seconds(fn: Callable[[], object], repeats: int) -> float:
-    """The best wall time of ``repeats`` calls (after one warm-up call)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-class Normalized(nn.Module):
-    """(x - mean) / std in front of a model that was trained on normalized inputs."""
-
-    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
-
-
 def cifar_resnet20(n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
     """ResNet-20 (pretrained where the shared weights exist) and n CIFAR-10 test images with labels."""
-    net = resnet20()
     weights = SHARED / "data" / "models" / "resnet20-12fca82f.th"
-    source = "random init"
+    stats = NORMALIZATIONS["imagenet"]  # what these weights were trained with (see the shared data README)
     if weights.exists():
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
+        model = load_model("resnet20", weights, image_shape=(3, 32, 32), num_classes=10, normalization=stats)
         source = "pretrained"
-    model = Normalized(net, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).eval()
+    else:
+        model, source = Normalized(resnet20(), *stats), "random init"
+    model.eval()
     data = SHARED / "data" / "cifar10" / "cifar10_test_1000.npz"
     if data.exists():
         with np.load(data) as f:

@@ -14,9 +14,9 @@ Uses the default run's trained MNIST CNN (trained and cached on first use).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import seconds
 
 from roiroa.attacks import LinfPGD
 from roiroa.evaluate.config import RunConfig
@@ -25,17 +25,6 @@ from roiroa.maps.occlusion import occlusion_drops
 from roiroa.models.train import TrainingRecipe, load_or_train
 from roiroa.regions.partition import grid_regions
 from roiroa.utils import set_progress
-
-
-def seconds(fn, repeats: int = 3) -> float:
-    """The best wall time of ``repeats`` calls (after one warm-up call)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from roiroa.report.run_folder import prepare_out_dir, write_csv, write_json  # noqa: E402
+from roiroa.report.run_folder import write_csv, write_folder_atomically, write_json  # noqa: E402
 
 if TYPE_CHECKING:
     from roiroa.evaluate.defend import DefendResult
@@ -84,16 +81,9 @@ def write_defence_files(folder: Path, summary: dict[str, Any]) -> None:
 
 def write_defence(result: DefendResult, out: Path, overwrite: bool = False) -> Path:
     """Write the ``roiroa defend`` folder ``out`` atomically (a temporary folder renamed at the end)."""
-    out = Path(out)
-    prepare_out_dir(out, overwrite)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent))
-    try:
+
+    def write(tmp: Path) -> None:
         write_json(tmp / "config.json", result.config.to_dict())
         write_defence_files(tmp, result.summary)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_folder_atomically(out, overwrite, write)

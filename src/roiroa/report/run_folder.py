@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,12 +87,27 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
         raise InputError(f"cannot write in {parent}: choose a writable --out.")
 
 
-def write_run(result: RunResult, out: Path, overwrite: bool = False) -> Path:
-    """Write the run folder ``out`` atomically and return it."""
+def write_folder_atomically(out: Path, overwrite: bool, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary folder beside ``out``, then rename it to ``out``: a reader never
+    sees a half-written folder, and a failure (or Ctrl-C) leaves none behind."""
     out = Path(out)
     prepare_out_dir(out, overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent))
     try:
+        write(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def write_run(result: RunResult, out: Path, overwrite: bool = False) -> Path:
+    """Write the run folder ``out`` atomically and return it."""
+
+    def write(tmp: Path) -> None:
         write_json(tmp / "config.json", result.config.to_dict())
         write_json(tmp / "results.json", result.results)
         write_csv(tmp / "metrics.csv", metric_rows(result.results), METRIC_COLUMNS)
@@ -100,10 +116,5 @@ def write_run(result: RunResult, out: Path, overwrite: bool = False) -> Path:
         np.savez_compressed(tmp / "maps.npz", **map_arrays(result))  # type: ignore[arg-type]
         write_examples_figure(result, tmp / "examples.png")
         write_report(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_folder_atomically(out, overwrite, write)
