@@ -15,3 +15,17 @@ def seconds(fn: Callable[[], object], repeats: int = 3) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def interleaved_seconds(fns: dict[str, Callable[[], object]], repeats: int = 3) -> dict[str, float]:
+    """The best wall time of each function over ``repeats`` rounds that call every function once in
+    turn (after one warm-up round), so that a slow spell of a shared machine hits all of them alike."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best

@@ -214,8 +214,13 @@ def test_patch_evaluation_end_to_end(tmp_path: Path, mnist_model) -> None:
     write_patch_results(rows, meta, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["patches.csv", "patches.json", "patches.png"]
     settings = {(r["defence"], r["setting"]) for r in rows}
-    for expected in [("none", "clean"), ("lgs", "non-adaptive"), ("random-block", "non-adaptive"),
-                     ("fragments-iforest-pixel", "adaptive"), ("fragments-iforest-pixel", "worst-case")]:
+    for expected in [
+        ("none", "clean"),
+        ("lgs", "non-adaptive"),
+        ("random-block", "non-adaptive"),
+        ("fragments-iforest-pixel", "adaptive"),
+        ("fragments-iforest-pixel", "worst-case"),
+    ]:
         assert expected in settings
     attacked = [r for r in rows if r["setting"] != "clean"]
     assert all(json.loads(r["attack_params"])["attack"] == "patch-lavan" for r in attacked)

@@ -60,9 +60,7 @@ def _add_experiment_options(parser: argparse.ArgumentParser, default_out: str) -
         "--config", type=Path, help="a .json or .toml config (a run folder's config.json repeats that run)"
     )
     parser.add_argument("--out", type=Path, help=f"results folder (default: roiroa-runs/{default_out})")
-    parser.add_argument(
-        "--quick", action="store_true", help="a small, fast version of the config"
-    )
+    parser.add_argument("--quick", action="store_true", help="a small, fast version of the config")
     parser.add_argument("--seed", type=int, help="seed of every random choice (default: the config's, 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to compute (default: auto)")
     parser.add_argument("--data", help="dataset: 'mnist' (bundled), a .npz, an IDX images file, or an image folder")

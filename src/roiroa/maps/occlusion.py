@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from roiroa.maps.baselines import Baseline, baseline_images, check_baseline
+from roiroa.maps.incremental import IncrementalModel, cached_incremental_model, forget_engine
 from roiroa.maps.registry import register_estimator
-from roiroa.regions.partition import grid_regions, regions_to_pixels
+from roiroa.regions.partition import grid_regions, rectangle_boxes, regions_to_pixels
 from roiroa.regions.superpixels import label_regions, slic_labels
 from roiroa.utils import batch_slices, model_device, progress
 from roiroa.validation import check_choice, check_images, check_labels, check_model_output, check_number
@@ -22,10 +23,14 @@ OUTPUTS = ("probability", "logit")
 RegionKind = Literal["grid", "superpixels"]
 
 
+def _from_logits(logits: torch.Tensor, y: torch.Tensor, output: Output) -> torch.Tensor:
+    """The probability (softmax) or logit of classes y: (B,) from logits (B, K) -> (B,)."""
+    return (logits.softmax(1) if output == "probability" else logits).gather(1, y[:, None])[:, 0]
+
+
 def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, output: Output) -> torch.Tensor:
     """The true-class probability (softmax) or logit of x: (B, C, H, W) for classes y: (B,) -> (B,)."""
-    logits = model(x)
-    return (logits.softmax(1) if output == "probability" else logits).gather(1, y[:, None])[:, 0]
+    return _from_logits(model(x), y, output)
 
 
 @contextmanager
@@ -49,6 +54,16 @@ def channels_last(model: nn.Module) -> Iterator[None]:
                 param.data = param.data.contiguous()
 
 
+def _active_pairs(x: torch.Tensor, base: torch.Tensor, regions: torch.Tensor, skip_unchanged: bool) -> torch.Tensor:
+    """(image, region) pairs (P, 2) whose occlusion changes the image: regions (R, H, W) or (N, R, H, W)."""
+    differs = (x != base).any(dim=1).flatten(1).float()  # (N, P)
+    if regions.dim() == 4:
+        active = torch.einsum("np,nrp->nr", differs, regions.flatten(2).float()) > 0  # (N, R)
+    else:
+        active = (differs @ regions.flatten(1).float().T) > 0  # (N, R)
+    return torch.ones_like(active).nonzero() if not skip_unchanged else active.nonzero()
+
+
 @torch.no_grad()
 def occlusion_drops(
     model: nn.Module,
@@ -60,6 +75,7 @@ def occlusion_drops(
     skip_unchanged: bool = True,
     output: Output = "probability",
     fast_layout: bool = True,
+    incremental: bool = True,
 ) -> torch.Tensor:
     """s_y(x) - s_y(x with region r set to the baseline), for every image and region, where s is the
     softmax probability (``output='probability'``) or the logit (``'logit'``).
@@ -69,6 +85,10 @@ def occlusion_drops(
     forwarded: the occluded image is x itself, so its drop is exactly 0 (``skip_unchanged=False``
     forwards it anyway; benchmarks/spine.py measures the difference).
 
+    Where the regions are windows of one size, the first layers are computed only around each
+    window (``incremental``, :mod:`roiroa.maps.incremental`); the drops equal the plain forward
+    passes to float rounding. Models torch.fx cannot trace are forwarded whole.
+
     Args:
         model: logits (N, K).
         x: (N, C, H, W) in [0, 1].
@@ -76,36 +96,81 @@ def occlusion_drops(
         regions: (R, H, W) bool region masks shared by all images (may overlap), or (N, R, H, W)
             per image (superpixels; empty regions have drop 0).
         baseline: the fill of an occluded region: a number, or baseline images (N, C, H, W).
-        fast_layout: forward in channels-last layout (the model's own layout is restored after).
+        fast_layout: forward whole images in channels-last layout (the model's own layout is
+            restored after).
+        incremental: use incremental inference for windows of one size (False: whole images).
 
     Returns:
         (N, R) float32 on x's device.
     """
+    device = model_device(model)
+    xd, yd, reg = x.to(device), y.to(device), regions.to(device)
+    is_tensor = isinstance(baseline, torch.Tensor)
+    base = baseline.to(device, xd.dtype) if is_tensor else torch.full_like(xd[:1], baseline)  # type: ignore[union-attr,arg-type]
+    pairs = _active_pairs(xd, base, reg, skip_unchanged)
+    n_regions = reg.shape[1] if reg.dim() == 4 else reg.shape[0]
+    boxes = rectangle_boxes(reg) if incremental and reg.dim() == 3 else None
+    engine = cached_incremental_model(model, tuple(xd.shape[1:]), boxes[2]) if boxes is not None else None  # type: ignore[arg-type]
+    if engine is not None and boxes is not None:
+        drops = _incremental_drops(engine, model, xd, yd, base, boxes, pairs, n_regions, batch_size, output)
+        if drops is not None:
+            return drops.to(x.device)
+        forget_engine(model)
     with channels_last(model) if fast_layout else nullcontext():
-        device = model_device(model)
-        xd, yd, reg = x.to(device), y.to(device), regions.to(device)
-        is_tensor = isinstance(baseline, torch.Tensor)
-        base = baseline.to(device, xd.dtype) if is_tensor else torch.full_like(xd[:1], baseline)  # type: ignore[union-attr,arg-type]
-        per_image = reg.dim() == 4
         s_clean = torch.cat([_score(model, xd[s], yd[s], output) for s in batch_slices(len(xd), batch_size)])
-        differs = (xd != base).any(dim=1).flatten(1).float()  # (N, P)
-        if per_image:
-            active = torch.einsum("np,nrp->nr", differs, reg.flatten(2).float()) > 0  # (N, R)
-        else:
-            active = (differs @ reg.flatten(1).float().T) > 0  # (N, R)
-        if not skip_unchanged:
-            active = torch.ones_like(active)
-        img_idx, reg_idx = active.nonzero(as_tuple=True)
-        n_regions = reg.shape[1] if per_image else reg.shape[0]
         drops = torch.zeros(len(xd), n_regions, device=device)
-        for s in progress(batch_slices(len(img_idx), batch_size), "occlusion"):
-            i, r = img_idx[s], reg_idx[s]
-            m = (reg[i, r] if per_image else reg[r]).unsqueeze(1).to(xd.dtype)  # (B, 1, H, W)
+        for s in progress(batch_slices(len(pairs), batch_size), "occlusion"):
+            i, r = pairs[s, 0], pairs[s, 1]
+            m = (reg[i, r] if reg.dim() == 4 else reg[r]).unsqueeze(1).to(xd.dtype)  # (B, 1, H, W)
             occluded = xd[i] * (1 - m) + (base[i] if len(base) > 1 else base) * m
             if fast_layout:
                 occluded = occluded.contiguous(memory_format=torch.channels_last)
             drops[i, r] = s_clean[i] - _score(model, occluded, yd[i], output)
     return drops.to(x.device)
+
+
+def _incremental_drops(
+    engine: IncrementalModel,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    base: torch.Tensor,
+    boxes: tuple[torch.Tensor, torch.Tensor, tuple[int, int]],
+    pairs: torch.Tensor,
+    n_regions: int,
+    batch_size: int,
+    output: Output,
+) -> torch.Tensor | None:
+    """:func:`occlusion_drops` of window regions through ``engine``; None (forward whole images
+    instead) if its first batch does not equal the model's own forward pass."""
+    top, left, (bh, bw) = boxes
+    drops = torch.zeros(len(x), n_regions, device=x.device)
+    # The clean pass keeps every early layer's maps: a few images at a time bound the memory.
+    images_per_pass = max(1, min(len(x), batch_size // 16))
+    checked = False
+    for start in progress(range(0, len(x), images_per_pass), "occlusion", total=-(-len(x) // images_per_pass)):
+        stop = min(start + images_per_pass, len(x))
+        clean = engine.clean(x[start:stop])
+        s_clean = _from_logits(clean.output, y[start:stop], output)
+        chunk = pairs[(pairs[:, 0] >= start) & (pairs[:, 0] < stop)]
+        for s in batch_slices(len(chunk), batch_size):
+            i, r = chunk[s, 0], chunk[s, 1]
+            rows = top[r][:, None] + torch.arange(bh, device=x.device)
+            cols = left[r][:, None] + torch.arange(bw, device=x.device)
+            fill = base[i] if len(base) > 1 else base.expand(len(i), -1, -1, -1)
+            patch = fill[torch.arange(len(i), device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+            logits = engine.forward(clean, i - start, top[r], left[r], patch.permute(0, 3, 1, 2))
+            scores = _from_logits(logits, y[i], output)
+            if not checked:  # guard against a traced graph that differs from the model's own forward
+                k = min(len(i), 4)
+                m = torch.zeros(k, 1, *x.shape[2:], device=x.device)
+                m[torch.arange(k)[:, None, None], 0, rows[:k, :, None], cols[:k, None, :]] = 1
+                eager = _score(model, x[i[:k]] * (1 - m) + fill[:k] * m, y[i[:k]], output)
+                if not torch.allclose(scores[:k], eager, rtol=1e-4, atol=1e-5):
+                    return None
+                checked = True
+            drops[i, r] = s_clean[i - start] - scores
+    return drops
 
 
 @register_estimator("occlusion")

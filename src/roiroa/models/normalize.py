@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from roiroa.errors import InputError
 
@@ -45,12 +45,22 @@ class Normalized(nn.Module):
     std: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mean.shape[1] not in (1, x.shape[1]):
-            raise InputError(
-                f"normalization has {self.mean.shape[1]} channel values but the images have {x.shape[1]} channels: "
-                "give one mean/std per channel."
-            )
-        return self.model((x - self.mean) / self.std)
+        return self.model((checked_channels(x, self.mean) - self.mean) / self.std)
+
+
+def checked_channels(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """x itself, after checking that the per-channel ``values`` (1, C', 1, 1) fit its C channels."""
+    if values.shape[1] not in (1, x.shape[1]):
+        raise InputError(
+            f"normalization has {values.shape[1]} channel values but the images have {x.shape[1]} channels: "
+            "give one mean/std per channel."
+        )
+    return x
+
+
+# torch.fx records the check as one call instead of tracing into it (its test needs real shapes);
+# the incremental occlusion (roiroa.maps.incremental) knows it acts on each position separately.
+fx.wrap("checked_channels")
 
 
 def normalization_values(

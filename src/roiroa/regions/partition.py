@@ -51,3 +51,20 @@ def regions_to_pixels(values: torch.Tensor, regions: torch.Tensor) -> torch.Tens
     flat = regions.flatten(1).to(values.dtype)  # (R, P)
     coverage = flat.sum(0).clamp(min=1)
     return (values @ flat / coverage).view(values.shape[0], *regions.shape[1:])
+
+
+def rectangle_boxes(regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]] | None:
+    """(top (R,), left (R,), (h, w)) of regions (R, H, W) bool that are all filled h x w rectangles
+    (grid windows), or None if any region is empty, not a rectangle, or of another size."""
+    if regions.dim() != 3 or len(regions) == 0:
+        return None
+    rows, cols = regions.any(2), regions.any(1)  # (R, H), (R, W): the rows and columns each region touches
+    h, w = int(rows[0].sum()), int(cols[0].sum())
+    top, left = rows.int().argmax(1), cols.int().argmax(1)
+    bottom = rows.shape[1] - 1 - rows.flip(1).int().argmax(1)
+    right = cols.shape[1] - 1 - cols.flip(1).int().argmax(1)
+    # A region is a filled rectangle when it has as many pixels as the box of the rows and columns it touches.
+    filled = (bottom - top + 1 == h) & (right - left + 1 == w) & (regions.flatten(1).sum(1) == h * w)
+    if h == 0 or not bool(filled.all()):
+        return None
+    return top.long(), left.long(), (h, w)

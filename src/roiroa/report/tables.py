@@ -46,8 +46,10 @@ def statistics_rows(statistics: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not statistics:
         return rows
     groups = [("statistics", statistics["per_attack"])]
-    groups += [(f"consistency:{kind}", {label: {"roa_iou": s} for label, s in entries.items()})
-               for kind, entries in statistics["consistency"].items()]
+    groups += [
+        (f"consistency:{kind}", {label: {"roa_iou": s} for label, s in entries.items()})
+        for kind, entries in statistics["consistency"].items()
+    ]
     for scope, by_label in groups:
         for label, stats in by_label.items():
             for name, pair in stats.items():

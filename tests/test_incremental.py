@@ -1,0 +1,196 @@
+"""Incremental occlusion inference: equal to the model's own forward pass, and a safe fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import roiroa.maps.occlusion as occlusion_module
+from roiroa.maps import Occlusion, occlusion_drops
+from roiroa.maps.incremental import cached_incremental_model, incremental_model
+from roiroa.models.normalize import NORMALIZATIONS, Normalized
+from roiroa.models.resnet import resnet20
+from roiroa.regions import grid_regions
+from roiroa.regions.partition import rectangle_boxes, regions_to_pixels
+
+
+def _randomize_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial running statistics and affine parameters, so folding them matters."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    return model.eval()
+
+
+class InPlaceNet(nn.Module):
+    """Torchvision-style pieces: in-place ReLU modules, a 5x5 conv, a residual add, LeakyReLU, max-pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 5, padding=2)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.conv3 = nn.Conv2d(8, 8, (1, 3), padding=(0, 1))
+        self.head = nn.Linear(8 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)) + out)
+        out = F.leaky_relu(self.conv3(out) * 0.5 + 0.1, 0.2)
+        return self.head(F.max_pool2d(out, 2).flatten(1))
+
+
+class UntraceableNet(nn.Module):
+    """Control flow on tensor values: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        if out.mean() > 0:
+            out = out.relu()
+        return self.head(out.mean((2, 3)))
+
+
+def _occluded_outputs(model, x, regions, fill):
+    """model(x[i] with region r set to fill) for every image i and region r, as (N * R, K)."""
+    m = regions[None, :, None].float()  # (1, R, 1, H, W)
+    occluded = (x[:, None] * (1 - m) + fill * m).flatten(0, 1)
+    with torch.no_grad():
+        return model(occluded)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "shape", "window", "stride"),
+    [
+        ("resnet20", (3, 32, 32), (4, 4), 2),
+        ("resnet20", (3, 32, 32), (3, 5), 3),
+        ("inplace", (3, 16, 16), (4, 4), 2),
+    ],
+)
+def test_incremental_forward_equals_the_model(model_name, shape, window, stride):
+    torch.manual_seed(0)
+    if model_name == "resnet20":
+        model = _randomize_batch_norm(Normalized(resnet20(), *NORMALIZATIONS["cifar10"]))
+    else:
+        model = _randomize_batch_norm(InPlaceNet())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.rand(2, *shape)
+    h, w = window
+    regions = torch.zeros(0, *shape[1:], dtype=torch.bool)
+    for r in range(0, shape[1] - h + 1, stride):  # every window, the image borders included
+        for c in range(0, shape[2] - w + 1, stride):
+            box = torch.zeros(1, *shape[1:], dtype=torch.bool)
+            box[0, r : r + h, c : c + w] = True
+            regions = torch.cat([regions, box])
+    top, left, size = rectangle_boxes(regions)
+    engine = incremental_model(model, shape, size)
+    assert engine is not None and engine.cropped_nodes >= 3
+    fill = torch.rand(1, shape[0], 1, 1)  # a per-channel baseline
+    clean = engine.clean(x)
+    with torch.no_grad():
+        assert torch.allclose(clean.output, model(x), atol=1e-4)
+    image = torch.arange(len(x)).repeat_interleave(len(regions))
+    r = torch.arange(len(regions)).repeat(len(x))
+    patch = fill.expand(len(r), -1, h, w)
+    ours = engine.forward(clean, image, top[r], left[r], patch)
+    reference = _occluded_outputs(model, x, regions, fill)
+    assert (ours - reference).abs().max() < 1e-4 * max(1.0, float(reference.abs().max()))
+    # the engine works on its own copy: the model's weights and layout are untouched
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and v.is_contiguous()
+
+
+def test_occlusion_drops_incremental_equals_whole_images():
+    torch.manual_seed(1)
+    model = _randomize_batch_norm(Normalized(resnet20(), *NORMALIZATIONS["cifar10"]))
+    x, y = torch.rand(3, 3, 32, 32), torch.tensor([0, 4, 9])
+    regions = grid_regions(32, 32, 4, 2)
+    base = torch.rand(3, 3, 32, 32)
+    for baseline in (0.0, base):
+        # logit drops: this random network's softmax saturates, its probability drops are ~0
+        fast = occlusion_drops(model, x, y, regions, baseline, batch_size=64, output="logit")
+        whole = occlusion_drops(model, x, y, regions, baseline, batch_size=64, output="logit", incremental=False)
+        assert fast.abs().max() > 0.1  # the windows matter: the comparison is not between zeros
+        assert (fast - whole).abs().max() < 1e-5 * float(whole.abs().max())
+
+
+def test_untraceable_model_falls_back_to_whole_images():
+    model = UntraceableNet().eval()
+    assert incremental_model(model, (1, 12, 12), (4, 4)) is None
+    x, y = torch.rand(2, 1, 12, 12), torch.tensor([0, 2])
+    regions = grid_regions(12, 12, 4, 2)
+    ours = Occlusion(window=4, stride=2, output="logit")(model, x, y)
+    whole = regions_to_pixels(occlusion_drops(model, x, y, regions, output="logit", incremental=False), regions)
+    assert whole.abs().max() > 1e-3 and torch.allclose(ours, whole, atol=1e-6)
+
+
+def test_engine_that_disagrees_with_the_model_is_not_used(monkeypatch):
+    """The first batch is checked against the model's own forward pass; a wrong engine is dropped."""
+    model = _randomize_batch_norm(InPlaceNet())
+    x, y = torch.rand(2, 3, 16, 16), torch.tensor([1, 3])
+    regions = grid_regions(16, 16, 4, 2)
+    whole = occlusion_drops(model, x, y, regions, incremental=False)
+    real = incremental_model
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        engine = real(*args, **kwargs)
+        forward = engine.forward
+
+        def wrong(*a, **k):
+            calls.append(1)
+            return forward(*a, **k) * 1.5  # changes every softmax
+
+        engine.forward = wrong  # type: ignore[method-assign]
+        return engine
+
+    monkeypatch.setattr(occlusion_module, "cached_incremental_model", broken)
+    assert (occlusion_drops(model, x, y, regions) - whole).abs().max() < 1e-5
+    assert calls == [1]  # the engine ran once (the checked batch) and was then dropped
+
+
+def test_rectangle_boxes():
+    regions = grid_regions(10, 12, 4, 3)
+    top, left, size = rectangle_boxes(regions)
+    assert size == (4, 4)
+    for k in range(len(regions)):
+        expected = torch.zeros(10, 12, dtype=torch.bool)
+        expected[top[k] : top[k] + 4, left[k] : left[k] + 4] = True
+        assert torch.equal(regions[k], expected)
+    holed = regions.clone()
+    holed[0, 1, 1] = False
+    assert rectangle_boxes(holed) is None
+    two_blocks = torch.zeros(1, 10, 12, dtype=torch.bool)
+    two_blocks[0, 0:2, 0:2] = two_blocks[0, 4:6, 0:2] = True  # same rows and columns count, not contiguous
+    assert rectangle_boxes(two_blocks) is None
+    assert rectangle_boxes(torch.zeros(2, 5, 5, dtype=torch.bool)) is None
+
+
+def test_cached_engine_follows_the_weights():
+    torch.manual_seed(2)
+    model = _randomize_batch_norm(InPlaceNet())
+    first = cached_incremental_model(model, (3, 16, 16), (4, 4))
+    assert first is not None and cached_incremental_model(model, (3, 16, 16), (4, 4)) is first
+    assert cached_incremental_model(model, (3, 16, 16), (3, 3)) is not first  # another box
+    second = cached_incremental_model(model, (3, 16, 16), (4, 4))
+    with torch.no_grad():
+        model.conv1.weight.mul_(2.0)  # an in-place update, as an optimizer step makes
+    assert cached_incremental_model(model, (3, 16, 16), (4, 4)) is not second
+    x, y = torch.rand(2, 3, 16, 16), torch.tensor([0, 1])
+    regions = grid_regions(16, 16, 4, 2)
+    fresh = occlusion_drops(model, x, y, regions, output="logit")
+    whole = occlusion_drops(model, x, y, regions, output="logit", incremental=False)
+    assert (fresh - whole).abs().max() < 1e-5 * float(whole.abs().max())
