@@ -41,17 +41,16 @@ def channels_last(model: nn.Module) -> Iterator[None]:
     with NCHW to float rounding (about 1e-6 here, see tests). Used for many forward passes of
     occluded images.
     """
-    formats = {p: p.is_contiguous() for p in model.parameters() if p.dim() == 4}
-    if not formats:
+    originals = {p: p.data for p in model.parameters() if p.dim() == 4}
+    if not originals:
         yield
         return
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     try:
         yield
     finally:
-        for param, was_contiguous in formats.items():
-            if was_contiguous:
-                param.data = param.data.contiguous()
+        for param, data in originals.items():  # the very same tensors: layout and storage as before
+            param.data = data
 
 
 def _active_pairs(x: torch.Tensor, base: torch.Tensor, regions: torch.Tensor, skip_unchanged: bool) -> torch.Tensor:
