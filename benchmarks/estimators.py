@@ -6,11 +6,11 @@ Prints:
 1. occlusion maps (4x4 windows, stride 2, zero baseline, softmax drop) for the MNIST CNN and for a
    CIFAR ResNet-20: ours (incremental inference where it saves enough, see roiroa.maps.incremental;
    and on whole images) against Captum's ``Occlusion`` at its fastest ``perturbations_per_eval``
-   (8 to 256 are tried), the speed-ups and the largest difference between the maps;
+   (2 to 256 are tried), the speed-ups and the largest difference between the maps;
 2. the localized-attack map (PGD L-inf, 10 steps, 4x4 windows, stride 2) of one image: one batch
    of masked attacks against a loop over the windows, the speed-up and the largest difference.
-Times are the best of ``--repeats`` calls after a warm-up; the occlusion candidates take turns in
-each round, so that a slow spell of a shared machine hits all of them alike. The ResNet-20 uses the pretrained
+Times are the best of ``--repeats`` rounds after a warm-up round; in each round the candidates take
+turns, so that a slow spell of a shared machine hits all of them alike. The ResNet-20 uses the pretrained
 weights of /work/shared/data/models (or $ROIROA_SHARED) where present, else a random init (the
 timing is the same); the CIFAR images are the shared test subset where present, else noise.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timing import interleaved_seconds, seconds
+from timing import interleaved_seconds
 from torch import nn
 
 from roiroa.attacks import LinfPGD
@@ -93,7 +93,7 @@ def compare_occlusion(name: str, model: nn.Module, x: torch.Tensor, y: torch.Ten
     def whole_images() -> torch.Tensor:
         return regions_to_pixels(occlusion_drops(model, x, y, regions, 0.0, incremental=False), regions)
 
-    per_evals = (8, 16, 32, 64, 128, 256)
+    per_evals = (2, 4, 8, 16, 32, 64, 128, 256)
     fns = {f"captum@{k}": (lambda k=k: reference(k)) for k in per_evals}
     fns |= {"ours": lambda: ours_fn(model, x, y), "ours, whole images": whole_images}
     times = interleaved_seconds(fns, repeats)  # type: ignore[arg-type]
@@ -152,8 +152,10 @@ def main() -> None:
     attack = LinfPGD(eps=0.3, steps=10, random_start=False)
     x1, y1 = xm[:1], ym[:1]
     batched = LocalizedAttack(attack=attack, window=4, stride=2)
-    t_batch = seconds(lambda: batched(mnist, x1, y1), args.repeats)
-    t_loop = seconds(lambda: localized_loop(mnist, x1, y1, attack), max(1, args.repeats - 1))
+    times = interleaved_seconds(
+        {"batch": lambda: batched(mnist, x1, y1), "loop": lambda: localized_loop(mnist, x1, y1, attack)}, args.repeats
+    )
+    t_batch, t_loop = times["batch"], times["loop"]
     diff = float((batched(mnist, x1, y1) - localized_loop(mnist, x1, y1, attack)).abs().max())
     windows = len(grid_regions(28, 28, 4, 2))
     print(f"   {windows} windows: one batch {t_loop / t_batch:.1f}x faster than a loop over windows;")
