@@ -163,7 +163,7 @@ def _incremental_drops(
             if not checked:  # guard against a traced graph that differs from the model's own forward
                 k = min(len(i), 4)
                 m = torch.zeros(k, 1, *x.shape[2:], device=x.device)
-                m[torch.arange(k)[:, None, None], 0, rows[:k, :, None], cols[:k, None, :]] = 1
+                m[torch.arange(k, device=x.device)[:, None, None], 0, rows[:k, :, None], cols[:k, None, :]] = 1
                 eager = _score(model, x[i[:k]] * (1 - m) + fill[:k] * m, y[i[:k]], output)
                 if not torch.allclose(scores[:k], eager, rtol=1e-4, atol=1e-5):
                     return None
