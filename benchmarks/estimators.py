@@ -30,13 +30,13 @@ from roiroa.attacks import LinfPGD
 from roiroa.attacks.carlini_wagner import margin
 from roiroa.evaluate.config import RunConfig
 from roiroa.evaluate.runner import load_splits
+from roiroa.geometry import grid_regions, regions_to_pixels
 from roiroa.maps import LocalizedAttack, Occlusion, occlusion_drops
 from roiroa.maps.incremental import incremental_model
 from roiroa.models.loading import load_model
 from roiroa.models.normalize import NORMALIZATIONS, Normalized
 from roiroa.models.resnet import resnet20
 from roiroa.models.train import TrainingRecipe, load_or_train
-from roiroa.regions.partition import grid_regions, regions_to_pixels
 from roiroa.utils import set_progress
 
 SHARED = Path(os.environ.get("ROIROA_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))

@@ -21,9 +21,9 @@ from timing import seconds
 from roiroa.attacks import LinfPGD
 from roiroa.evaluate.config import RunConfig
 from roiroa.evaluate.runner import load_splits
+from roiroa.geometry import grid_regions
 from roiroa.maps.occlusion import occlusion_drops
 from roiroa.models.train import TrainingRecipe, load_or_train
-from roiroa.regions.partition import grid_regions
 from roiroa.utils import set_progress
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from roiroa.evaluate.config import RunConfig
-from roiroa.evaluate.runner import Splits, load_splits
+from roiroa.evaluate.config import Config
+from roiroa.evaluate.prepare import Splits, load_splits
 from roiroa.models.train import TrainingRecipe, load_or_train
 
 # Real data for tests (../shared beside the checkout, or $ROIROA_SHARED); tests that need it skip where it is absent.
@@ -38,7 +38,7 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def mnist_splits() -> Splits:
     """The default run's splits of bundled MNIST (4,000 train, 500 fit, 1,000 test)."""
-    return load_splits(RunConfig())
+    return load_splits(Config())
 
 
 @pytest.fixture(scope="session")

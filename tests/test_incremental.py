@@ -8,12 +8,12 @@ from torch import nn
 from torch.nn import functional as F
 
 import roiroa.maps.occlusion as occlusion_module
+from roiroa.geometry import rectangle_boxes, regions_to_pixels
 from roiroa.maps import Occlusion, occlusion_drops
 from roiroa.maps.incremental import cached_incremental_model, incremental_model
 from roiroa.models.normalize import NORMALIZATIONS, Normalized
 from roiroa.models.resnet import resnet20
 from roiroa.regions import grid_regions
-from roiroa.regions.partition import rectangle_boxes, regions_to_pixels
 
 
 def _randomize_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -2,24 +2,37 @@
 how the two are laid out, and what neutralizing the region that is vulnerable but not important buys.
 
 Every stage takes and returns plain tensors: images x (N, C, H, W) float in [0, 1], labels
-y (N,) int64, maps (N, H, W), masks (N, H, W) bool.
+y (N,) int64, maps (N, H, W), masks (N, H, W) bool. ``roiroa.Experiment`` runs the whole pipeline on
+any ``torch.nn.Module`` and any images.
 """
 
-__version__ = "0.1.0"
-
-from roiroa.attacks import FGSM, L2PGD, AttackResult, LinfPGD, create_attack, list_attacks
+from roiroa.attacks import FGSM, L2PGD, LinfPGD, create_attack, list_attacks
 from roiroa.data import ImageDataset, load_dataset, split_by_class
-from roiroa.defence import GlobalMask, Neutralizer, fill_value, neutralize, random_mask_like
+from roiroa.defence import (
+    EqualAreaControl,
+    FitData,
+    FixedMask,
+    GlobalMask,
+    Neutralized,
+    PerClassMask,
+    PerInputMask,
+    Preprocessed,
+    make_fill,
+    neutralize,
+)
 from roiroa.errors import InputError
-from roiroa.evaluate import RunConfig, RunResult, load_config, run_experiment
-from roiroa.maps import Occlusion, PerturbationMagnitude, Saliency, create_estimator, list_estimators
+from roiroa.evaluate import Config, config_from_dict, load_config, quick
+from roiroa.evaluate.experiment import Experiment
+from roiroa.maps import Occlusion, PerturbationMagnitude, Saliency, create_estimator, list_estimators, record_attack
 from roiroa.models import MnistCNN, Normalized, accuracy, create_model, list_models, load_model, load_or_train, predict
 from roiroa.regions import Segments, dice, grid_regions, iou, isolate, pearson, spearman, top_q_mask
 from roiroa.regions.spatial import morans_i
 from roiroa.regions.statistics import bootstrap_ci
+from roiroa.version import __version__
 
 __all__ = [
     "__version__",
+    "Experiment",
     "InputError",
     "ImageDataset",
     "load_dataset",
@@ -35,12 +48,12 @@ __all__ = [
     "FGSM",
     "LinfPGD",
     "L2PGD",
-    "AttackResult",
     "create_attack",
     "list_attacks",
     "Occlusion",
     "Saliency",
     "PerturbationMagnitude",
+    "record_attack",
     "create_estimator",
     "list_estimators",
     "grid_regions",
@@ -53,13 +66,18 @@ __all__ = [
     "spearman",
     "morans_i",
     "bootstrap_ci",
+    "FitData",
+    "FixedMask",
     "GlobalMask",
-    "Neutralizer",
+    "PerClassMask",
+    "PerInputMask",
+    "EqualAreaControl",
+    "Neutralized",
+    "Preprocessed",
     "neutralize",
-    "fill_value",
-    "random_mask_like",
-    "RunConfig",
-    "RunResult",
+    "make_fill",
+    "Config",
+    "config_from_dict",
     "load_config",
-    "run_experiment",
+    "quick",
 ]

@@ -1,82 +1,99 @@
-"""The command line: a thin layer over :func:`roiroa.run_experiment` and :func:`roiroa.report.write_run`.
+"""The command line: parse -> config -> command -> results folder, for every command alike.
 
-    roiroa run [--config FILE] [--out DIR] [--quick] [--seed N] [--device auto|cpu|cuda]
-               [--model ARCH] [--weights FILE] [--normalization PRESET] [--mean M --std S]
-    roiroa report RUN_DIR
-    roiroa defend [--config FILE] [--out DIR] [--quick] [--seed N] [--device auto|cpu|cuda]
+    roiroa run|defend|patches [--config FILE] [--quick] [--out DIR] [--overwrite] [--seed N] [--device D]
+                              [--data SRC] [--model ARCH] [--weights FILE] [--normalization P] [--no-cache]
+    roiroa report DIR [DIR ...] [--out FILE]
+    roiroa config [same options]      print the effective config (TOML)
     roiroa list
 
-Bad input ends with one line on stderr and exit code 2, and no run folder is written.
+Bad input ends with one line on stderr per problem and exit code 2, and nothing is written.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from roiroa.attacks.base import list_attacks
+from roiroa.version import __version__
 from roiroa.errors import InputError
-from roiroa.evaluate.config import RunConfig, load_config, quick, validate
-from roiroa.maps.registry import list_estimators, list_importance_estimators, list_vulnerability_estimators
-from roiroa.models.loading import check_weights_file
-from roiroa.models.registry import list_models
-from roiroa.utils import resolve_device, set_progress
+from roiroa.evaluate.config import Config, config_from_dict, load_config, quick, to_toml
+
+COMMANDS = {
+    "run": "the whole analysis: maps, regions, statistics with intervals, the global mask and its controls, the report",
+    "defend": "every defence and baseline against adaptive attackers: the table with intervals, sweep, sanity checks",
+    "patches": "patch attacks against per-input fragment defences and LGS",
+}
+EXAMPLES = {
+    "run": "examples:\n  roiroa run --quick\n  roiroa run --data cifar10_test_1000.npz --model resnet20 --weights resnet20.th --normalization imagenet",
+    "defend": "examples:\n  roiroa defend --quick\n  roiroa defend --config my.toml --out runs/defend --overwrite",
+    "patches": "examples:\n  roiroa patches --quick\n  roiroa patches --data d.npz --model resnet20 --weights w.th --normalization imagenet",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="roiroa", description="Region of Importance / Region of Attack analysis.")
+    parser.add_argument("--version", action="version", version=f"roiroa {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("--verbose", action="store_true", help="log the time of every stage")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the whole pipeline and write a results folder")
-    defend = sub.add_parser("defend", help="evaluate every defence and baseline (table, sweep, sanity checks)")
-    _add_experiment_options(run, "<date-time>")
-    _add_experiment_options(defend, "defend-<date-time>")
-    run.add_argument(
-        "--cache",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="reuse and store the results of finished stages (an interrupted run resumes); --no-cache recomputes",
+    for name, text in COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        add_config_options(p)
+        p.add_argument("--out", type=Path, help=f"results folder (default: roiroa-runs/{name}-<date-time>)")
+        p.add_argument("--overwrite", action="store_true", help="replace --out if it is a results folder roiroa wrote")
+        p.add_argument(
+            "--cache",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="reuse finished work (an interrupted run resumes); --no-cache recomputes",
+        )
+        p.add_argument(
+            "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars on stderr"
+        )
+    report = sub.add_parser("report", help="one self-contained HTML report of results folders")
+    report.add_argument("folders", type=Path, nargs="+", help="results folders written by run, defend or patches")
+    report.add_argument(
+        "--out",
+        type=Path,
+        help="the report file (default: DIR/report.html for one folder, roiroa-report.html for several)",
     )
-    report = sub.add_parser("report", help="write RUN_DIR/report.html, one self-contained page, from a run folder")
-    report.add_argument("run_dir", type=Path, help="a results folder written by `roiroa run`")
-    sub.add_parser("list", help="list registered models, attacks and estimators")
-    patches = sub.add_parser("patches", help="patch attacks against per-input fragment defences and LGS")
-    patches.add_argument("--config", type=Path, help="a .toml or .json patches config (see examples/)")
-    patches.add_argument("--out", type=Path, help="output folder (default: roiroa-runs/patches-<date-time>)")
-    patches.add_argument("--quick", action="store_true", help="50 test images, 100 fitting images, at most 20 steps")
-    patches.add_argument("--seed", type=int, help="seed of every random choice (default: the config's, 0)")
-    patches.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False, help="progress bars")
+    config = sub.add_parser("config", help="print the effective config as TOML (the defaults, a file, and the flags)")
+    add_config_options(config)
+    config.add_argument("--format", choices=("toml", "json"), default="toml", help="output format (default: toml)")
+    sub.add_parser("list", help="list registered models, attacks, estimators, scopes, fills and transforms")
     return parser
 
 
-def _add_experiment_options(parser: argparse.ArgumentParser, default_out: str) -> None:
-    """The options that `roiroa run` and `roiroa defend` share: config, data, model, seed, output."""
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """The options every experiment command shares: config, overlay, seed, device, data, model."""
     parser.add_argument(
-        "--config", type=Path, help="a .json or .toml config (a run folder's config.json repeats that run)"
+        "--config", type=Path, help="a .toml or .json config (a results folder's config.json repeats it)"
     )
-    parser.add_argument("--out", type=Path, help=f"results folder (default: roiroa-runs/{default_out})")
     parser.add_argument("--quick", action="store_true", help="a small, fast version of the config")
     parser.add_argument("--seed", type=int, help="seed of every random choice (default: the config's, 0)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to compute (default: auto)")
-    parser.add_argument("--data", help="dataset: 'mnist' (bundled), a .npz, an IDX images file, or an image folder")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument(
+        "--data", help="'mnist' (bundled), a .npz, an IDX images file, an image folder or a CIFAR batch"
+    )
     parser.add_argument("--labels", help="the IDX labels file, with an IDX images file as --data")
     parser.add_argument("--model", help="architecture: a registered name (roiroa list) or package.module:callable")
     parser.add_argument("--weights", help="pretrained weights to load instead of training (.pt/.pth/.th, .safetensors)")
-    parser.add_argument(
-        "--normalization", help="the weights' input normalization: none, cifar10, imagenet (applied inside the model)"
-    )
+    parser.add_argument("--normalization", help="the weights' input normalization: none, cifar10, imagenet")
     parser.add_argument("--mean", type=_floats, help="explicit normalization mean per channel, e.g. 0.5,0.5,0.5")
     parser.add_argument("--std", type=_floats, help="explicit normalization std per channel, e.g. 0.25,0.25,0.25")
     parser.add_argument("--trust-code", action="store_true", help="allow TorchScript weights (they run their own code)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
-    parser.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars on stderr"
-    )
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -84,126 +101,115 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(","))
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The config file (or the defaults) with the command line's overrides applied."""
-    config = load_config(args.config) if args.config else RunConfig()
-    top = {k: v for k, v in (("seed", args.seed), ("device", args.device)) if v is not None}
-    data = {k: v for k, v in (("source", args.data), ("labels", args.labels)) if v is not None}
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config file (or the defaults) with the command line's overrides and overlay, checked as a whole."""
+    base = load_config(args.config).to_dict() if args.config else Config().to_dict()
+    flags = {"seed": args.seed, "device": args.device}
+    data = {"source": args.data, "labels": args.labels}
     model = {
-        k: v
-        for k, v in (
-            ("arch", args.model),
-            ("weights", args.weights),
-            ("normalization", args.normalization),
-            ("mean", args.mean),
-            ("std", args.std),
-            ("trust_code", args.trust_code or None),
-        )
-        if v is not None
+        "arch": args.model,
+        "weights": args.weights,
+        "normalization": args.normalization,
+        "mean": args.mean,
+        "std": args.std,
     }
-    config = dataclasses.replace(
-        config, **top, data=dataclasses.replace(config.data, **data), model=dataclasses.replace(config.model, **model)
-    )
-    if args.quick:
-        config = quick(config)
-    validate(config)
-    resolve_device(config.device)  # a missing GPU is bad input too: fail before any work
-    if config.model.weights is not None:  # a missing, corrupt or unsafe weights file too
-        check_weights_file(config.model.weights, config.model.trust_code)
-    return config
+    model["trust_code"] = args.trust_code or None
+    base |= {k: v for k, v in flags.items() if v is not None}
+    base["data"] |= {k: v for k, v in data.items() if v is not None}
+    base["model"] |= {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.items() if v is not None}
+    config = config_from_dict(base)
+    return quick(config) if args.quick else config
 
 
-def command_run(args: argparse.Namespace) -> int:
-    from roiroa.evaluate.runner import run_experiment
-    from roiroa.evaluate.stages import StageCache
-    from roiroa.report import headline_table, write_run
-    from roiroa.report.run_folder import prepare_out_dir
+def protected_paths(config: Config) -> list[Path]:
+    """Files a results folder must never hold: the data and the weights."""
+    found = [
+        config.data.source,
+        config.data.labels,
+        config.data.fit_source,
+        config.data.fit_labels,
+        config.model.weights,
+    ]
+    return [Path(p) for p in found if p and Path(p).exists()]
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """run, defend or patches: checks, the lock on --out, the work, the folder, the table."""
+    from roiroa.cache import StageCache
+    from roiroa.report import claim_folder, release, terminal_table, write_folder
+    from roiroa.utils import set_progress
 
     config = config_from_args(args)
-    out = args.out or Path("roiroa-runs") / time.strftime("%Y%m%d-%H%M%S")
-    prepare_out_dir(out, args.overwrite)  # fail before the work, not after
-    set_progress(args.progress)
-    result = run_experiment(config, None if args.cache else StageCache(None))
-    write_run(result, out, args.overwrite)
-    print(headline_table(result.results))
-    print(f"results: {out}/ (report.html, results.json, metrics.csv, per_image.csv, maps.npz, examples.png, ...)")
+    out = args.out or Path("roiroa-runs") / time.strftime(f"{args.command}-%Y%m%d-%H%M%S")
+    claim = claim_folder(out, args.overwrite, protected_paths(config))
+    try:
+        set_progress(args.progress)
+        result = commands()[args.command](config, cache=StageCache.default() if args.cache else StageCache(None))
+        write_folder(result.folder, out, claim=claim)
+    finally:
+        release(claim)
+    print(terminal_table(result.results))
+    print(f"results: {out}/ (report.html, results.json, metrics.csv, ...)")
     return 0
+
+
+def commands() -> dict[str, Callable[..., Any]]:
+    from roiroa.evaluate.defend import run_defend
+    from roiroa.evaluate.patches import run_patches
+    from roiroa.evaluate.run import run_experiment
+
+    return {"run": run_experiment, "defend": run_defend, "patches": run_patches}
 
 
 def command_report(args: argparse.Namespace) -> int:
     from roiroa.report.html import write_report
 
-    print(f"report: {write_report(args.run_dir)}")
+    out = args.out or (args.folders[0] / "report.html" if len(args.folders) == 1 else Path("roiroa-report.html"))
+    print(f"report: {write_report(args.folders, out)}")
     return 0
 
 
-def command_defend(args: argparse.Namespace) -> int:
-    from roiroa.evaluate.defend import defence_table, run_defend
-    from roiroa.report.defence import write_defence
-    from roiroa.report.run_folder import prepare_out_dir
-
-    config = config_from_args(args)
-    out = args.out or Path("roiroa-runs") / time.strftime("defend-%Y%m%d-%H%M%S")
-    prepare_out_dir(out, args.overwrite)
-    set_progress(args.progress)
-    result = run_defend(config)
-    write_defence(result, out, args.overwrite)
-    print(defence_table(result))
-    print(f"results: {out}/ (defence.csv, defence.json, defence.png, config.json)")
+def command_config(args: argparse.Namespace) -> int:
+    data = config_from_args(args).to_dict()
+    print(json.dumps(data, indent=2) if args.format == "json" else to_toml(data))
     return 0
 
 
 def command_list() -> int:
-    print("models:     " + ", ".join(list_models()))
-    print("attacks:    " + ", ".join(list_attacks()))
-    print("estimators: " + ", ".join(list_estimators()))
-    print("  importance (maps.importance):                " + ", ".join(list_importance_estimators()))
-    print("  vulnerability (maps.vulnerability_estimator): " + ", ".join(list_vulnerability_estimators()))
-    return 0
+    from roiroa.attacks.base import list_attacks
+    from roiroa.defence import BASELINES, FILLS, SCOPES
+    from roiroa.maps.registry import list_importance_estimators, list_vulnerability_estimators
+    from roiroa.models.registry import list_models
 
-
-def command_patches(args: argparse.Namespace) -> int:
-    from roiroa.evaluate.patches import (
-        PatchEvalConfig,
-        evaluate_patches,
-        load_patch_config,
-        patch_table,
-        quick_patch_config,
-        validate_patch_config,
-        write_patch_results,
-    )
-
-    config = load_patch_config(args.config) if args.config else PatchEvalConfig()
-    if args.seed is not None:
-        config = dataclasses.replace(config, seed=args.seed)
-    if args.quick:
-        config = quick_patch_config(config)
-    validate_patch_config(config)
-    resolve_device(config.device)
-    out = args.out or Path("roiroa-runs") / time.strftime("patches-%Y%m%d-%H%M%S")
-    set_progress(args.progress)
-    rows, meta = evaluate_patches(config)
-    write_patch_results(rows, meta, out)
-    print(patch_table(rows))
-    print(f"results: {out}/ (patches.csv, patches.json, patches.png); {meta['n_test']} test images")
+    rows = {
+        "models": list_models(),
+        "attacks": list_attacks(),
+        "importance": list_importance_estimators(),
+        "vulnerability": list_vulnerability_estimators(),
+        "mask scopes": SCOPES.names(),
+        "fills": FILLS.names(),
+        "transforms": [*BASELINES.names(), "adv_training"],
+    }
+    for name, values in rows.items():
+        print(f"{name + ':':<15}" + ", ".join(values))
+    print("any of them can also be user code, named package.module:callable")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr
+    )
     try:
-        if args.command == "patches":
-            return command_patches(args)
-        if args.command == "report":
-            return command_report(args)
-        if args.command == "defend":
-            return command_defend(args)
-        return command_run(args) if args.command == "run" else command_list()
+        if args.command in COMMANDS:
+            return run_command(args)
+        return {"report": command_report, "config": command_config}.get(args.command, lambda _: command_list())(args)
     except InputError as err:
         if args.debug:
             raise
-        print(f"roiroa: error: {err}", file=sys.stderr)
+        for line in str(err).splitlines() or [type(err).__name__]:
+            print(f"roiroa: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

@@ -1,8 +1,13 @@
-"""Registries by name (as in timm): one per kind of component (models, attacks, estimators)."""
+"""Registries by name (as in timm): one per kind of component (models, attacks, estimators, scopes, fills, ...).
+
+A name of the form ``package.module:callable`` is a plug-in: the callable is imported from the user's code
+and used like a registered factory, so a user's attack, estimator, mask scope or fill needs no edit of roiroa.
+"""
 
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import inspect
 import warnings
 from collections.abc import Callable
@@ -11,6 +16,27 @@ from typing import Any, Generic, TypeVar
 from roiroa.errors import InputError
 
 T = TypeVar("T")
+
+
+def is_plugin(name: object) -> bool:
+    """True for a 'package.module:callable' name (user code), False for a registered name."""
+    return isinstance(name, str) and ":" in name
+
+
+def load_callable(spec: str, kind: str) -> Callable[..., Any]:
+    """The callable named by ``spec`` = 'package.module:attribute' (user code), or an InputError of one line."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise InputError(f"{kind} {spec!r}: give user code as package.module:callable.")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # noqa: BLE001 (user code may raise anything while it is imported)
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"{kind} {spec!r}: cannot import {module_name!r} ({first}); check PYTHONPATH.") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InputError(f"{kind} {spec!r}: {module_name} has no callable {attr!r}; give package.module:callable.")
+    return factory  # type: ignore[no-any-return]
 
 
 class Registry(Generic[T]):
@@ -36,7 +62,10 @@ class Registry(Generic[T]):
         return sorted(n for n in self._factories if fnmatch.fnmatch(n, pattern))
 
     def get(self, name: str) -> Callable[..., T]:
-        """The factory registered as ``name``; an unknown name lists the valid ones."""
+        """The factory registered as ``name`` (or user code 'package.module:callable'); an unknown name lists
+        the valid ones."""
+        if is_plugin(name):
+            return load_callable(name, self.kind)
         if not isinstance(name, str) or name not in self._factories:
             raise InputError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}.")
         return self._factories[name]
@@ -50,4 +79,12 @@ class Registry(Generic[T]):
             raise InputError(
                 f"{self.kind} {name!r}: {err}; see help() of {factory.__name__} for its parameters."
             ) from None
-        return factory(**kwargs)
+        try:
+            return factory(**kwargs)
+        except InputError:
+            raise
+        except Exception as err:
+            if not is_plugin(name):
+                raise
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise InputError(f"{self.kind} {name!r} raised {type(err).__name__}: {first}; fix that code.") from None

@@ -43,13 +43,19 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA where available, else CPU; 'cpu' and 'cuda' as given (CUDA must exist)."""
+    """'auto' -> CUDA where available, else CPU; 'cpu', 'cuda' and 'cuda:N' as given (that GPU must exist)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was asked for but PyTorch sees no CUDA GPU: use --device cpu.")
-    if name not in ("cpu", "cuda"):
-        raise InputError(f"device must be 'auto', 'cpu' or 'cuda'; got {name!r}.")
+    if name == "cpu":
+        return torch.device("cpu")
+    index = name.partition(":")[2]
+    if not (name == "cuda" or (name.startswith("cuda:") and index.isdigit())):
+        raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {name!r}.")
+    if not torch.cuda.is_available():
+        raise InputError(f"device {name!r} was asked for but PyTorch sees no CUDA GPU: use --device cpu.")
+    if index and int(index) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise InputError(f"device {name!r}: PyTorch sees {count} GPU(s), cuda:0..cuda:{count - 1}; choose one of them.")
     return torch.device(name)
 
 

@@ -3,8 +3,8 @@
 from roiroa.attacks.base import (
     ATTACKS,
     Attack,
-    AttackResult,
     GradientAttack,
+    attack_params,
     create_attack,
     list_attacks,
     loss_gradient,
@@ -21,7 +21,7 @@ __all__ = [
     "Attack",
     "CarliniWagnerL2",
     "DeepFool",
-    "AttackResult",
+    "attack_params",
     "GradientAttack",
     "FGSM",
     "LinfPGD",

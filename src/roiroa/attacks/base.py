@@ -1,8 +1,9 @@
 """The shared gradient loop of every L-infinity and L2 attack (as in Foolbox 3).
 
-Every attack has one signature, ``attack(model, x, y, mask=None) -> x_adv``, and ``attack.run(...)``
-returns an :class:`AttackResult` that also holds the accumulated gradient map. The loop follows
-ART's ``ProjectedGradientDescent`` step for step (gradient, mask, normalize, step, clip to [0, 1],
+Every attack has one signature, ``attack(model, x, y, mask=None) -> x_adv``. Nothing else is asked of an
+attack: where its gradients act (the vulnerability map of an L-infinity attack) is recorded from the outside by
+:mod:`roiroa.maps.recorder`, so an attack from ART, torchattacks or Foolbox gives the same kind of RoA. The loop
+follows ART's ``ProjectedGradientDescent`` step for step (gradient, mask, normalize, step, clip to [0, 1],
 project onto the eps-ball), so both give the same images from the same start.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, is_dataclass
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
@@ -23,21 +24,6 @@ from roiroa.utils import batch_slices, model_device, progress
 from roiroa.validation import check_bool, check_images, check_labels, check_mask, check_model_output, check_number
 
 Norm = Literal["linf", "l2", "l1"]
-
-
-@dataclass(frozen=True)
-class AttackResult:
-    """What an attack produced.
-
-    Attributes:
-        x_adv: (N, C, H, W) in [0, 1], within eps of x.
-        grad_map: (N, H, W) >= 0, the magnitude of the loss gradient (L2 over channels) summed
-            over all steps and restarts, zero outside the mask. Unlike |x_adv - x| it does not
-            saturate at eps, so it ranks positions even for L-infinity attacks.
-    """
-
-    x_adv: torch.Tensor
-    grad_map: torch.Tensor
 
 
 def loss_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -95,9 +81,7 @@ def random_start(x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
     return direction / _flat_norm(direction) * radius
 
 
-ChunkAttack = Callable[
-    [nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | None"], tuple[torch.Tensor, torch.Tensor]
-]
+ChunkAttack = Callable[[nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
 def run_in_chunks(
@@ -108,9 +92,9 @@ def run_in_chunks(
     mask: torch.Tensor | None,
     batch_size: int,
     desc: str,
-) -> AttackResult:
-    """Check the inputs, then call ``attack_chunk(model, x, y, mask) -> (x_adv, grad_map)`` on chunks of
-    ``batch_size`` images on the model's device; the result is on x's device. Every attack's ``run``.
+) -> torch.Tensor:
+    """Check the inputs, then call ``attack_chunk(model, x, y, mask) -> x_adv`` on chunks of ``batch_size``
+    images on the model's device; x_adv (N, C, H, W) is returned on x's device. Every attack's ``__call__``.
 
     Args:
         x: (N, C, H, W) in [0, 1]; y: (N,) int64; mask: optional (N or 1, 1, H, W) in {0, 1}.
@@ -125,13 +109,14 @@ def run_in_chunks(
     for s in progress(batch_slices(len(x), batch_size), desc):
         m = None if mask is None else (mask if len(mask) == 1 else mask[s]).to(device, x.dtype)
         outs.append(attack_chunk(model, x[s].to(device), y[s].to(device), m))
-    return AttackResult(torch.cat([o[0] for o in outs]).to(x.device), torch.cat([o[1] for o in outs]).to(x.device))
+    return torch.cat(outs).to(x.device)
 
 
 class AttackCalls:
-    """What every attack class shares: ``attack(model, x, y, mask)`` returns ``run(...).x_adv``, and
-    ``params()`` the dataclass fields with the attack's name and norm. Subclasses are dataclasses with
-    the class constants ``name`` and ``norm`` and a ``run`` method."""
+    """What every attack class shares: ``attack(model, x, y, mask)`` runs ``_attack_chunk`` on chunks of
+    ``batch_size`` images, and ``params()`` gives the dataclass fields with the attack's name and norm.
+    Subclasses are dataclasses with the class constants ``name`` and ``norm``, a ``batch_size`` field and
+    ``_attack_chunk(model, x, y, mask) -> x_adv``."""
 
     name: ClassVar[str]
     norm: ClassVar[Norm]
@@ -140,13 +125,27 @@ class AttackCalls:
         """The hyperparameters as a JSON-able dict with the keys 'attack' and 'norm'."""
         return {"attack": self.name, "norm": self.norm, **asdict(self)}  # type: ignore[call-overload]
 
+    batch_size: int
+
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Adversarial images x_adv: (N, C, H, W) in [0, 1]; see ``run``."""
-        return self.run(model, x, y, mask).x_adv
+        """Attack ``model`` (in eval mode, left unchanged) on x in chunks of ``batch_size``.
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
+        Args:
+            model: logits (N, K) from (N, C, H, W).
+            x: (N, C, H, W) in [0, 1], any device; chunks go to the model's device.
+            y: (N,) int64 true labels (the attack raises their loss).
+            mask: optional (N or 1, 1, H, W) in {0, 1}: where the perturbation may act.
+
+        Returns:
+            x_adv: (N, C, H, W) in [0, 1] on x's device.
+        """
+        return run_in_chunks(self._attack_chunk, model, x, y, mask, self.batch_size, type(self).__name__)
+
+    def _attack_chunk(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -188,48 +187,29 @@ class GradientAttack(AttackCalls):
         }
         return {"attack": self.name, "norm": self.norm, **asdict(self), **resolved}  # type: ignore[call-overload]
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
-        """Attack ``model`` (in eval mode) on x in chunks of ``batch_size``.
-
-        Args:
-            model: logits (N, K) from (N, C, H, W); left unchanged.
-            x: (N, C, H, W) in [0, 1], any device; chunks go to the model's device.
-            y: (N,) int64 true labels (the attack raises their loss).
-            mask: optional (N or 1, 1, H, W) in {0, 1}: where the perturbation may act.
-
-        Returns:
-            AttackResult with tensors on x's device.
-        """
-        return run_in_chunks(self._attack_chunk, model, x, y, mask, self.batch_size, type(self).__name__)
-
     def _attack_chunk(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
         """Best of the restarts: the first restart's result, replaced by a later one that succeeds."""
-        best, grad_map = self._one_start(model, x, y, mask)
+        best = self._one_start(model, x, y, mask)
         for _ in range(self.restarts - 1):
             fooled = _fooled(model, best, y)
-            x_adv, more = self._one_start(model, x, y, mask)
-            grad_map += more
+            x_adv = self._one_start(model, x, y, mask)
             take = ~fooled & _fooled(model, x_adv, y)
             best = torch.where(take.view(-1, 1, 1, 1), x_adv, best)
-        return best, grad_map
+        return best
 
-    def _one_start(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _one_start(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         keep: Callable[[torch.Tensor], torch.Tensor] = (lambda t: t) if mask is None else (lambda t: t * mask)
         x_adv = x.clone()
         if self.random_start:
             x_adv = (x + keep(random_start(x, self.eps, self.norm))).clamp(0.0, 1.0)
-        grad_map = torch.zeros(x.shape[0], *x.shape[2:], device=x.device, dtype=x.dtype)
         step = self.step_size_value()
         for _ in range(self.steps):
             grad = keep(loss_gradient(model, x_adv, y))
-            grad_map += grad.norm(dim=1)
             x_adv = (x_adv + step * normalize_step(grad, self.norm)).clamp(0.0, 1.0)
             x_adv = x + project(x_adv - x, self.eps, self.norm)
-        return x_adv.detach(), grad_map
+        return x_adv.detach()
 
 
 @torch.no_grad()
@@ -257,13 +237,14 @@ class Attack(Protocol):
         """x_adv: (N, C, H, W) in [0, 1]; ``mask`` (N or 1, 1, H, W) in {0, 1} restricts where it acts."""
         ...
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
-        """The adversarial images and the attack's gradient map."""
-        ...
 
-    def params(self) -> dict[str, Any]:
-        """The hyperparameters as a JSON-able dict with the key 'attack'."""
-        ...
+def attack_params(attack: Attack) -> dict[str, Any]:
+    """The attack's hyperparameters as a JSON-able dict (its ``params()``; for a user's attack without one,
+    its dataclass fields or its repr), with the keys 'attack' and 'norm'."""
+    if callable(getattr(attack, "params", None)):
+        return dict(attack.params())  # type: ignore[attr-defined]
+    fields = asdict(attack) if is_dataclass(attack) and not isinstance(attack, type) else {"repr": repr(attack)}
+    return {"attack": type(attack).__name__, "norm": attack.norm, **fields}
 
 
 ATTACKS: Registry[Attack] = Registry("attack")

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from roiroa.attacks.base import AttackCalls, AttackResult, Norm, register_attack, run_in_chunks
+from roiroa.attacks.base import AttackCalls, Norm, register_attack
 from roiroa.validation import check_number
 
 
@@ -61,17 +61,9 @@ class CarliniWagnerL2(AttackCalls):
         check_number(owner, "learning_rate", self.learning_rate, low=0.0, low_open=True)
         check_number(owner, "batch_size", self.batch_size, low=1, integer=True)
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
-        """Attack x: (N, C, H, W) in [0, 1] with labels y: (N,); ``mask`` (N or 1, 1, H, W) limits where.
-
-        The grad_map is the L2 (over channels) of the objective's gradient w.r.t. the image, summed
-        over all steps.
-        """
-        return run_in_chunks(self._attack_chunk, model, x, y, mask, self.batch_size, "CarliniWagnerL2")
-
     def _attack_chunk(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
         n = len(x)
         keep = torch.ones_like(x[:, :1]) if mask is None else mask.expand(n, 1, *x.shape[2:])
         # tanh space: image = (tanh(w) + 1) / 2; atanh of x pulled slightly inside (0, 1).
@@ -81,7 +73,6 @@ class CarliniWagnerL2(AttackCalls):
         upper = torch.full_like(const, float("inf"))
         best_l2 = torch.full_like(const, float("inf"))
         best = x.clone()
-        grad_map = torch.zeros(n, *x.shape[2:], device=x.device, dtype=x.dtype)
         for _ in range(self.binary_search_steps):
             w = w0.clone().requires_grad_(True)
             opt = torch.optim.Adam([w], lr=self.learning_rate)
@@ -95,8 +86,7 @@ class CarliniWagnerL2(AttackCalls):
                     hinge = margin(logits, y).clamp(min=-self.confidence)
                     loss = (l2 + const * hinge).sum()
                     # autograd.grad, not backward: the model's parameter gradients stay untouched.
-                    w.grad, grad_image = torch.autograd.grad(loss, [w, x_adv])
-                grad_map += (grad_image * keep).norm(dim=1)
+                    (w.grad,) = torch.autograd.grad(loss, [w])
                 opt.step()
                 with torch.no_grad():
                     success = margin(logits, y) < -self.confidence if self.confidence > 0 else logits.argmax(1) != y
@@ -108,4 +98,4 @@ class CarliniWagnerL2(AttackCalls):
             upper = torch.where(found, torch.minimum(upper, const), upper)
             lower = torch.where(found, lower, torch.maximum(lower, const))
             const = torch.where(torch.isinf(upper), const * 10, (lower + upper) / 2)
-        return best.detach(), grad_map
+        return best.detach()

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from roiroa.attacks.base import AttackCalls, AttackResult, Norm, register_attack, run_in_chunks
+from roiroa.attacks.base import AttackCalls, Norm, register_attack
 from roiroa.validation import check_number
 
 _TOL = 1e-7  # ART's guard against division by zero
@@ -60,20 +60,12 @@ class DeepFool(AttackCalls):
         check_number(owner, "overshoot", self.overshoot, low=0.0)
         check_number(owner, "batch_size", self.batch_size, low=1, integer=True)
 
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
-        """Attack x: (N, C, H, W) in [0, 1] away from labels y: (N,); ``mask`` (N or 1, 1, H, W) limits where.
-
-        The grad_map is the L2 (over channels) of the steps taken, summed over the iterations.
-        """
-        return run_in_chunks(self._attack_chunk, model, x, y, mask, self.batch_size, "DeepFool")
-
     def _attack_chunk(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
         n = len(x)
         rows = torch.arange(n, device=x.device)
         x_adv = x.clone()
-        grad_map = torch.zeros(n, *x.shape[2:], device=x.device, dtype=x.dtype)
         logits, grads = class_gradients(model, x_adv)
         active = logits.argmax(1) == y
         for _ in range(self.steps):
@@ -89,9 +81,8 @@ class DeepFool(AttackCalls):
             w = grad_diff[rows, nearest]  # (N, C, H, W)
             r = (f_diff[rows, nearest].abs() / (w.flatten(1).norm(dim=1) ** 2 + _TOL)).view(-1, 1, 1, 1) * w
             r = r * active.view(-1, 1, 1, 1).to(x.dtype)
-            grad_map += r.norm(dim=1)
             x_adv = (x_adv + r).clamp(0.0, 1.0)
             logits, grads = class_gradients(model, x_adv)
             active &= logits.argmax(1) == y
         x_adv = (x + (1 + self.overshoot) * (x_adv - x)).clamp(0.0, 1.0)
-        return x_adv.detach(), grad_map
+        return x_adv.detach()

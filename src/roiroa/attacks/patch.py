@@ -7,7 +7,8 @@
 - ``patch-universal`` (:class:`UniversalPatch`, Brown et al. 2017): one patch optimised over many images with a
   random placement per image and step, untargeted or towards one target class.
 
-Every result is a :class:`PatchResult`: an AttackResult that also holds where the patch is, (N, 1, H, W) bool.
+``attack(model, x, y)`` returns x_adv like every attack; ``attack.run(...)`` returns a :class:`PatchResult` that also
+holds where the patch is, (N, 1, H, W) bool (for detection IoU).
 Attacks accept ``penalty_weight``: with w > 0 the model must have a method ``penalty(x) -> (N,)`` (for example a
 defence's differentiable anomaly score) and the attack maximises CE - w * penalty (the adaptive attack that keeps
 its patch looking clean to a detector).
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from roiroa.attacks.base import AttackResult, GradientAttack, Norm, project, random_start, register_attack
+from roiroa.attacks.base import GradientAttack, Norm, project, random_start, register_attack
 from roiroa.errors import InputError
 from roiroa.utils import batch_slices, model_device, progress
 from roiroa.validation import check_choice, check_images, check_labels, check_mask, check_number
@@ -34,16 +35,31 @@ LOCATIONS = ("random", "center")
 
 
 @dataclass(frozen=True)
-class PatchResult(AttackResult):
-    """An AttackResult of a localized attack.
+class PatchResult:
+    """What a localized attack produced.
 
     Attributes:
+        x_adv: (N, C, H, W) in [0, 1].
         patch_mask: (N, 1, H, W) bool, where the attack was allowed to act (the true patch, for detection IoU).
         patch: (C, s, s) in [0, 1], the universal patch; None for per-image attacks.
     """
 
+    x_adv: torch.Tensor
     patch_mask: torch.Tensor
     patch: torch.Tensor | None = None
+
+
+class PatchCalls:
+    """``attack(model, x, y, mask)`` is ``attack.run(model, x, y, mask).x_adv`` for the patch attacks."""
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x_adv: (N, C, H, W) in [0, 1]; see ``run``."""
+        return self.run(model, x, y, mask).x_adv
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> PatchResult:
+        raise NotImplementedError
 
 
 def patch_side(height: int, width: int, area: float) -> int:
@@ -96,7 +112,7 @@ def _check_penalty(owner: str, weight: float) -> None:
 
 
 @dataclass(kw_only=True)
-class _SquareAttack(GradientAttack):
+class _SquareAttack(PatchCalls, GradientAttack):
     """L-infinity PGD inside one square per image; the fields common to LaVAN and masked PGD."""
 
     norm: ClassVar[Norm] = "linf"
@@ -132,25 +148,21 @@ class _SquareAttack(GradientAttack):
             gen = torch.Generator().manual_seed(self.seed)
             mask = square_masks(len(x), x.shape[2], x.shape[3], side, self.location, gen).to(x.device)
         check_mask(mask, x)
-        result = super().run(model, x, y, mask.float())
-        return PatchResult(result.x_adv, result.grad_map, mask.bool().expand(len(x), -1, -1, -1).clone())
+        x_adv = GradientAttack.__call__(self, model, x, y, mask.float())
+        return PatchResult(x_adv, mask.bool().expand(len(x), -1, -1, -1).clone())
 
-    def _one_start(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _one_start(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         # The base loop with the objective of _loss (adds the optional penalty); mask is always set here.
         assert mask is not None
         x_adv = x.clone()
         if self.random_start:
             x_adv = (x + mask * random_start(x, self.eps, "linf")).clamp(0.0, 1.0)
-        grad_map = torch.zeros(x.shape[0], *x.shape[2:], device=x.device, dtype=x.dtype)
         step = self.step_size_value()
         for _ in range(self.steps):
             grad = mask * _gradient(model, x_adv, y, None, self.penalty_weight)
-            grad_map += grad.norm(dim=1)
             x_adv = (x_adv + step * grad.sign()).clamp(0.0, 1.0)
             x_adv = x + project(x_adv - x, self.eps, "linf")
-        return x_adv.detach(), grad_map
+        return x_adv.detach()
 
 
 @register_attack("patch-lavan")
@@ -228,7 +240,7 @@ def _corners(mask: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]
 
 @register_attack("patch-universal")
 @dataclass(kw_only=True)
-class UniversalPatch(GradientAttack):
+class UniversalPatch(PatchCalls, GradientAttack):
     """Universal adversarial patch (Brown et al. 2017): one square patch for every image, random placement.
 
     ``fit(model, x, y)`` optimises the patch on training images with a fresh random location for every
@@ -303,7 +315,7 @@ class UniversalPatch(GradientAttack):
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> PatchResult:
         """Paste the fitted patch on x: (N, C, H, W); at the corner of each ``mask``'s bounding box, else at
-        ``location`` (seeded). grad_map is the loss-gradient magnitude at the pasted images, inside the patch."""
+        ``location`` (seeded)."""
         check_images(x)
         check_labels(y, len(x))
         if not hasattr(self, "patch_"):
@@ -322,10 +334,4 @@ class UniversalPatch(GradientAttack):
             patch_mask[i, 0, t : t + side, left : left + side] = True
         patch_mask &= mask.expand(len(x), -1, -1, -1).cpu().bool()  # never outside the mask (an empty mask: no patch)
         x_adv = torch.where(patch_mask, x_adv, x.cpu())
-        device = model_device(model)
-        grads = [
-            _gradient(model, x_adv[s].to(device), y[s].to(device), self.target, 0.0).norm(dim=1).cpu()
-            for s in batch_slices(len(x), self.batch_size)
-        ]
-        grad_map = torch.cat(grads) * patch_mask[:, 0]
-        return PatchResult(x_adv.to(x.device), grad_map.to(x.device), patch_mask.to(x.device), self.patch_.clone())
+        return PatchResult(x_adv.to(x.device), patch_mask.to(x.device), self.patch_.clone())

@@ -17,9 +17,8 @@ from typing import ClassVar, cast
 import torch
 from torch import nn
 
-from roiroa.attacks.base import ATTACKS, AttackCalls, AttackResult, GradientAttack, Norm
-from roiroa.utils import batch_slices, model_device, progress
-from roiroa.validation import check_images, check_labels, check_mask, check_number
+from roiroa.attacks.base import ATTACKS, AttackCalls, GradientAttack, Norm
+from roiroa.validation import check_number
 
 _INTERVALS = (0.001, 0.005, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
 _RATIOS = (1, 1 / 2, 1 / 4, 1 / 8, 1 / 16, 1 / 32, 1 / 64, 1 / 128, 1 / 256, 1 / 512)
@@ -54,6 +53,7 @@ class SquareAttack(AttackCalls):
 
     name: ClassVar[str] = "square"
     norm: ClassVar[Norm] = "linf"
+    gradient_free: ClassVar[bool] = True  # queries outputs only: evaluated on a defence as it is
     eps: float = 0.15
     queries: int = 1000
     p_init: float = 0.8
@@ -66,27 +66,6 @@ class SquareAttack(AttackCalls):
         check_number("SquareAttack", "p_init", self.p_init, low=0.0, low_open=True, high=1.0)
         check_number("SquareAttack", "restarts", self.restarts, low=1, integer=True)
         check_number("SquareAttack", "batch_size", self.batch_size, low=1, integer=True)
-
-    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> AttackResult:
-        """Attack ``model`` on x in chunks of ``batch_size``.
-
-        Args:
-            x: (N, C, H, W) in [0, 1]; y: (N,) true labels; mask: optional (N or 1, 1, H, W) in {0, 1}.
-
-        Returns:
-            AttackResult; its ``grad_map`` is |x_adv - x| (L2 over channels), as the attack has no gradient.
-        """
-        check_images(x)
-        check_labels(y, len(x))
-        if mask is not None:
-            check_mask(mask, x)
-        device = model_device(model)
-        outs = []
-        for s in progress(batch_slices(len(x), self.batch_size), type(self).__name__):
-            m = None if mask is None else (mask if len(mask) == 1 else mask[s]).to(device, x.dtype)
-            outs.append(self._attack_chunk(model, x[s].to(device), y[s].to(device), m))
-        x_adv = torch.cat(outs).to(x.device)
-        return AttackResult(x_adv, (x_adv - x).norm(dim=1))
 
     def _p(self, i: int) -> float:
         """The fraction of pixels in the square at iteration i (ART's schedule)."""

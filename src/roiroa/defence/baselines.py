@@ -9,9 +9,8 @@ gradient (bit depth, median, JPEG) is passed with BPDA (identity backward), the 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,8 +23,6 @@ from roiroa.defence.adaptive import bpda
 from roiroa.filters import gaussian_blur
 from roiroa.registry import Registry
 from roiroa.validation import check_number
-
-BASELINE_NAMES = ("bit_depth", "median", "jpeg", "blur", "adv_training")
 
 
 def bit_depth(x: torch.Tensor, bits: int = 3) -> torch.Tensor:
@@ -69,61 +66,110 @@ def blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     return gaussian_blur(x, sigma)
 
 
-@dataclass(frozen=True)
-class Baseline:
-    """A named input transformation and whether its gradient is exact or replaced by BPDA."""
+class Transform(Protocol):
+    """An input transformation T: x (N, C, H, W) in [0, 1] -> the same shape and range.
 
-    name: str
-    transform: Callable[[torch.Tensor], torch.Tensor]
-    params: dict[str, Any]
-    differentiable: bool
+    ``differentiable`` (default False) says whether an adaptive attack may use T's own gradient; otherwise it
+    goes through T with BPDA (identity backward).
+    """
 
-    def describe(self) -> str:
-        return f"{self.name}(" + ", ".join(f"{k}={v}" for k, v in self.params.items()) + ")"
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
-BASELINES: Registry[Baseline] = Registry("baseline")
+BASELINES: Registry[Transform] = Registry("transform")
 
 
 @BASELINES.register("bit_depth")
-def bit_depth_baseline(bits: int = 3) -> Baseline:
-    check_number("bit_depth", "bits", bits, low=1, high=16, integer=True)
-    return Baseline("bit_depth", lambda x: bit_depth(x, bits), {"bits": bits}, False)
+@dataclass(frozen=True)
+class BitDepth:
+    """Feature squeezing by bit depth (Xu et al. 2018): ``bits`` bits per value. Default 3."""
+
+    bits: int = 3
+    differentiable = False
+
+    def __post_init__(self) -> None:
+        check_number("bit_depth", "bits", self.bits, low=1, high=16, integer=True)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return bit_depth(x, self.bits)
 
 
 @BASELINES.register("median")
-def median_baseline(size: int = 3) -> Baseline:
-    check_number("median", "size", size, low=1, integer=True)
-    return Baseline("median", lambda x: median_smoothing(x, size), {"size": size}, False)
+@dataclass(frozen=True)
+class MedianSmoothing:
+    """Median smoothing over a size x size window (feature squeezing). Default 3."""
+
+    size: int = 3
+    differentiable = False
+
+    def __post_init__(self) -> None:
+        check_number("median", "size", self.size, low=1, integer=True)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return median_smoothing(x, self.size)
 
 
 @BASELINES.register("jpeg")
-def jpeg_baseline(quality: int = 50) -> Baseline:
-    check_number("jpeg", "quality", quality, low=1, high=95, integer=True)
-    return Baseline("jpeg", lambda x: jpeg(x, quality), {"quality": quality}, False)
+@dataclass(frozen=True)
+class Jpeg:
+    """JPEG compression at ``quality`` (Dziugaite et al. 2016; Guo et al. 2018). Default 50."""
+
+    quality: int = 50
+    differentiable = False
+
+    def __post_init__(self) -> None:
+        check_number("jpeg", "quality", self.quality, low=1, high=95, integer=True)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return jpeg(x, self.quality)
 
 
 @BASELINES.register("blur")
-def blur_baseline(sigma: float = 1.0) -> Baseline:
-    check_number("blur", "sigma", sigma, low=0.0, low_open=True)
-    return Baseline("blur", lambda x: blur(x, sigma), {"sigma": sigma}, True)
+@dataclass(frozen=True)
+class Blur:
+    """Gaussian blur with ``sigma`` pixels; its gradient is exact. Default 1.0."""
+
+    sigma: float = 1.0
+    differentiable = True
+
+    def __post_init__(self) -> None:
+        check_number("blur", "sigma", self.sigma, low=0.0, low_open=True)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return blur(x, self.sigma)
+
+
+def describe_transform(transform: Transform) -> str:
+    """'name(param=value, ...)' of a transform dataclass, or its class name."""
+    params = asdict(transform) if is_dataclass(transform) and not isinstance(transform, type) else {}
+    name = type(transform).__name__
+    return f"{name}(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
 
 
 class Preprocessed(nn.Module):
-    """f o T: the baseline's transform, then the classifier.
+    """f o T: an input transformation, then the classifier: the one preprocessed-model class.
 
-    The backward pass is exact for a differentiable transform and BPDA (identity) otherwise, so an attack
-    crafted through this module is the adaptive attack on the baseline.
+    The backward pass is exact for a differentiable transform (``transform.differentiable``) and BPDA (identity)
+    otherwise, so an attack crafted through this module is the adaptive attack on the baseline.
+
+    Args:
+        model: f, logits (N, K) from (N, C, H, W) in [0, 1].
+        transform: a :class:`Transform` (e.g. ``BASELINES.create('jpeg', quality=50)``).
     """
 
-    def __init__(self, model: nn.Module, baseline: Baseline) -> None:
+    def __init__(self, model: nn.Module, transform: Transform) -> None:
         super().__init__()
-        self.model, self.baseline = model, baseline
+        self.model, self.transform = model, transform
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) in [0, 1] -> logits (N, K) of f(T(x))."""
-        t = self.baseline.transform(x) if self.baseline.differentiable else bpda(x, self.baseline.transform)
-        return self.model(t)
+        exact = bool(getattr(self.transform, "differentiable", False))
+        return self.model(self.transform(x) if exact else bpda(x, self.transform))
+
+    def masks(self, x: torch.Tensor) -> torch.Tensor | None:
+        """(N, H, W) bool: the positions the transform acts on, where it says (``transform.flagged``), else None."""
+        flagged = getattr(self.transform, "flagged", None)
+        return flagged(x.detach()) if callable(flagged) else None
 
 
 @dataclass(frozen=True)
@@ -144,7 +190,7 @@ class AdversarialTraining:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         attack = LinfPGD(eps=self.eps, steps=self.steps, step_size=self.step_size, batch_size=max(1, len(x)))
-        return attack._attack_chunk(model, x, y, None)[0]
+        return attack._attack_chunk(model, x, y, None)
 
     def params(self) -> dict[str, Any]:
         """The recipe for the model cache key and the tables."""

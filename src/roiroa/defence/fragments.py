@@ -2,7 +2,7 @@
 
 Fragmentation -> features -> isolation -> RoA minus RoI -> fill:
 
-1. the image is cut into k x k fragments with a stride (:func:`roiroa.regions.partition.grid_regions`);
+1. the image is cut into k x k fragments with a stride (:func:`roiroa.geometry.grid_regions`);
 2. each fragment gets features (:data:`FEATURES`): pixel statistics ('mean', 'std'), high-frequency
    energy ('highfreq', mean |Laplacian|), the loss-gradient magnitude of the predicted class ('gradient'),
    and the response to a small probe attack ('probe', the probe PGD's accumulated gradient); the last two
@@ -11,13 +11,13 @@ Fragmentation -> features -> isolation -> RoA minus RoI -> fill:
    fragments of clean fitting images ('clean') or on the input's own fragments ('self'), or by thresholding
    the probe response, a RoA estimator ('roa');
 4. the flagged region (union of flagged fragments) minus the RoI is neutralized (``keep_roi=False`` is the
-   ablation without the RoA-minus-RoI rule); the RoI is the clean fitting set's mean occlusion importance
+   ablation without the RoA-minus-RoI rule); the RoI is the clean fitting set's mean importance map
    ('global', cannot be moved by a patch) or the input's own saliency for its predicted class ('input');
-5. fills: 'mean' (the fitting set's channel mean), 'blur' and 'lowrank' (:mod:`roiroa.defence.lowrank`).
+5. the fill is any fill of :mod:`roiroa.defence.fills` ('mean', 'blur', 'lowrank' as in ODDR).
 
-:class:`FragmentDefence` is f o N as a module. The detector's decisions are hard; in the backward pass they are
-constants (BPDA with a zero derivative for the mask), and the low-rank fill is passed straight through
-(BPDA identity). ``penalty(x)`` is a differentiable surrogate of the anomaly score (the squared z-score of the
+:class:`FragmentDetector` is a mask scope (registered as 'fragments'): ``Neutralized(model, detector, fill)`` is
+f o N. The detector's decisions are hard; in the backward pass they are constants (BPDA with a zero derivative
+for the mask). ``penalty(x)`` is a differentiable surrogate of the anomaly score (the squared z-score of the
 pixel features, above its clean quantile) that an adaptive patch can minimise to keep its fragments inliers.
 """
 
@@ -37,15 +37,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from roiroa.attacks.gradient import LinfPGD
-from roiroa.defence.adaptive import bpda
-from roiroa.defence.lowrank import blur_fill, lowrank_fill
-from roiroa.defence.neutralizer import neutralize
+from roiroa.defence.scopes import SCOPES, FitData
 from roiroa.errors import InputError
-from roiroa.maps.occlusion import Occlusion
+from roiroa.geometry import grid_regions
+from roiroa.maps.recorder import record_attack
 from roiroa.maps.saliency import Saliency
 from roiroa.maps.vulnerability import unit_mean
 from roiroa.models.predict import predict
-from roiroa.regions.partition import grid_regions
 from roiroa.regions.thresholds import top_q_mask
 from roiroa.validation import check_choice, check_images, check_number
 
@@ -54,7 +52,6 @@ PIXEL_FEATURES = ("mean", "std", "highfreq")  # the differentiable ones, used by
 METHODS = ("iforest", "dbscan", "roa")
 FIT_ON = ("clean", "self")
 ROI_SOURCES = ("global", "input")
-PATCH_FILLS = ("mean", "blur", "lowrank")
 
 
 def laplacian_energy(x: torch.Tensor) -> torch.Tensor:
@@ -85,9 +82,10 @@ def pixel_features(x: torch.Tensor, regions: torch.Tensor, names: Sequence[str])
     return torch.stack(cols, dim=-1) if cols else x.new_zeros(len(x), len(regions), 0)
 
 
+@SCOPES.register("fragments")
 @dataclass(kw_only=True)
 class FragmentDetector:
-    """Flags anomalous fragments of each input (scikit-learn style: ``fit`` on clean images, then ``detect``).
+    """Flags anomalous fragments of each input; a mask scope (``fit`` on clean images, then ``masks``).
 
     Args:
         window, stride: fragments are window x window with this stride. Default 4, 2.
@@ -164,26 +162,17 @@ class FragmentDetector:
                 probe = LinfPGD(
                     eps=self.probe_eps, steps=self.probe_steps, random_start=False, batch_size=self.batch_size
                 )
-                cols["probe"] = pool(unit_mean(probe.run(model, x, y_pred).grad_map), regions)
+                trace = record_attack(probe, model, x, y_pred, self.batch_size)
+                cols["probe"] = pool(unit_mean(trace.gradient), regions)
         return torch.stack([cols[n] for n in self.features], dim=-1)
 
     # -- fit ------------------------------------------------------------------------------------------------
-    def fit(
-        self,
-        model: nn.Module,
-        x_fit: torch.Tensor,
-        y_fit: torch.Tensor,
-        feats: torch.Tensor | None = None,
-        importance: torch.Tensor | None = None,
-    ) -> FragmentDetector:
-        """Fit on clean images x_fit: (N, C, H, W) in [0, 1] with labels y_fit: (N,); returns self.
-
-        ``feats`` (N, R, F) (this detector's features, precomputed) and ``importance`` (N, H, W) (occlusion
-        importance of x_fit with this window and stride) skip their computation when several detectors share them.
-        """
+    def fit(self, data: FitData) -> FragmentDetector:
+        """Fit on the clean fitting images (and, for the global RoI, their importance maps); returns self."""
+        model, x_fit = data.model, data.images
         check_images(x_fit, "x_fit")
-        feats = self.fragment_features(model, x_fit) if feats is None else feats
-        flat = feats.reshape(-1, feats.shape[-1]).double().numpy()
+        feats = self.fragment_features(model, x_fit)
+        flat = feats.reshape(-1, feats.shape[-1]).double().cpu().numpy()
         s: dict[str, Any] = {"scaler": StandardScaler().fit(flat)}
         z = s["scaler"].transform(flat)
         if self.method == "iforest" and self.fit_on == "clean":
@@ -199,7 +188,7 @@ class FragmentDetector:
                 s["core"] = NearestNeighbors(n_neighbors=1).fit(sub[db.core_sample_indices_])
         elif self.method == "roa":
             s["threshold"] = float(
-                np.quantile(feats[..., self.features.index("probe")].numpy(), 1 - self.contamination)
+                np.quantile(feats[..., self.features.index("probe")].cpu().numpy(), 1 - self.contamination)
             )
         # the surrogate: squared z-score of the pixel features, and its clean quantile
         pix = [i for i, n in enumerate(self.features) if n in PIXEL_FEATURES]
@@ -207,9 +196,8 @@ class FragmentDetector:
         if pix:
             score = (z[:, pix] ** 2).sum(1)
             s["surrogate_threshold"] = float(np.quantile(score, 1 - self.contamination))
-        if importance is None:
-            importance = Occlusion(window=self.window, stride=self.stride, batch_size=256)(model, x_fit, y_fit)
-        s["roi"] = top_q_mask(unit_mean(importance).mean(0, keepdim=True), self.q_roi)[0].cpu()
+        if self.keep_roi and self.roi_source == "global":
+            s["roi"] = top_q_mask(unit_mean(data.importance).mean(0, keepdim=True), self.q_roi)[0].cpu()
         s["image_shape"] = tuple(x_fit.shape[1:])
         self._state = s
         return self
@@ -220,8 +208,10 @@ class FragmentDetector:
 
     @property
     def roi_(self) -> torch.Tensor:
-        """(H, W) bool, the global RoI of the clean fitting images."""
+        """(H, W) bool, the global RoI of the clean fitting images (kept with roi_source 'global')."""
         self._check_fitted()
+        if "roi" not in self._state:
+            raise InputError("this FragmentDetector keeps no global RoI (keep_roi=False or roi_source='input').")
         return self._state["roi"]
 
     def _check_fitted(self) -> None:
@@ -229,14 +219,14 @@ class FragmentDetector:
             raise InputError("FragmentDetector is not fitted yet: call fit(model, x_fit, y_fit) first.")
 
     # -- detect ---------------------------------------------------------------------------------------------
-    def flagged_fragments(self, model: nn.Module, x: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, R) bool: the anomalous fragments of x: (N, C, H, W) in [0, 1] (``feats``: precomputed (N, R, F))."""
+    def flagged_fragments(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """(N, R) bool: the anomalous fragments of x: (N, C, H, W) in [0, 1]."""
         self._check_fitted()
         if tuple(x.shape[1:]) != self._state["image_shape"]:
             raise InputError(
                 f"FragmentDetector was fitted on images {self._state['image_shape']}; got {tuple(x.shape[1:])}."
             )
-        feats = self.fragment_features(model, x) if feats is None else feats
+        feats = self.fragment_features(model, x)
         n, r, f = feats.shape
         if self.method == "roa":
             return feats[..., self.features.index("probe")] > self._state["threshold"]
@@ -259,10 +249,10 @@ class FragmentDetector:
                     out[i] = DBSCAN(eps=self._state["eps"], min_samples=self.min_samples).fit(zi[i]).labels_ == -1
         return torch.from_numpy(np.asarray(out).reshape(n, r)).to(x.device)
 
-    def detect(self, model: nn.Module, x: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
+    def masks(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """(N, H, W) bool: the positions to neutralize in x: (N, C, H, W) (flagged fragments minus the RoI)."""
         regions = self.regions(x.shape[2], x.shape[3]).to(x.device)
-        flagged = (self.flagged_fragments(model, x, feats).float() @ regions.flatten(1).float()) > 0
+        flagged = (self.flagged_fragments(model, x.detach()).float() @ regions.flatten(1).float()) > 0
         mask = flagged.view(len(x), *x.shape[2:])
         if self.keep_roi:
             if self.roi_source == "global":
@@ -273,7 +263,7 @@ class FragmentDetector:
             mask = mask & ~roi
         return mask
 
-    def surrogate_score(self, x: torch.Tensor) -> torch.Tensor:
+    def penalty(self, x: torch.Tensor) -> torch.Tensor:
         """(N,) differentiable anomaly surrogate: the summed excess of each fragment's squared z-score of the
         pixel features over its clean (1 - contamination) quantile (0 for inlier-looking images)."""
         self._check_fitted()
@@ -287,60 +277,3 @@ class FragmentDetector:
         sd = torch.as_tensor(scaler.scale_[pix], dtype=x.dtype, device=x.device)
         score = (((feats - mu) / sd) ** 2).sum(-1)
         return (score - self._state["surrogate_threshold"]).clamp(min=0.0).sum(1)
-
-
-class FragmentDefence(nn.Module):
-    """f o N with N found per input by a fitted :class:`FragmentDetector`.
-
-    Args:
-        model: the classifier f on (N, C, H, W) in [0, 1].
-        detector: a fitted FragmentDetector.
-        fill: 'mean' (``fill_value``), 'blur' (Gaussian, ``sigma``) or 'lowrank' (truncated SVD of ``rank``).
-        fill_value: (1, C, 1, 1) or float, the 'mean' fill (e.g. the fitting set's channel mean).
-    """
-
-    fill_value: torch.Tensor
-
-    def __init__(
-        self,
-        model: nn.Module,
-        detector: FragmentDetector,
-        fill: str = "mean",
-        fill_value: torch.Tensor | float = 0.0,
-        rank: int = 2,
-        sigma: float = 2.0,
-    ) -> None:
-        super().__init__()
-        check_choice("FragmentDefence", "fill", fill, PATCH_FILLS)
-        detector._check_fitted()
-        self.model = model
-        self.detector = detector
-        self.fill = fill
-        self.register_buffer("fill_value", torch.as_tensor(fill_value, dtype=torch.float32).reshape(1, -1, 1, 1))
-        self.rank = rank
-        self.sigma = sigma
-
-    def flagged(self, x: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, H, W) bool: the positions this defence neutralizes in x (``feats``: precomputed fragment features)."""
-        with torch.no_grad():
-            return self.detector.detect(self.model, x.detach(), feats)
-
-    def defended_logits(self, x: torch.Tensor, feats: torch.Tensor | None = None) -> torch.Tensor:
-        """forward(x) with precomputed fragment features (evaluation shares them between detectors)."""
-        return self.model(self.neutralize(x, self.flagged(x, feats)))
-
-    def neutralize(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: (N, C, H, W) with ``mask`` (N, H, W) filled; gradients as described in the module docstring."""
-        if self.fill == "mean":
-            return neutralize(x, mask, self.fill_value.to(x.dtype))
-        if self.fill == "blur":
-            return blur_fill(x, mask, self.sigma)
-        return bpda(x, lambda t: lowrank_fill(t, mask, self.rank))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (N, C, H, W) in [0, 1] -> logits (N, K) of f(N(x))."""
-        return self.model(self.neutralize(x, self.flagged(x)))
-
-    def penalty(self, x: torch.Tensor) -> torch.Tensor:
-        """(N,) the detector's differentiable anomaly surrogate (for the adaptive attack)."""
-        return self.detector.surrogate_score(x)

@@ -9,7 +9,8 @@
 3. Smoothing: T(x) = x * (1 - lambda * g_hat) with (1 - lambda * g_hat) clipped to [0, 1].
 The paper uses w = 15, o = 5, tau = 0.1, lambda = 2.3 on 299 x 299 images; the defaults below scale the window
 to small images. The block decisions are hard (no gradient through them: BPDA treats them as constants); the
-rest is differentiable, so an adaptive attack can run through :class:`LGS` directly.
+rest is differentiable, so an adaptive attack can run through ``Preprocessed(model, LocalGradientSmoothing())``
+directly; it is registered with the other input transformations as 'lgs'.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from roiroa.regions.partition import grid_regions
+from roiroa.defence.baselines import BASELINES
+from roiroa.geometry import grid_regions
 from roiroa.validation import check_images, check_number
 
 
@@ -75,21 +76,32 @@ def local_gradient_smoothing(x: torch.Tensor, params: LGSParams | None = None) -
     return x * (1 - params.smoothing * lgs_gradients(x, params)).clamp(0.0, 1.0)[:, None]
 
 
-class LGS(nn.Module):
-    """The model behind Local Gradient Smoothing: logits of f(T(x)).
+@BASELINES.register("lgs")
+@dataclass(frozen=True)
+class LocalGradientSmoothing:
+    """LGS as an input transformation: T(x) = x * clip(1 - lambda * g_hat, 0, 1) (see the module docstring).
 
-    Args:
-        model: the classifier f on (N, C, H, W) in [0, 1].
-        params: LGS hyperparameters (default :class:`LGSParams`).
+    Differentiable but for the hard block decisions, which are constants in the backward pass (BPDA), so an
+    adaptive attack runs through ``Preprocessed(model, LocalGradientSmoothing())`` directly.
+
+    Args: window, overlap, threshold, smoothing as in :class:`LGSParams`.
     """
 
-    def __init__(self, model: nn.Module, params: LGSParams | None = None) -> None:
-        super().__init__()
-        self.model = model
-        self.params = params or LGSParams()
+    window: int = 5
+    overlap: int = 2
+    threshold: float = 0.1
+    smoothing: float = 2.3
+    differentiable = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x * (1 - self.params.smoothing * lgs_gradients(x, self.params)).clamp(0.0, 1.0)[:, None])
+    def __post_init__(self) -> None:
+        LGSParams(window=self.window, overlap=self.overlap, threshold=self.threshold, smoothing=self.smoothing)
+
+    @property
+    def params(self) -> LGSParams:
+        return LGSParams(window=self.window, overlap=self.overlap, threshold=self.threshold, smoothing=self.smoothing)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (1 - self.smoothing * lgs_gradients(x, self.params)).clamp(0.0, 1.0)[:, None]
 
     def flagged(self, x: torch.Tensor) -> torch.Tensor:
         """(N, H, W) bool: the positions LGS damps (g_hat > 0), for detection IoU."""

@@ -1,28 +1,18 @@
-"""Neutralization N(x) = x * (1 - M) + v * M, the defended model f o N, and the global mask fit."""
+"""Neutralization N(x) = x * (1 - M) + v * M, and the defended model f o N: the one neutralized-model class.
+
+Which positions M blocks comes from a mask scope (:mod:`roiroa.defence.scopes`: global, per class, per
+input, fragments, the random controls), the value v from a fill (:mod:`roiroa.defence.fills`).
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import nn
 
+from roiroa.defence.fills import Fill, ZeroFill, is_random
+from roiroa.defence.scopes import MaskScope, dilate
 from roiroa.errors import InputError
-from roiroa.maps.vulnerability import unit_mean
-from roiroa.regions.thresholds import ThresholdMethod, isolate
-from roiroa.validation import check_choice, check_number
-
-FillName = Literal["zero", "mean"]
-FILLS = ("zero", "mean")
-
-
-def fill_value(name: FillName, x_fit: torch.Tensor) -> torch.Tensor:
-    """The fill v as (1, C, 1, 1): 'zero', or 'mean' (per-channel mean of x_fit: (N, C, H, W))."""
-    check_choice("fill_value", "name", name, FILLS)
-    if name == "zero":
-        return torch.zeros(1, x_fit.shape[1], 1, 1, dtype=x_fit.dtype, device=x_fit.device)
-    return x_fit.mean(dim=(0, 2, 3), keepdim=True)
+from roiroa.validation import check_number
 
 
 def as_mask4d(mask: torch.Tensor) -> torch.Tensor:
@@ -42,111 +32,61 @@ def neutralize(x: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor | float =
     Args:
         x: (N, C, H, W) in [0, 1].
         mask: (H, W), (N, H, W) or (N or 1, 1, H, W) in {0, 1}: the positions to block.
-        fill: v, a float or a tensor broadcastable to x (e.g. (1, C, 1, 1)), in [0, 1].
+        fill: v, a float or a tensor broadcastable to x (e.g. (1, C, 1, 1) or (N, C, H, W)), in [0, 1].
 
     Returns:
-        (N, C, H, W) in [0, 1]; equal to x outside the mask.
+        (N, C, H, W) in [0, 1]; equal to x outside the mask. The gradient w.r.t. x is 1 outside the mask
+        and flows into v inside it.
     """
     m = as_mask4d(mask).to(x.device, x.dtype)
     return torch.where(m > 0, torch.as_tensor(fill, dtype=x.dtype, device=x.device).expand_as(x), x)
 
 
-class Neutralizer(nn.Module):
-    """The defended model f o N: blocks the masked positions, then classifies.
+class Neutralized(nn.Module):
+    """The defended model f o N: block each input's mask, fill it, classify. An nn.Module to attack end to end.
 
-    Differentiable in x (the gradient is zero on masked positions), so every attack can be run
-    through it end to end (the adaptive attack).
+    The mask is chosen without gradient (held fixed in the backward pass: BPDA with the identity for the
+    choice); the gradient through the blend x (1 - M) + v M, and through a blur fill, is exact.
 
     Args:
-        model: the classifier f, logits (N, K) from (N, C, H, W) in [0, 1].
-        mask: (H, W) or (1, 1, H, W) bool/float, the positions to block (the same for every input).
-        fill: the value v of blocked positions, a float or (1, C, 1, 1). Default 0.0.
+        model: f, logits (N, K) from (N, C, H, W) in [0, 1].
+        scope: a :class:`~roiroa.defence.scopes.MaskScope` (fitted where it needs fitting).
+        fill: a :class:`~roiroa.defence.fills.Fill`. Default zero.
+        dilation: grow every mask by this many pixels. Default 0.
+
+    Example:
+        >>> defended = Neutralized(model, FixedMask(mask), make_fill("mean", x_fit))
+        >>> logits = defended(x)
     """
 
-    mask: torch.Tensor
-    fill: torch.Tensor
-
-    def __init__(self, model: nn.Module, mask: torch.Tensor, fill: torch.Tensor | float = 0.0) -> None:
+    def __init__(self, model: nn.Module, scope: MaskScope, fill: Fill | None = None, dilation: int = 0) -> None:
         super().__init__()
-        self.model = model
-        m = as_mask4d(mask)
-        if m.shape[0] != 1:
-            raise InputError("Neutralizer takes one mask for all inputs, (H, W) or (1, 1, H, W).")
-        self.register_buffer("mask", m)
-        self.register_buffer("fill", torch.as_tensor(fill, dtype=torch.float32).reshape(1, -1, 1, 1))
+        check_number("Neutralized", "dilation", dilation, low=0, integer=True)
+        self.model, self.scope, self.fill, self.dilation = model, scope, fill or ZeroFill(), dilation
+
+    @property
+    def random(self) -> bool:
+        """True when the fill draws anew at every call (attack it with EOT)."""
+        return is_random(self.fill)
+
+    def masks(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocked positions (N, H, W) bool for x: (N, C, H, W) in [0, 1]."""
+        with torch.no_grad():
+            return dilate(self.scope.masks(self.model, x.detach()).to(x.device), self.dilation)
+
+    def decide(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (N, K) of f(N(x)), the masks (N, H, W) bool it blocked) for x: (N, C, H, W) in [0, 1]."""
+        masks = self.masks(x)
+        m = masks[:, None].to(x.dtype)
+        return self.model(neutralize(x, m, self.fill(x, m))), masks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) in [0, 1] -> logits (N, K) of f(N(x))."""
-        return self.model(neutralize(x, self.mask, self.fill))
+        return self.decide(x)[0]
 
-
-@dataclass
-class GlobalMask:
-    """One neutralization mask for every input, fitted on maps of a fitting set (scikit-learn style).
-
-    The maps of the fitting images are scaled to unit mean absolute value per image and averaged; RoI and RoA
-    are isolated on the averaged maps and the mask is S_A = RoA minus RoI.
-
-    Args:
-        q_roi: fraction of positions in the RoI (for method 'top_q'). Default 0.2.
-        q_roa: fraction of positions in the RoA (for method 'top_q'). Default 0.2.
-        method: 'top_q' or 'otsu'. Default 'top_q'.
-
-    Attributes (after ``fit``):
-        importance_: (H, W) the mean importance map.
-        vulnerability_: (H, W) the mean vulnerability map.
-        roi_, roa_, mask_: (H, W) bool.
-        area_: |mask_| / (H W).
-    """
-
-    q_roi: float = 0.2
-    q_roa: float = 0.2
-    method: ThresholdMethod = "top_q"
-    importance_: torch.Tensor = field(init=False, repr=False)
-    vulnerability_: torch.Tensor = field(init=False, repr=False)
-    roi_: torch.Tensor = field(init=False, repr=False)
-    roa_: torch.Tensor = field(init=False, repr=False)
-    mask_: torch.Tensor = field(init=False, repr=False)
-    area_: float = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        check_number("GlobalMask", "q_roi", self.q_roi, low=0.0, low_open=True, high=1.0)
-        check_number("GlobalMask", "q_roa", self.q_roa, low=0.0, low_open=True, high=1.0)
-        check_choice("GlobalMask", "method", self.method, ("top_q", "otsu"))
-
-    def fit(self, importance: torch.Tensor, vulnerability: torch.Tensor) -> GlobalMask:
-        """Fit on importance and vulnerability maps (N, H, W) of the fitting images; returns self."""
-        if importance.shape != vulnerability.shape or importance.dim() != 3:
-            raise InputError(
-                f"importance and vulnerability maps must both be (N, H, W); got {tuple(importance.shape)} "
-                f"and {tuple(vulnerability.shape)}."
-            )
-        self.importance_ = unit_mean(importance).mean(0)
-        self.vulnerability_ = unit_mean(vulnerability).mean(0)
-        self.roi_ = isolate(self.importance_[None], self.method, self.q_roi)[0]
-        self.roa_ = isolate(self.vulnerability_[None], self.method, self.q_roa)[0]
-        self.mask_ = self.roa_ & ~self.roi_
-        self.area_ = float(self.mask_.float().mean())
-        return self
-
-    def wrap(self, model: nn.Module, fill: torch.Tensor | float = 0.0) -> Neutralizer:
-        """The defended model f o N with the fitted mask."""
-        if not hasattr(self, "mask_"):
-            raise InputError("GlobalMask is not fitted yet: call fit(importance, vulnerability) first.")
-        return Neutralizer(model, self.mask_, fill)
-
-
-def random_mask_like(mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random masks with as many positions as ``mask``, drawn uniformly (the equal-area control).
-
-    Args:
-        mask: (H, W) or (N, H, W) bool; each (H, W) mask gets its own random mask of equal count.
-        generator: a CPU generator (seeded by the caller).
-
-    Returns:
-        bool tensor shaped like ``mask``, on its device.
-    """
-    flat = mask.reshape(-1, mask.shape[-2] * mask.shape[-1]).cpu()
-    ranks = torch.rand(flat.shape, generator=generator).argsort(dim=1).argsort(dim=1)
-    out = ranks < flat.sum(dim=1, keepdim=True)
-    return out.view(mask.shape).to(mask.device)
+    def penalty(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,) the scope's differentiable anomaly surrogate (fragment detectors), for adaptive patch attacks."""
+        penalty = getattr(self.scope, "penalty", None)
+        if not callable(penalty):
+            raise InputError(f"the {type(self.scope).__name__} scope has no penalty(x): use penalty_weight = 0.")
+        return penalty(x)

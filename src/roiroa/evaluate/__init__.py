@@ -1,23 +1,7 @@
-"""The experiment: configuration, runner, robustness and oracle evaluation."""
+"""The experiment engine and its commands: prepare -> maps -> robustness grid -> analysis, and ``run``,
+``defend`` and ``patches`` as compositions of them."""
 
-from roiroa.evaluate.config import RunConfig, config_from_dict, load_config, quick
-from roiroa.evaluate.robustness import correct, evaluate_defence, oracle_analysis
-from roiroa.evaluate.runner import MapSet, RunResult, Splits, compute_maps, load_splits, run_experiment
-from roiroa.evaluate.stages import StageCache
+from roiroa.evaluate.config import Config, config_from_dict, load_config, quick
+from roiroa.evaluate.prepare import Prepared, Splits, load_splits, prepare
 
-__all__ = [
-    "RunConfig",
-    "config_from_dict",
-    "load_config",
-    "quick",
-    "correct",
-    "evaluate_defence",
-    "oracle_analysis",
-    "MapSet",
-    "RunResult",
-    "Splits",
-    "compute_maps",
-    "load_splits",
-    "run_experiment",
-    "StageCache",
-]
+__all__ = ["Config", "Prepared", "Splits", "config_from_dict", "load_config", "load_splits", "prepare", "quick"]

@@ -1,7 +1,9 @@
-"""The run configuration: a tree of frozen dataclasses, read from JSON or TOML, checked strictly.
+"""The experiment config: one schema for ``roiroa run``, ``defend`` and ``patches``, read from TOML or JSON.
 
-A run's folder holds ``config.json``, the effective configuration (after ``--quick`` and command
-line overrides); passing it back with ``--config`` repeats the run.
+A tree of frozen dataclasses. Each field's type is the schema (``Literal`` for fixed choices) and its metadata
+holds its range or registry; components named in lists (attacks, defences) are checked against their own
+fields. Every error in a file is reported at once, one line each. A results folder holds ``config.json``,
+the effective config (after ``--quick`` and the command line); ``--config config.json`` repeats the run.
 """
 
 from __future__ import annotations
@@ -13,28 +15,26 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from roiroa.attacks.base import attack_parameters, create_attack
-from roiroa.defence.fills import FILL_KINDS
-from roiroa.defence.neutralizer import FILLS
 from roiroa.errors import InputError
-from roiroa.maps.registry import create_estimator, list_importance_estimators, list_vulnerability_estimators
-from roiroa.maps.vulnerability import VULNERABILITY_SOURCES
-from roiroa.models.normalize import NORMALIZATIONS, normalization_values
-from roiroa.models.registry import list_models
 from roiroa.models.train import TrainingRecipe
-from roiroa.validation import check_choice, check_number
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-IMPORTANCE_METHODS = ("occlusion", "saliency")  # the spine's two; every registered one is accepted
-QUICK_TEST_IMAGES = 200
-QUICK_FIT_IMAGES = 200
-QUICK_STEPS = 10
+
+def bounded(default: Any, low: float | None = None, high: float | None = None, *, open_low: bool = False) -> Any:
+    """A dataclass field whose numbers (the value, or each item of a tuple) lie in [low, high] ((low, high])."""
+    factory = {"default_factory": lambda: default} if isinstance(default, tuple) else {"default": default}
+    return field(**factory, metadata={"low": low, "high": high, "open_low": open_low})  # type: ignore[call-overload]
+
+
+def named(default: Any, registry: str) -> Any:
+    """A dataclass field holding a component name of ``registry`` (or user code 'package.module:callable')."""
+    return field(default=default, metadata={"registry": registry})
 
 
 @dataclass(frozen=True)
@@ -45,39 +45,48 @@ class DataConfig:
     labels: the IDX labels file (with an IDX images file only).
     test_fraction: share of each class held out for testing.
     max_test: use at most this many test images (balanced over classes); None = all.
-    n_fit: images of the training split used to fit the global mask.
-    fit_source: a second dataset (same forms as source) that trains the model and fits the mask;
-        then every image of ``source`` is a test image (capped by max_test) and nothing is split.
-    fit_labels: the IDX labels file of an IDX ``fit_source``.
+    n_fit: images of the training split that fit the defences' masks and detectors.
+    fit_source, fit_labels: a second dataset that trains the model and fits the defences; then every image of
+        ``source`` is a test image (capped by max_test) and nothing is split.
     """
 
     source: str = "mnist"
     labels: str | None = None
-    test_fraction: float = 0.2
-    max_test: int | None = None
-    n_fit: int = 500
+    test_fraction: float = bounded(0.2, 0.0, 0.99, open_low=True)
+    max_test: int | None = bounded(None, 1)
+    n_fit: int = bounded(500, 1)
     fit_source: str | None = None
     fit_labels: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How a registered architecture is trained when no weights are given (see TrainingRecipe)."""
+
+    epochs: int = bounded(12, 1, 1000)
+    lr: float = bounded(3e-3, 0.0, 1.0, open_low=True)
+    batch_size: int = bounded(64, 1, 65536)
+    shift: int = bounded(2, 0, 8)
+
+    def recipe(self) -> TrainingRecipe:
+        return TrainingRecipe(self.epochs, self.lr, self.batch_size, self.shift)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """The model: trained on the training split (cached), or loaded from ``weights``.
 
-    arch: a registered architecture (``roiroa list``) or user code 'package.module:callable'
-        (called with num_classes where it takes it, else with no arguments; needs ``weights``).
-    training: the recipe when the model is trained (no ``weights``).
+    arch: a registered architecture (``roiroa list``) or user code 'package.module:callable'.
     weights: a pretrained state_dict (.pt/.pth/.th, safetensors) to load instead of training.
-    normalization: 'none', 'cifar10' or 'imagenet': the (mean, std) the weights were trained with;
-        applied inside the model, so attacks and maps stay in [0, 1] pixels.
-    mean, std: explicit per-channel normalization instead of a preset.
+    normalization: 'none', 'cifar10' or 'imagenet': the (mean, std) the weights were trained with, applied
+        inside the model, so attacks and maps stay in [0, 1] pixels. mean, std: explicit values instead.
     trust_code: allow a TorchScript ``weights`` file (it runs its own code when loaded).
     """
 
-    arch: str = "mnist-cnn"
-    training: TrainingRecipe = field(default_factory=TrainingRecipe)
+    arch: str = named("mnist-cnn", "model")
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     weights: str | None = None
-    normalization: str = "none"
+    normalization: Literal["none", "cifar10", "imagenet"] = "none"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     trust_code: bool = False
@@ -85,115 +94,75 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MapsConfig:
-    """Importance (RoI) and vulnerability (RoA) estimators.
+    """Importance (RoI) and vulnerability (RoA) maps.
 
-    importance: a registered importance estimator ('occlusion', 'saliency', 'integrated-gradients',
-        'grad-cam', ...; ``roiroa list`` shows them).
-    window, stride, baseline: occlusion windows and their fill.
-    vulnerability: 'auto', 'perturbation' or 'gradient' (see roiroa.maps.vulnerability).
-    batch_size: occluded images per forward pass.
-    importance_params: more keywords of the importance estimator (e.g. {steps = 64} for
-        integrated gradients, {output = 'logit'} for occlusion).
-    vulnerability_estimator: None (default): the RoA map 'all' is the mean of the attacks' maps;
-        else a registered vulnerability estimator ('localized', 'attribution-shift',
-        'perturbation') whose map, at unit mean |A|, becomes 'all'.
-    vulnerability_params: its keywords (e.g. {attack = {name = 'pgd-linf', eps = 0.3}}).
+    importance: an importance estimator ('occlusion', 'saliency', 'integrated-gradients', 'grad-cam', ...).
+    window, stride, baseline, batch_size: occlusion windows (pixels), their fill value, occluded images per pass.
+    importance_params: more keywords of the estimator (e.g. {output = 'logit'} for occlusion).
+    vulnerability: how an attack's trace becomes a map: 'auto', 'perturbation' or 'gradient'.
+    vulnerability_estimator: None: the RoA map 'all' is the mean of the attacks' maps; else an estimator
+        ('localized', 'attribution-shift', 'perturbation') whose map becomes 'all'. vulnerability_params: its keywords.
     """
 
-    importance: str = "occlusion"
-    window: int = 4
-    stride: int = 2
-    baseline: float = 0.0
-    vulnerability: str = "auto"
-    batch_size: int = 256
+    importance: str = named("occlusion", "importance estimator")
+    window: int = bounded(4, 1)
+    stride: int = bounded(2, 1)
+    baseline: float = bounded(0.0, 0.0, 1.0)
+    batch_size: int = bounded(256, 1, 65536)
     importance_params: dict[str, Any] = field(default_factory=dict)
-    vulnerability_estimator: str | None = None
+    vulnerability: Literal["auto", "perturbation", "gradient"] = "auto"
+    vulnerability_estimator: str | None = named(None, "vulnerability estimator")
     vulnerability_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class RegionsConfig:
-    """Isolation: top-q fractions of the RoI and RoA, and the method used by the defence."""
+    """Isolation: the RoI and RoA as top-q fractions of positions, or Otsu's threshold ('threshold')."""
 
-    q_roi: float = 0.2
-    q_roa: float = 0.2
-    threshold: str = "top_q"
-
-
-@dataclass(frozen=True)
-class DefenceConfig:
-    """Neutralization: the fill, and the RoA fractions of the oracle analysis."""
-
-    fill: str = "zero"
-    oracle_q: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
+    q_roi: float = bounded(0.2, 0.0, 1.0, open_low=True)
+    q_roa: float = bounded(0.2, 0.0, 1.0, open_low=True)
+    threshold: Literal["top_q", "otsu"] = "top_q"
 
 
 @dataclass(frozen=True)
 class StatisticsConfig:
-    """Dataset statistics (roiroa.evaluate.dataset_statistics).
+    """Dataset statistics with bootstrap intervals beside a shuffled null.
 
-    bootstrap: resamples of each 95% confidence interval over images (scipy.stats.bootstrap).
-    ci_method: 'BCa' or 'percentile'.
-    contiguity: neighbours of Moran's I, 'rook' (edges) or 'queen' (edges and corners).
-    restarts: re-run every random-start attack once with another seed, for the consistency of the RoA
-        across random restarts.
-    seed_models: train this many more models (seeds seed+1, ...; cached) and attack them, for the
-        consistency of the RoA across model seeds (0 = skip; each costs a training run).
+    bootstrap, ci_method: resamples and method of each 95% interval over images.
+    contiguity: neighbours of Moran's I. restarts: re-run every random-start attack from another start (RoA
+    consistency across restarts). seed_models: train this many more models (other seeds; cached) and attack them.
     """
 
-    bootstrap: int = 2000
-    ci_method: str = "BCa"
-    contiguity: str = "rook"
+    bootstrap: int = bounded(2000, 100, 100000)
+    ci_method: Literal["BCa", "percentile"] = "BCa"
+    contiguity: Literal["rook", "queen"] = "rook"
     restarts: bool = True
-    seed_models: int = 0
+    seed_models: int = bounded(0, 0, 10)
 
 
 @dataclass(frozen=True)
-class DefendConfig:
-    """``roiroa defend``: the defence table, the parameter sweep and the sanity checks.
+class DefenceConfig:
+    """What every neutralization defence shares.
 
-    n_test: test images of the table and the sweep (a balanced subset of the test split).
-    eps, steps: the L-inf budget and PGD steps of every attack in the table.
-    square_queries: iterations of the gradient-free Square attack.
-    eot_draws: draws per gradient for random fills (EOT).
-    q_roi, q_roa, threshold, dilation, fill: the mask parameters of the table's scopes.
-    probe_eps, probe_steps: the per-input scope's own probe attack (PGD L-inf, no random start).
-    sweep_q_roa, sweep_dilation, sweep_fills: the mask parameter sweep.
-    n_sanity, sanity_eps: images and budgets of the check that robust accuracy falls with eps.
-    bits, median_size, jpeg_quality, blur_sigma: the baselines' settings.
-    adv_eps, adv_steps, adv_epochs: PGD adversarial training of the same model.
-    run_images: test images of the short form inside ``roiroa run`` (0 turns it off).
+    fill: the value of blocked positions ('zero', 'mean', 'pixel_mean', 'blur', 'noise', 'lowrank' or user code);
+        fill_params: its keywords. dilation: grow every mask by this many pixels.
+    eot_draws: draws per gradient when a defence is random (EOT).
+    oracle_q: the RoA fractions of the oracle analysis (each image's own S_A from the known attack).
+    adv_eps, adv_steps, adv_epochs: PGD adversarial training of the same architecture ('adv_training').
     """
 
-    n_test: int = 100
-    eps: float = 0.15
-    steps: int = 20
-    square_queries: int = 100
-    eot_draws: int = 4
-    q_roi: float = 0.2
-    q_roa: float = 0.2
-    threshold: str = "top_q"
-    dilation: int = 0
-    fill: str = "zero"
-    probe_eps: float = 0.1
-    probe_steps: int = 5
-    sweep_q_roa: tuple[float, ...] = (0.1, 0.2, 0.3)
-    sweep_dilation: tuple[int, ...] = (0, 1)
-    sweep_fills: tuple[str, ...] = ("zero", "mean", "pixel_mean", "blur", "noise")
-    n_sanity: int = 50
-    sanity_eps: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.3, 1.0)
-    bits: int = 1
-    median_size: int = 3
-    jpeg_quality: int = 50
-    blur_sigma: float = 1.0
-    adv_eps: float = 0.15
-    adv_steps: int = 7
-    adv_epochs: int = 12
-    run_images: int = 50
+    fill: str = named("zero", "fill")
+    fill_params: dict[str, Any] = field(default_factory=dict)
+    dilation: int = bounded(0, 0, 8)
+    eot_draws: int = bounded(4, 1, 1000)
+    oracle_q: tuple[float, ...] = bounded((0.05, 0.1, 0.2, 0.3), 0.0, 1.0, open_low=True)
+    adv_eps: float = bounded(0.15, 0.0, 1.0, open_low=True)
+    adv_steps: int = bounded(7, 1)
+    adv_epochs: int = bounded(12, 1, 1000)
 
 
 def default_attacks() -> tuple[dict[str, Any], ...]:
-    """FGSM and PGD L-infinity at eps 0.15, PGD L2 at eps 2.0, 20 steps."""
+    """FGSM and PGD L-infinity at eps 0.15, PGD L2 at eps 2.0, 20 steps (MNIST budgets)."""
     return (
         {"name": "fgsm", "eps": 0.15},
         {"name": "pgd-linf", "eps": 0.15, "steps": 20},
@@ -201,67 +170,196 @@ def default_attacks() -> tuple[dict[str, Any], ...]:
     )
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that makes a run. ``attacks`` is a list of {name, label?, hyperparameters...}.
+def default_defences() -> tuple[Any, ...]:
+    """The defences of ``roiroa defend``: the three mask scopes (with their equal-area controls), the shift
+    variant of the per-input scope, four input transformations and PGD adversarial training."""
+    return (
+        "global",
+        "per_class",
+        {"name": "per_input", "probe_eps": 0.1, "probe_steps": 5},
+        {"name": "per_input", "label": "per_input[shift]", "roa": "shift", "probe_eps": 0.1, "probe_steps": 5},
+        {"name": "bit_depth", "bits": 1},
+        {"name": "median", "size": 3},
+        {"name": "jpeg", "quality": 50},
+        {"name": "blur", "sigma": 1.0},
+        "adv_training",
+    )
 
-    ``chunk_size``: images attacked and mapped at a time (each chunk is cached on its own); the peak
-    memory of those stages does not grow with the number of images.
+
+def default_evaluation_attacks() -> tuple[dict[str, Any], ...]:
+    """PGD L-infinity (eps 0.15, 20 steps; non-adaptive and adaptive) and Square (100 queries, on the defence)."""
+    return ({"name": "pgd-linf", "eps": 0.15, "steps": 20}, {"name": "square", "eps": 0.15, "queries": 100})
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """The robustness grid of ``roiroa defend`` (and the short defence table of ``roiroa run``).
+
+    n_test: test images of the table and the sweep (a class-balanced subset of the test split).
+    defences: names or {name, label?, fill?, dilation?, parameters...} of mask scopes ('global', 'per_class',
+        'per_input', 'fragments' or user code), input transformations ('bit_depth', 'median', 'jpeg', 'blur',
+        'lgs') and 'adv_training'. Every scope gets its equal-area random control when ``controls`` is true.
+    attacks: {name, label?, hyperparameters...}: a gradient attack is crafted on f (non-adaptive) and through
+        each defence (adaptive); a gradient-free one ('square') runs on the defence.
+    sweep_scopes, sweep_q_roa, sweep_dilation, sweep_fills: the mask parameter sweep (clean, non-adaptive and
+        adaptive accuracy with the first attack), with its Pareto front.
+    n_sanity, sanity_eps: images and L-inf budgets of the check that adaptive robust accuracy falls with eps.
+    run_defences, run_images: the defences (labels of ``defences``) and test images of the short table that
+        ``roiroa run`` adds against its own attacks (0 images turns it off).
     """
 
-    seed: int = 0
+    n_test: int = bounded(100, 1)
+    defences: tuple[Any, ...] = field(default_factory=default_defences)
+    controls: bool = True
+    attacks: tuple[dict[str, Any], ...] = field(default_factory=default_evaluation_attacks)
+    sweep_scopes: tuple[str, ...] = ("global", "per_class", "per_input")
+    sweep_q_roa: tuple[float, ...] = bounded((0.1, 0.2, 0.3), 0.0, 1.0, open_low=True)
+    sweep_dilation: tuple[int, ...] = bounded((0, 1), 0, 8)
+    sweep_fills: tuple[str, ...] = ("zero", "mean", "pixel_mean", "blur", "noise")
+    n_sanity: int = bounded(50, 1)
+    sanity_eps: tuple[float, ...] = bounded((0.05, 0.1, 0.15, 0.2, 0.3, 1.0), 0.0, 1.0, open_low=True)
+    run_defences: tuple[str, ...] = ("per_class", "per_input", "bit_depth", "median", "jpeg", "blur")
+    run_images: int = bounded(50, 0)
+
+
+FRAGMENT_VARIANTS: dict[str, dict[str, Any]] = {
+    "fragments-iforest": {},
+    "fragments-iforest-lowrank": {"fill": "lowrank"},
+    "fragments-iforest-blur": {"fill": "blur"},
+    "fragments-iforest-no-roi": {"keep_roi": False},
+    "fragments-iforest-input-roi": {"roi_source": "input"},
+    "fragments-iforest-pixel": {"features": ["mean", "std", "highfreq"]},
+    "fragments-iforest-gradient": {"features": ["gradient", "probe"]},
+    "fragments-dbscan": {"method": "dbscan"},
+    "fragments-dbscan-self": {"method": "dbscan", "fit_on": "self"},
+    "fragments-roa": {"method": "roa"},
+}
+
+
+def default_patch_defences() -> tuple[Any, ...]:
+    """Ten fragment-defence variants (ODDR-style, mean fill unless named) and LGS."""
+    variants = tuple({"name": "fragments", "label": k, "fill": "mean"} | v for k, v in FRAGMENT_VARIANTS.items())
+    return (*variants, "lgs")
+
+
+def default_patch_attacks() -> tuple[dict[str, Any], ...]:
+    return (
+        {"name": "patch-lavan", "steps": 50, "step_size": 0.05},
+        {"name": "pgd-square", "eps": 0.3, "steps": 40},
+        {"name": "patch-universal", "steps": 10, "step_size": 0.02},
+    )
+
+
+@dataclass(frozen=True)
+class PatchesConfig:
+    """``roiroa patches``: localized attacks against per-input fragment defences and LGS.
+
+    n_test, n_fit: test images, and clean images that fit the detectors (class-balanced subsets).
+    areas: patch sizes as fractions of the image. attacks: patch attacks {name, hyperparameters...}.
+    defences: as in ``evaluation.defences`` (fragment scopes and transformations); the first scope also gets
+        a random square block of the same area as its control.
+    adaptive: labels of defences attacked through the defence, at ``adaptive_areas``.
+    window, stride, contamination: the fragment detectors' defaults (an entry's own keys win).
+    penalty_weight: the adaptive attack's weight on a fragment detector's anomaly surrogate.
+    """
+
+    n_test: int = bounded(200, 1)
+    n_fit: int = bounded(200, 1)
+    areas: tuple[float, ...] = bounded((0.02, 0.05, 0.08), 0.0, 0.5, open_low=True)
+    attacks: tuple[dict[str, Any], ...] = field(default_factory=default_patch_attacks)
+    defences: tuple[Any, ...] = field(default_factory=default_patch_defences)
+    adaptive: tuple[str, ...] = ("fragments-iforest", "fragments-iforest-pixel", "lgs")
+    adaptive_areas: tuple[float, ...] = bounded((0.08,), 0.0, 0.5, open_low=True)
+    window: int = bounded(4, 1)
+    stride: int = bounded(2, 1)
+    contamination: float = bounded(0.01, 0.0, 0.5, open_low=True)
+    penalty_weight: float = bounded(1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Upper bounds that stop a mistyped value before it runs for days; raise them here when you mean it.
+
+    max_steps: attack steps, iterations or queries. max_restarts: random restarts. max_image_side: the
+    height and width of images. max_windows: occlusion or localized-attack windows per image.
+    """
+
+    max_steps: int = bounded(10_000, 1)
+    max_restarts: int = bounded(100, 1)
+    max_image_side: int = bounded(1024, 1)
+    max_windows: int = bounded(65_536, 1)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that makes an experiment; one file for ``roiroa run``, ``defend`` and ``patches``.
+
+    seed: every random choice derives from it. device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
+    batch_size: images per attack or gradient batch. chunk_size: images attacked, mapped and evaluated at a
+    time (each chunk is a cached task; peak memory does not grow with the number of images).
+    examples: test images in the gallery of the report. attacks: the run's attacks {name, label?, ...}.
+    """
+
+    seed: int = bounded(0, 0, 2**31 - 1)
     device: str = "auto"
     quick: bool = False
-    batch_size: int = 64
-    examples: int = 8
-    chunk_size: int = 1024
+    batch_size: int = bounded(64, 1, 65536)
+    chunk_size: int = bounded(1024, 1)
+    examples: int = bounded(8, 0, 64)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     attacks: tuple[dict[str, Any], ...] = field(default_factory=default_attacks)
     maps: MapsConfig = field(default_factory=MapsConfig)
     regions: RegionsConfig = field(default_factory=RegionsConfig)
-    defence: DefenceConfig = field(default_factory=DefenceConfig)
     statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
-    defend: DefendConfig = field(default_factory=DefendConfig)
+    defence: DefenceConfig = field(default_factory=DefenceConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    patches: PatchesConfig = field(default_factory=PatchesConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict that :func:`config_from_dict` reads back to an equal config."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def attack_label(spec: dict[str, Any]) -> str:
-    """The name results use for an attack entry: its 'label', else its registered 'name'."""
-    return str(spec.get("label", spec["name"]))
+# ------------------------------------------------------------------------------------------------ reading
 
 
-def attack_kwargs(spec: dict[str, Any], batch_size: int) -> dict[str, Any]:
-    """The hyperparameters of an attack entry, with the run's batch size unless it sets its own."""
-    kwargs = {k: v for k, v in spec.items() if k not in ("name", "label")}
-    kwargs.setdefault("batch_size", batch_size)
-    return kwargs
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return {bool: "true or false", int: "an int", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
-def _check_type(value: Any, hint: Any, where: str) -> Any:
-    """Return ``value`` converted to ``hint`` (lists to tuples, ints to floats), or raise InputError."""
+def _convert(value: Any, hint: Any, where: str, errors: list[str]) -> Any:
+    """``value`` converted to ``hint`` (lists to tuples, ints to floats); a mismatch appends one error line."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        return _check_type(value, next(o for o in options if o is not type(None)), where)
+        options = [o for o in typing.get_args(hint) if o is not type(None)]
+        return (
+            None
+            if value is None and len(options) < len(typing.get_args(hint))
+            else _convert(value, options[0], where, errors)
+        )
     if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise InputError(f"config: '{where}' must be a table of settings; got {value!r}.")
-        return _from_dict(typing.cast(type, hint), value, where + ".")
+        if isinstance(value, dict):
+            return _from_dict(typing.cast(type, hint), value, where + ".", errors)
+        errors.append(f"config: '{where}' must be a table of settings; got {value!r}.")
+        return hint()
     if origin is tuple:
-        item = typing.get_args(hint)[0]
-        if not isinstance(value, (list, tuple)):
-            raise InputError(f"config: '{where}' must be a list; got {value!r}.")
-        return tuple(_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise InputError(f"config: '{where}' must be a table; got {value!r}.")
-        return dict(value)
+        if isinstance(value, (list, tuple)):
+            return tuple(_convert(v, typing.get_args(hint)[0], f"{where}[{i}]", errors) for i, v in enumerate(value))
+        errors.append(f"config: '{where}' must be a list; got {value!r}.")
+        return ()
+    if origin is dict or hint is Any:
+        if origin is dict and not isinstance(value, dict):
+            errors.append(f"config: '{where}' must be a table; got {value!r}.")
+            return {}
+        return value
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            errors.append(f"config: '{where}' must be {_type_name(hint)}; got {value!r}.")
+        return value
     ok = {
         bool: isinstance(value, bool),
         int: isinstance(value, int) and not isinstance(value, bool),
@@ -269,211 +367,130 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         str: isinstance(value, str),
     }[hint]
     if not ok:
-        raise InputError(f"config: '{where}' must be {hint.__name__}; got {value!r}.")
+        errors.append(f"config: '{where}' must be {_type_name(hint)}; got {value!r}.")
+        return value
     return float(value) if hint is float else value
 
 
-def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+def _from_dict(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise InputError(f"config: unknown key '{prefix}{unknown[0]}'; valid keys here: {', '.join(names)}.")
-    return cls(**{k: _check_type(v, hints[k], prefix + k) for k, v in data.items()})
+    for key in sorted(set(data) - set(names)):
+        errors.append(f"config: unknown key '{prefix}{key}'; valid keys here: {', '.join(names)}.")
+    values = {k: _convert(v, hints[k], prefix + k, errors) for k, v in data.items() if k in names}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError):  # a wrong type already reported
+        return cls()
 
 
-# The declared constraints: key -> keywords of check_number, or the allowed choices.
-NUMBER_RANGES: dict[str, dict[str, Any]] = {
-    "seed": {"low": 0, "integer": True},
-    "batch_size": {"low": 1, "integer": True},
-    "examples": {"low": 0, "high": 64, "integer": True},
-    "chunk_size": {"low": 1, "integer": True},
-    "data.test_fraction": {"low": 0.0, "low_open": True, "high": 0.99},
-    "data.max_test": {"low": 1, "integer": True},
-    "data.n_fit": {"low": 1, "integer": True},
-    "model.training.epochs": {"low": 1, "high": 1000, "integer": True},
-    "model.training.lr": {"low": 0.0, "low_open": True, "high": 1.0},
-    "model.training.batch_size": {"low": 1, "integer": True},
-    "model.training.shift": {"low": 0, "high": 8, "integer": True},
-    "maps.window": {"low": 1, "integer": True},
-    "maps.stride": {"low": 1, "integer": True},
-    "maps.baseline": {"low": 0.0, "high": 1.0},
-    "maps.batch_size": {"low": 1, "integer": True},
-    "regions.q_roi": {"low": 0.0, "low_open": True, "high": 1.0},
-    "regions.q_roa": {"low": 0.0, "low_open": True, "high": 1.0},
-    "statistics.bootstrap": {"low": 100, "high": 100000, "integer": True},
-    "statistics.seed_models": {"low": 0, "high": 10, "integer": True},
-    "defend.n_test": {"low": 1, "integer": True},
-    "defend.eps": {"low": 0.0, "low_open": True, "high": 1.0},
-    "defend.steps": {"low": 1, "integer": True},
-    "defend.square_queries": {"low": 1, "integer": True},
-    "defend.eot_draws": {"low": 1, "integer": True},
-    "defend.q_roi": {"low": 0.0, "low_open": True, "high": 1.0},
-    "defend.q_roa": {"low": 0.0, "low_open": True, "high": 1.0},
-    "defend.dilation": {"low": 0, "high": 8, "integer": True},
-    "defend.probe_eps": {"low": 0.0, "low_open": True, "high": 1.0},
-    "defend.probe_steps": {"low": 1, "integer": True},
-    "defend.n_sanity": {"low": 1, "integer": True},
-    "defend.bits": {"low": 1, "high": 16, "integer": True},
-    "defend.median_size": {"low": 1, "high": 15, "integer": True},
-    "defend.jpeg_quality": {"low": 1, "high": 95, "integer": True},
-    "defend.blur_sigma": {"low": 0.0, "low_open": True, "high": 10.0},
-    "defend.adv_eps": {"low": 0.0, "low_open": True, "high": 1.0},
-    "defend.adv_steps": {"low": 1, "integer": True},
-    "defend.adv_epochs": {"low": 1, "high": 1000, "integer": True},
-    "defend.run_images": {"low": 0, "integer": True},
-}
-CHOICES: dict[str, Any] = {
-    "device": lambda: ("auto", "cpu", "cuda"),
-    "model.arch": list_models,
-    "model.normalization": lambda: ("none", *NORMALIZATIONS),
-    "maps.importance": list_importance_estimators,
-    "maps.vulnerability": lambda: VULNERABILITY_SOURCES,
-    "regions.threshold": lambda: ("top_q", "otsu"),
-    "defence.fill": lambda: FILLS,
-    "statistics.ci_method": lambda: ("BCa", "percentile"),
-    "statistics.contiguity": lambda: ("rook", "queen"),
-    "defend.threshold": lambda: ("top_q", "otsu"),
-    "defend.fill": lambda: FILL_KINDS,
-}
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """A validated Config from a dict; every unknown key, wrong type or bad value is reported at once."""
+    from roiroa.evaluate.validate import config_errors
 
-
-def _get(config: RunConfig, key: str) -> Any:
-    value: Any = config
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def importance_spec(config: RunConfig) -> tuple[str, dict[str, Any]]:
-    """The importance estimator's registered name and keywords: occlusion gets the window, stride,
-    baseline and batch size of ``maps``, saliency the run's batch size; ``importance_params`` win."""
-    m = config.maps
-    base: dict[str, Any] = {}
-    if m.importance == "occlusion":
-        base = {"window": m.window, "stride": m.stride, "baseline": m.baseline, "batch_size": m.batch_size}
-    elif m.importance == "saliency":
-        base = {"batch_size": config.batch_size}
-    return m.importance, base | dict(m.importance_params)
-
-
-def validate(config: RunConfig) -> None:
-    """Check every value that the types alone do not (ranges, names, attack hyperparameters)."""
-    for key, limits in NUMBER_RANGES.items():
-        if _get(config, key) is not None:
-            check_number("config", key, _get(config, key), **limits)
-    for key, choices in CHOICES.items():
-        if key == "model.arch" and ":" in config.model.arch:
-            continue  # user code, package.module:callable
-        check_choice("config", key, _get(config, key), choices())
-    validate_model(config.model)
-    if config.maps.stride > config.maps.window:
-        raise InputError(
-            f"config: maps.stride ({config.maps.stride}) is larger than maps.window ({config.maps.window}); "
-            "windows would leave gaps: use a stride <= window."
-        )
-    for q in config.defence.oracle_q:
-        check_number("config", "defence.oracle_q", q, low=0.0, low_open=True, high=1.0)
-    d = config.defend
-    for q in d.sweep_q_roa:
-        check_number("config", "defend.sweep_q_roa", q, low=0.0, low_open=True, high=1.0)
-    for r in d.sweep_dilation:
-        check_number("config", "defend.sweep_dilation", r, low=0, high=8, integer=True)
-    for name in d.sweep_fills:
-        check_choice("config", "defend.sweep_fills", name, FILL_KINDS)
-    for e in d.sanity_eps:
-        check_number("config", "defend.sanity_eps", e, low=0.0, low_open=True, high=1.0)
-    name, kwargs = importance_spec(config)
-    create_estimator(name, **kwargs)  # checks every keyword
-    if config.maps.vulnerability_estimator is not None:
-        name = config.maps.vulnerability_estimator
-        check_choice("config", "maps.vulnerability_estimator", name, list_vulnerability_estimators())
-        create_estimator(config.maps.vulnerability_estimator, **config.maps.vulnerability_params)
-    validate_attacks(config.attacks, config.batch_size)
-
-
-def validate_model(model: ModelConfig) -> None:
-    """Normalization and user-code architectures go with pretrained ``weights`` only."""
-    normalization_values(model.normalization, model.mean, model.std)  # checks the preset name and mean/std
-    if model.weights is None and ":" in model.arch:
-        raise InputError(
-            f"config: model.arch {model.arch!r} is user code: give its weights (model.weights, --weights); "
-            "roiroa trains registered architectures only."
-        )
-    if model.weights is None and (model.normalization != "none" or model.mean is not None):
-        raise InputError(
-            "config: model.normalization/mean/std describe pretrained weights: give model.weights, or drop them."
-        )
-
-
-def validate_attacks(attacks: tuple[dict[str, Any], ...], batch_size: int) -> None:
-    """Every attack entry names a registered attack with valid hyperparameters; labels are distinct."""
-    if not attacks:
-        raise InputError("config: 'attacks' is empty; give at least one attack, e.g. {name = 'pgd-linf'}.")
-    labels = []
-    for i, spec in enumerate(attacks):
-        if "name" not in spec:
-            raise InputError(f"config: attacks[{i}] has no 'name'; add one, e.g. name = 'pgd-linf'.")
-        create_attack(spec["name"], **attack_kwargs(spec, batch_size))  # checks every hyperparameter
-        labels.append(attack_label(spec))
-    if len(set(labels)) != len(labels):
-        raise InputError("config: two attacks share a name; give each a distinct 'label'.")
-
-
-def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """A validated RunConfig from a dict (unknown keys and wrong types are InputErrors)."""
-    config = _from_dict(RunConfig, data)
-    validate(config)
+    errors: list[str] = []
+    config = _from_dict(Config, data, "", errors)
+    if not errors:
+        errors = config_errors(config)
+    if errors:
+        raise InputError("\n".join(errors))
     return config
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read a RunConfig from a .json or .toml file."""
+def load_config(path: str | Path) -> Config:
+    """Read a Config from a .toml or .json file."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as err:
         raise InputError(f"cannot read config {path} ({err.strerror}); check the path.") from None
+    except UnicodeDecodeError:
+        raise InputError(f"config {path} is not a text file: give a .toml or .json config.") from None
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as err:
-        raise InputError(f"config {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {err}.") from None
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
+        raise InputError(f"config {path} is not valid {kind}: {str(err).splitlines()[0]}.") from None
     if not isinstance(data, dict):
         raise InputError(f"config {path} must hold a table of settings at the top level.")
     return config_from_dict(data)
 
 
-def quick(config: RunConfig) -> RunConfig:
-    """The --quick variant: at most 200 test and 200 fitting images, at most 10 attack steps."""
+# ------------------------------------------------------------------------------------------------ overlays
+
+QUICK_TEST_IMAGES = 200
+QUICK_FIT_IMAGES = 200
+QUICK_STEPS = 10
+
+
+def capped(specs: tuple[dict[str, Any], ...], steps: int, queries: int) -> tuple[dict[str, Any], ...]:
+    """Attack specs with their 'steps' at most ``steps`` and 'queries' at most ``queries`` (set where the attack
+    takes them and the spec leaves them to the attack's default)."""
+    from roiroa.attacks.base import attack_parameters
+
+    out = []
+    for spec in specs:
+        known = attack_parameters(spec["name"]) if isinstance(spec.get("name"), str) and ":" not in spec["name"] else []
+        caps = {k: min(int(spec.get(k, cap)), cap) for k, cap in (("steps", steps), ("queries", queries)) if k in known}
+        out.append({**spec, **caps})
+    return tuple(out)
+
+
+def quick(config: Config) -> Config:
+    """The --quick overlay: ``run`` on at most 200 test and 200 fitting images with at most 10 attack steps;
+    ``defend`` on 40 images with 5 steps, 20 queries and a small sweep; ``patches`` on 50 images, 20 steps."""
     data = dataclasses.replace(
         config.data,
         max_test=min(config.data.max_test or QUICK_TEST_IMAGES, QUICK_TEST_IMAGES),
         n_fit=min(config.data.n_fit, QUICK_FIT_IMAGES),
     )
-    attacks = tuple(
-        {**spec, "steps": min(int(spec.get("steps", QUICK_STEPS)), QUICK_STEPS)}
-        if "steps" in attack_parameters(spec["name"])
-        else spec
-        for spec in config.attacks
-    )
-    return dataclasses.replace(config, quick=True, data=data, attacks=attacks, defend=quick_defend(config.defend))
-
-
-def quick_defend(d: DefendConfig) -> DefendConfig:
-    """The --quick variant of ``roiroa defend``: 40 images, 5 steps, a small sweep, 1 epoch of adversarial training."""
-    return dataclasses.replace(
-        d,
-        n_test=min(d.n_test, 40),
-        steps=min(d.steps, 5),
-        square_queries=min(d.square_queries, 20),
-        eot_draws=min(d.eot_draws, 2),
-        probe_steps=min(d.probe_steps, 2),
-        sweep_q_roa=d.sweep_q_roa[:2],
-        sweep_dilation=d.sweep_dilation[:1],
-        sweep_fills=tuple(f for f in d.sweep_fills if f in ("zero", "noise")),
-        n_sanity=min(d.n_sanity, 20),
+    e = config.evaluation
+    evaluation = dataclasses.replace(
+        e,
+        n_test=min(e.n_test, 40),
+        attacks=capped(e.attacks, 5, 20),
+        sweep_q_roa=e.sweep_q_roa[:2],
+        sweep_dilation=e.sweep_dilation[:1],
+        sweep_fills=tuple(f for f in e.sweep_fills if f in ("zero", "noise")),
+        n_sanity=min(e.n_sanity, 20),
         sanity_eps=(0.05, 0.3, 1.0),
-        adv_steps=min(d.adv_steps, 2),
-        adv_epochs=min(d.adv_epochs, 1),
-        run_images=min(d.run_images, 40),
+        run_images=min(e.run_images, 40),
     )
+    d, p = config.defence, config.patches
+    return dataclasses.replace(
+        config,
+        quick=True,
+        data=data,
+        attacks=capped(config.attacks, QUICK_STEPS, 100),
+        defence=dataclasses.replace(d, eot_draws=min(d.eot_draws, 2), adv_steps=min(d.adv_steps, 2), adv_epochs=1),
+        evaluation=evaluation,
+        patches=dataclasses.replace(
+            p, n_test=min(p.n_test, 50), n_fit=min(p.n_fit, 100), attacks=capped(p.attacks, 20, 100)
+        ),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None) + "}"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def to_toml(data: dict[str, Any], prefix: str = "") -> str:
+    """A config dict as TOML: its scalars and lists, then one [table] per dict (None values omitted)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if v is not None and not isinstance(v, dict)]
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines += ["", f"[{prefix}{key}]", to_toml(value, f"{prefix}{key}.")]
+    return "\n".join(lines).strip("\n")

@@ -5,6 +5,7 @@ from roiroa.maps.gradcam import GradCAM, GradCAMPlusPlus, last_conv_name
 from roiroa.maps.gradients import IGResult, InputXGradient, IntegratedGradients, reduce_channels
 from roiroa.maps.localized import LocalizedAttack, LocalizedResult
 from roiroa.maps.occlusion import Occlusion, occlusion_drops
+from roiroa.maps.recorder import AttackTrace, GradientRecorder, record_attack
 from roiroa.maps.registry import ESTIMATORS, create_estimator, list_estimators, register_estimator
 from roiroa.maps.saliency import Saliency
 from roiroa.maps.shift import AttributionShift
@@ -13,6 +14,7 @@ from roiroa.maps.vulnerability import (
     PerturbationMagnitude,
     attack_vulnerability,
     mean_vulnerability,
+    vulnerability_reading,
     perturbation_map,
     unit_mean,
 )
@@ -25,6 +27,10 @@ __all__ = [
     "Occlusion",
     "occlusion_drops",
     "Saliency",
+    "AttackTrace",
+    "GradientRecorder",
+    "record_attack",
+    "vulnerability_reading",
     "PerturbationMagnitude",
     "attack_vulnerability",
     "mean_vulnerability",

@@ -20,9 +20,8 @@ from torch import nn
 
 from roiroa.attacks.base import Attack, resolve_attack
 from roiroa.attacks.carlini_wagner import margin
+from roiroa.geometry import grid_regions, label_regions, regions_to_pixels, slic_labels
 from roiroa.maps.registry import register_estimator
-from roiroa.regions.partition import grid_regions, regions_to_pixels
-from roiroa.regions.superpixels import label_regions, slic_labels
 from roiroa.utils import batch_slices, model_device, progress
 from roiroa.validation import check_choice, check_images, check_labels, check_number
 

@@ -10,11 +10,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from roiroa.geometry import grid_regions, label_regions, rectangle_boxes, regions_to_pixels, slic_labels
 from roiroa.maps.baselines import Baseline, baseline_images, check_baseline
 from roiroa.maps.incremental import IncrementalModel, cached_incremental_model, forget_engine
 from roiroa.maps.registry import register_estimator
-from roiroa.regions.partition import grid_regions, rectangle_boxes, regions_to_pixels
-from roiroa.regions.superpixels import label_regions, slic_labels
 from roiroa.utils import batch_slices, model_device, progress
 from roiroa.validation import check_choice, check_images, check_labels, check_model_output, check_number
 

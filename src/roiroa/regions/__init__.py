@@ -1,6 +1,6 @@
 """Segregation (partitions), isolation (thresholds), the four segments, and their statistics."""
 
-from roiroa.regions.partition import grid_regions, regions_to_pixels, window_starts
+from roiroa.geometry import grid_regions, label_regions, regions_to_pixels, slic_labels, window_starts
 from roiroa.regions.segments import SEGMENT_NAMES, Segments
 from roiroa.regions.spatial import moran_permutation_test, moran_z, morans_i
 from roiroa.regions.statistics import (
@@ -16,7 +16,6 @@ from roiroa.regions.statistics import (
     spearman,
     summarize,
 )
-from roiroa.regions.superpixels import label_regions, slic_labels
 from roiroa.regions.thresholds import THRESHOLD_METHODS, isolate, otsu_mask, top_q_mask
 
 __all__ = [

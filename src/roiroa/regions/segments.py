@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-SEGMENT_NAMES = ("S_0", "S_I", "S_A", "S_IA")  # label values 0..3 of Segments.labels()
+from roiroa.results import SEGMENT_NAMES
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,8 @@
-"""Outputs of a run: the run folder (JSON, CSV, NPZ, PNG, the HTML report) and the terminal summary."""
+"""Outputs of every command, as pure functions of results (no model, no attack): the results folder, the HTML
+report of any set of folders, the figures and the terminal tables."""
 
-from roiroa.report.figures import write_examples_figure
+from roiroa.report.folder import claim_folder, release, write_folder
 from roiroa.report.html import render_report, write_report
-from roiroa.report.run_folder import RUN_FILES, write_run
-from roiroa.report.tables import headline_table, metric_rows, per_image_rows
+from roiroa.report.tables import metric_rows, terminal_table
 
-__all__ = ["RUN_FILES", "write_run", "write_examples_figure", "headline_table", "metric_rows", "per_image_rows"]
-__all__ += ["write_report", "render_report"]
+__all__ = ["claim_folder", "release", "write_folder", "render_report", "write_report", "metric_rows", "terminal_table"]

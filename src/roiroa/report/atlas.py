@@ -17,10 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-from roiroa.maps.vulnerability import unit_mean  # noqa: E402
-from roiroa.regions.segments import SEGMENT_NAMES  # noqa: E402
+from roiroa.results import SEGMENT_NAMES  # noqa: E402
 
 SEGMENT_MEANINGS = {
     "S_0": "neither RoI\nnor RoA",
@@ -28,6 +26,12 @@ SEGMENT_MEANINGS = {
     "S_A": "RoA only (vulnerable,\nnot needed)",
     "S_IA": "RoI and RoA",
 }
+
+
+def unit_mean(maps: np.ndarray) -> np.ndarray:
+    """Each map of (N, H, W) divided by the mean of its absolute values (an all-zero map stays zero)."""
+    scale = np.abs(maps.reshape(len(maps), -1)).mean(1).reshape(-1, 1, 1)
+    return maps / np.where(scale > 0, scale, 1.0)
 
 
 def group_mean_std(maps: np.ndarray, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +131,7 @@ def class_atlas(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attack
     rows = []
     for name, key, unit in (
         ("I", "importance", "I"),
-        ("A", "vulnerability[all]", "A (unit mean)"),
+        ("A", "roa_map", "A (unit mean)"),
         (f"|δ| {_short(attack)}", f"perturbation[{attack}]", "|δ|"),
     ):
         maps = np.asarray(arrays[key])
@@ -147,11 +151,11 @@ def attack_atlas(arrays: Mapping[str, np.ndarray], attacks: Sequence[str]) -> pl
     n = len(np.asarray(arrays["labels"]))
     one = np.zeros(n, dtype=np.int64)
     rows = []
-    for name, prefix, extra in (("A", "vulnerability", ["all"]), ("|δ|", "perturbation", [])):
-        labels = [a for a in [*attacks, *extra] if f"{prefix}[{a}]" in arrays]
-        maps = [unit_mean(torch.from_numpy(np.asarray(arrays[f"{prefix}[{a}]"]))).numpy() for a in labels]
+    for name, prefix, extra in (("A", "vulnerability", [("all attacks", "roa_map")]), ("|δ|", "perturbation", [])):
+        keys = [(_short(a), f"{prefix}[{a}]") for a in attacks if f"{prefix}[{a}]" in arrays] + extra
+        maps = [unit_mean(np.asarray(arrays[key], dtype=np.float64)) for _, key in keys]
         stats = [group_mean_std(m, one, 1) for m in maps]
-        columns = [_short(a) if a != "all" else "all attacks" for a in labels]
+        columns = [column for column, _ in keys]
         rows.append(GridRow(f"mean {name}", np.concatenate([s[0] for s in stats]), columns, f"mean {name} (unit mean)"))
         rows.append(
             GridRow(

@@ -1,88 +1,63 @@
-"""Figures of a run (matplotlib, Agg backend): the examples grid."""
+"""Figures of a results folder, drawn from its files alone (matplotlib, Agg backend): the run's gallery, the
+defence table's sweep and sanity check, and the patch evaluation."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-
-from roiroa.defence.neutralizer import neutralize  # noqa: E402
-from roiroa.models.predict import predict  # noqa: E402
-from roiroa.regions.segments import Segments  # noqa: E402
-from roiroa.regions.thresholds import top_q_mask  # noqa: E402
-
-if TYPE_CHECKING:
-    from roiroa.evaluate.runner import RunResult
 
 SEGMENT_COLOURS = ["#ffffff", "#1f77b4", "#d62728", "#9467bd"]  # S_0, S_I, S_A, S_IA
 SEGMENT_LABELS = ["S_0: neither", "S_I: RoI only (critical, safe)", "S_A: RoA only (neutralized)", "S_IA: RoI and RoA"]
 
 
-def example_indices(labels: torch.Tensor, n: int) -> list[int]:
-    """Up to n test positions: the first image of each class in turn, round robin over classes."""
-    by_class = [(labels == c).nonzero().flatten().tolist() for c in sorted(set(labels.tolist()))]
-    picked: list[int] = []
-    depth = 0
-    while len(picked) < min(n, len(labels)):
-        for members in by_class:
-            if depth < len(members) and len(picked) < n:
-                picked.append(members[depth])
-        depth += 1
-    return picked
+def text(name: str) -> str:
+    """A user string safe for matplotlib ('$' would start mathtext)."""
+    return str(name).replace("$", r"\$")
 
 
-def strongest_attack(result: RunResult) -> str:
-    """The label of the attack with the lowest robust accuracy on f (the first on ties)."""
-    attacks = result.results["attacks"]
-    return min(attacks, key=lambda label: attacks[label]["robust_accuracy"])
-
-
-def _show_image(ax: plt.Axes, img: torch.Tensor) -> None:
+def _image(ax: plt.Axes, img: np.ndarray) -> None:
     """img: (C, H, W) in [0, 1]."""
     if img.shape[0] == 1:
-        ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
     else:
-        ax.imshow(img.permute(1, 2, 0).numpy())
+        ax.imshow(np.clip(img.transpose(1, 2, 0), 0, 1))
 
 
-def _show_map(ax: plt.Axes, m: torch.Tensor, region: torch.Tensor, colour: str) -> matplotlib.image.AxesImage:
+def _map(ax: plt.Axes, m: np.ndarray, region: np.ndarray, colour: str) -> Any:
     """A map scaled to its own maximum, with the region's outline."""
     top = float(m.max())
-    im = ax.imshow((m / top if top > 0 else m).numpy(), cmap="inferno", vmin=0, vmax=1)
-    ax.contour(region.float().numpy(), levels=[0.5], colors=colour, linewidths=1.0)
+    im = ax.imshow(m / top if top > 0 else m, cmap="inferno", vmin=0, vmax=1)
+    ax.contour(region.astype(float), levels=[0.5], colors=colour, linewidths=1.0)
     return im
 
 
-def write_examples_figure(result: RunResult, path: Path) -> None:
-    """examples.png: per test image the input, RoI, RoA, four segments, attacked, neutralized, oracle."""
-    test, maps, seg = result.splits.test, result.test_maps, result.segments
-    names = [n.replace("$", r"\$") for n in test.classes]  # matplotlib reads $...$ as maths
-    idx = example_indices(test.labels, result.config.examples)
-    if not idx:
-        return
-    label = strongest_attack(result)
-    x, y = test.images[idx], test.labels[idx]
-    x_adv = maps.results[label].x_adv[idx]
-    roi, seg_labels = seg.roi[idx], seg.labels()[idx]
-    own_s_a = Segments(roi, top_q_mask(maps.vulnerability[label][idx], result.config.regions.q_roa)).s_a
-    x_global = neutralize(x_adv, result.mask.mask_, result.fill)
-    x_oracle = neutralize(x_adv, own_s_a, result.fill)
-    preds = {
-        k: predict(result.model, v) for k, v in {"x": x, "adv": x_adv, "global": x_global, "oracle": x_oracle}.items()
-    }
+def strongest_attack(results: Mapping[str, Any]) -> str:
+    """The label of the attack with the lowest robust accuracy on f (the first on ties)."""
+    return str(min(results["attacks"], key=lambda a: a["robust_accuracy"])["label"])
+
+
+def gallery_figure(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attack: str, path: Path) -> None:
+    """Per gallery image: input, importance with the RoI, the RoA map with the RoA, the four segments, the image
+    attacked by ``attack``, neutralized with the global mask, and with its own S_A (the oracle analysis)."""
+    idx = np.asarray(arrays["gallery_index"])
+    seg = np.asarray(arrays["segments"])[idx]
+    roi, roa = (seg == 1) | (seg == 3), (seg == 2) | (seg == 3)
+    labels = np.asarray(arrays["labels"])[idx]
     titles = [
         "input",
         "importance I\n(RoI outlined)",
-        "vulnerability A\n(RoA outlined)",
+        "RoA map A\n(RoA outlined)",
         "segments",
-        f"attacked ({label})",
+        f"attacked ({text(attack)})",
         "neutralized,\nglobal mask",
         "neutralized, own S_A\n(oracle analysis)",
     ]
@@ -90,18 +65,18 @@ def write_examples_figure(result: RunResult, path: Path) -> None:
     heat = None
     for row, i in enumerate(idx):
         ax = axes[row]
-        _show_image(ax[0], x[row])
-        ax[0].set_ylabel(f"true {names[int(y[row])]}", fontsize=9)
-        ax[0].set_xlabel(f"pred {names[int(preds['x'][row])]}", fontsize=9)
-        heat = _show_map(ax[1], maps.importance[i].clamp(min=0), roi[row], "cyan")
-        _show_map(ax[2], maps.vulnerability["all"][i], seg.roa[i], "lime")
-        ax[3].imshow(
-            seg_labels[row].numpy(), cmap=ListedColormap(SEGMENT_COLOURS), vmin=-0.5, vmax=3.5, interpolation="nearest"
-        )
+        _image(ax[0], arrays["gallery_x"][row])
+        ax[0].set_ylabel(f"true {text(classes[int(labels[row])])}", fontsize=9)
+        ax[0].set_xlabel(f"pred {text(classes[int(arrays['gallery_pred'][row])])}", fontsize=9)
+        heat = _map(ax[1], np.clip(arrays["importance"][i], 0, None), roi[row], "cyan")
+        _map(ax[2], arrays["roa_map"][i], roa[row], "lime")
+        ax[3].imshow(seg[row], cmap=ListedColormap(SEGMENT_COLOURS), vmin=-0.5, vmax=3.5, interpolation="nearest")
         for col, key in ((4, "adv"), (5, "global"), (6, "oracle")):
-            _show_image(ax[col], {"adv": x_adv, "global": x_global, "oracle": x_oracle}[key][row])
-            ok = int(preds[key][row]) == int(y[row])
-            ax[col].set_xlabel(f"pred {names[int(preds[key][row])]}", fontsize=9, color="green" if ok else "red")
+            _image(ax[col], arrays[f"gallery_{key}[{attack}]"][row])
+            pred = int(arrays[f"gallery_pred_{key}[{attack}]"][row])
+            ax[col].set_xlabel(
+                f"pred {text(classes[pred])}", fontsize=9, color="green" if pred == int(labels[row]) else "red"
+            )
     for col, title in enumerate(titles):
         axes[0, col].set_title(title, fontsize=9)
     for a in axes.flat:
@@ -111,7 +86,111 @@ def write_examples_figure(result: RunResult, path: Path) -> None:
     fig.legend(handles=legend, loc="upper center", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 0.93, 0.97))
     if heat is not None:
-        cax = fig.add_axes((0.94, 0.15, 0.012, 0.7))
-        fig.colorbar(heat, cax=cax).set_label("map / its maximum (per image)", fontsize=8)
+        fig.colorbar(heat, cax=fig.add_axes((0.94, 0.15, 0.012, 0.7))).set_label(
+            "map / its maximum (per image)", fontsize=8
+        )
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def defence_figure(results: Mapping[str, Any], path: Path) -> None:
+    """Left: the sweep (clean against adaptive robust accuracy) with its Pareto front and the baselines; right:
+    adaptive robust accuracy against eps (the sanity check)."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5))
+    sweep = results.get("sweep", [])
+    for scope in dict.fromkeys(r["scope"] for r in sweep):
+        pts = [r for r in sweep if r["scope"] == scope]
+        ax.scatter(
+            [r["clean_accuracy"] for r in pts],
+            [r["adaptive_accuracy"] for r in pts],
+            label=f"{text(scope)} (sweep)",
+            alpha=0.7,
+            s=25,
+        )
+    front = sorted((r for r in sweep if r["pareto"]), key=lambda r: r["clean_accuracy"])
+    if front:
+        ax.plot(
+            [r["clean_accuracy"] for r in front],
+            [r["adaptive_accuracy"] for r in front],
+            "k--",
+            lw=1,
+            label="Pareto front",
+        )
+    rows = {
+        (r["defence"], r["setting"]): r
+        for r in results["table"]
+        if r["attack"] in ("none", "all") or r["setting"] == "adaptive"
+    }
+    for (name, setting), r in rows.items():
+        if setting == "clean" and r["kind"] in ("none", "baseline") and (name, "adaptive") in rows:
+            ax.scatter(
+                [r["accuracy"]],
+                [rows[(name, "adaptive")]["accuracy"]],
+                marker="*" if r["kind"] == "none" else "s",
+                s=80,
+                c="k",
+            )
+            ax.annotate(
+                text(name),
+                (r["accuracy"], rows[(name, "adaptive")]["accuracy"]),
+                fontsize=8,
+                xytext=(4, 2),
+                textcoords="offset points",
+            )
+    ax.set(
+        xlabel="clean accuracy",
+        ylabel="robust accuracy, adaptive attack",
+        title=f"mask sweep and baselines ({results['n_test']} test images)",
+    )
+    ax.legend(fontsize=7)
+    for r in results.get("sanity", []):
+        bx.plot(r["eps"], r["accuracy"], marker="o", ms=3, label=text(r["defence"]))
+    bx.set_xscale("log")
+    bx.set(
+        xlabel="eps (L-inf)",
+        ylabel="robust accuracy, adaptive attack",
+        title=f"sanity: accuracy falls with eps ({results.get('n_sanity', 0)} images)",
+    )
+    bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def patches_figure(results: Mapping[str, Any], path: Path) -> None:
+    """Accuracy against patch area per attack and defence (o non-adaptive, x adaptive)."""
+    rows = results["table"]
+    attacks = {a["label"]: a for a in results["attacks"]}
+    names = sorted({a["params"].get("attack", label.split("@")[0]) for label, a in attacks.items()})
+    defences = list(dict.fromkeys(r["defence"] for r in rows))
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5 * max(1, len(names)), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=False):
+        for i, d in enumerate(defences):
+            for setting, marker in (("non-adaptive", "o"), ("adaptive", "x")):
+                pts = sorted(
+                    (attacks[r["attack"]]["area"], r["accuracy"])
+                    for r in rows
+                    if r["defence"] == d
+                    and r["setting"] == setting
+                    and r["attack"] in attacks
+                    and attacks[r["attack"]]["params"].get("attack") == name
+                )
+                if pts:
+                    style = "-" if setting == "non-adaptive" else ""
+                    ax.plot(
+                        *zip(*pts, strict=True),
+                        marker=marker,
+                        ls=style,
+                        color=plt.get_cmap("tab20")(i % 20),
+                        label=text(d) if setting == "non-adaptive" else None,
+                    )
+        ax.set(
+            title=f"{text(name)} (o non-adaptive, x adaptive)",
+            xlabel="patch area (fraction of image)",
+            ylabel="accuracy",
+            ylim=(-0.02, 1.02),
+        )
+    axes[0][-1].legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,18 +1,18 @@
-"""The HTML report of a run folder: one self-contained file, report.html.
+"""The HTML report: one self-contained page for any set of results folders (``run``, ``defend``, ``patches``).
 
-Everything comes from the run folder alone (config.json, results.json, maps.npz, examples.png and,
-where present, the defence files): PNG images are inline data URIs, the CSS is inline, there is no
-script and no external asset, and a Content-Security-Policy forbids loading anything else. Every
-string that comes from the user (class names, paths, labels, config values) is HTML-escaped.
+A pure function of the folders' files (config.json, results.json, maps.npz, the figures): no model, no attack.
+PNG images are inline data URIs, the CSS is inline, there is no script and no external asset, and a
+Content-Security-Policy forbids loading anything else. Every string that comes from the user (class names,
+paths, labels, config values) is HTML-escaped.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 import os
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,11 @@ from typing import Any
 import numpy as np
 
 from roiroa.errors import InputError
-from roiroa.evaluate.dataset_statistics import CONSISTENCY_STATISTICS, DELTA_STATISTICS, MAP_STATISTICS
 from roiroa.report.atlas import attack_atlas, class_atlas, figure_png, segment_atlas
+from roiroa.results import CONSISTENCY_STATISTICS, DELTA_STATISTICS, MAP_STATISTICS
 
 REPORT_NAME = "report.html"
 CONSISTENCY_KINDS = {"restarts": "two random starts", "seeds": "models of other seeds (mean)"}
-DEFENCE_FILES = ("defence.csv", "defence.json", "defence.png")
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
@@ -95,63 +94,64 @@ def _read_json(path: Path) -> Any:
 # --------------------------------------------------------------------------------------------- sections
 
 
-def setup_section(config: dict[str, Any], results: dict[str, Any]) -> str:
+def data_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The data and model of any results folder."""
     d, m = results["dataset"], results["model"]
-    data_rows = [
+    provenance = {
+        "trained": "trained by roiroa",
+        "weights": "loaded from a weights file",
+        "in-memory": "given in memory",
+    }
+    rows = [
         ("dataset", e(d["name"])),
         ("source", e(d["source"])),
         ("classes", e(", ".join(str(c) for c in d["classes"]))),
         ("image shape (C, H, W)", e(" x ".join(str(s) for s in d["image_shape"]))),
         ("images: train / fit / test", f"{d['n_train']} / {d['n_fit']} / {d['n_test']}"),
-        ("model", e(m["name"])),
-        ("parameters", f"{m['parameters']:,}"),
+        ("model", e(m["name"]) + f" ({e(provenance.get(m['source'], m['source']))}, {m['parameters']:,} parameters)"),
         ("clean test accuracy", pct(m["test_accuracy"])),
-        ("checkpoint", e(m["checkpoint"]) + (" (from cache)" if m.get("from_cache") else " (trained in this run)")),
-        ("importance I", e(results["maps"]["importance"]["method"])),
-        ("RoI / RoA", e(_isolation_text(results))),
-        ("seed", e(results["seed"])),
-        ("device", e(results["device"])),
-        ("quick", e(results["quick"])),
+        ("checkpoint", e(m.get("checkpoint") or "-") + (" (from cache)" if m.get("from_cache") else "")),
+        ("seed, device, quick", e(f"{results['seed']}, {results['device']}, {results['quick']}")),
         ("versions", e(", ".join(f"{k} {v}" for k, v in results["versions"].items()))),
     ]
+    if m.get("warning"):
+        rows.append(("warning", f'<span class="absent">{e(m["warning"])}</span>'))
+    return rows
+
+
+def setup_section(config: dict[str, Any], results: dict[str, Any]) -> str:
+    rows = data_rows(results)
+    if results["command"] == "run":
+        rows.append(("importance I", e(results["maps"]["importance"]["method"])))
+        rows.append(("RoI / RoA", e(_isolation_text(results))))
     attacks = table(
-        ["attack", "norm", "eps", "steps", "random start", "restarts"],
+        ["attack", "parameters"] + (["RoA map read from"] if results["command"] == "run" else []),
         (
-            (
-                e(label),
-                e(a["params"].get("norm")),
-                e(a["params"].get("eps")),
-                e(a["params"].get("steps")),
-                e(a["params"].get("random_start")),
-                e(a["params"].get("restarts")),
-            )
-            for label, a in results["attacks"].items()
+            [e(a["label"]), e(", ".join(f"{k}={v}" for k, v in a["params"].items() if k not in ("batch_size",)))]
+            + ([e(a["reading"])] if "reading" in a else [])
+            for a in results["attacks"]
         ),
     )
-    vuln = results["maps"]["vulnerability"]["per_attack"]
     return (
         "<h2>Setup</h2>"
-        + table(["", ""], data_rows, left=2)
-        + "<p>Attacks (vulnerability A of each: "
-        + e(", ".join(f"{k}: {v}" for k, v in vuln.items()))
-        + "; the RoA of the run is the mean of the attacks' maps, each at unit mean):</p>"
+        + table(["", ""], rows, left=2)
+        + "<p>Attacks:</p>"
         + attacks
-        + "<details><summary>config.json (repeat the run with <code>roiroa run --config config.json</code>)"
+        + f"<details><summary>config.json (repeat with <code>roiroa {e(results['command'])} --config config.json</code>)"
         + f"</summary><pre>{e(json.dumps(config, indent=2))}</pre></details>"
     )
 
 
 def _isolation_text(results: dict[str, Any]) -> str:
-    top = results["regions"]["overlap"]["top_q"]
-    threshold = results["regions"]["segments"]["threshold"]
-    return f"threshold {threshold}; top-q fractions q_roi = {top['q_roi']}, q_roa = {top['q_roa']}"
+    r = results["regions"]
+    return f"threshold {r['threshold']}; top-q fractions q_roi = {r['q_roi']}, q_roa = {r['q_roa']}"
 
 
 def headline_section(results: dict[str, Any]) -> str:
     stats = results.get("statistics", {}).get("per_attack", {}).get("all", {})
     cards = [("clean accuracy of f", pct(results["model"]["test_accuracy"]), "")]
-    for label, a in results["attacks"].items():
-        cards.append((f"robust accuracy under {e(label)}", pct(a["robust_accuracy"]), "undefended f"))
+    for a in results["attacks"]:
+        cards.append((f"robust accuracy under {e(a['label'])}", pct(a["robust_accuracy"]), "undefended f"))
     for key, title in (
         ("iou", "IoU of RoI and RoA"),
         ("spearman", "Spearman of I and A"),
@@ -169,11 +169,11 @@ def headline_section(results: dict[str, Any]) -> str:
     return f'<h2>Headline numbers</h2><div class="headline">{body}</div>'
 
 
-def gallery_section(run_dir: Path, results: dict[str, Any]) -> str:
-    path = run_dir / "examples.png"
+def gallery_section(folder: Path, results: dict[str, Any]) -> str:
+    path = folder / "examples.png"
     intro = (
         "<p>Each row is one test image. <b>Importance I</b> (where the model looks) with the "
-        "<b>Region of Importance (RoI)</b>, its top positions, outlined in cyan; <b>vulnerability A</b> (where the "
+        "<b>Region of Importance (RoI)</b>, its top positions, outlined in cyan; the <b>RoA map A</b> (where the "
         "attacks act) with the <b>Region of Attack (RoA)</b> outlined in green; the <b>four segments</b>: "
         "S_IA = RoI and RoA (critical and vulnerable), S_I = RoI only (critical, safe), S_A = RoA only "
         "(vulnerable but not needed: the one the defence blocks), S_0 = neither; then the attacked image, the "
@@ -181,19 +181,22 @@ def gallery_section(run_dir: Path, results: dict[str, Any]) -> str:
         "Predictions in green are right, in red wrong.</p>"
     )
     if not path.exists():
-        return "<h2>Gallery of examples</h2>" + intro + '<p class="absent">examples.png is absent from this run.</p>'
+        return ""
     return "<h2>Gallery of examples</h2>" + intro + png_img(path.read_bytes(), "examples: input, RoI, RoA, segments")
 
 
-def atlas_section(run_dir: Path, results: dict[str, Any]) -> str:
-    path = run_dir / "maps.npz"
+def atlas_section(folder: Path, results: dict[str, Any]) -> str:
+    path = folder / "maps.npz"
     if not path.exists():
-        return '<h2>Atlases</h2><p class="absent">maps.npz is absent: no atlases.</p>'
-    with np.load(path, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
+        return ""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise InputError(f"{path} is damaged ({err}): run the command again to write it anew.") from None
     classes = [str(c) for c in results["dataset"]["classes"]]
-    attacks = list(results["attacks"])
-    strongest = min(attacks, key=lambda a: results["attacks"][a]["robust_accuracy"])
+    attacks = [a["label"] for a in results["attacks"]]
+    strongest = min(results["attacks"], key=lambda a: a["robust_accuracy"])["label"]
     figures = [
         (
             "Per class",
@@ -221,7 +224,7 @@ def atlas_section(run_dir: Path, results: dict[str, Any]) -> str:
 def statistics_section(results: dict[str, Any]) -> str:
     st = results.get("statistics")
     if not st:
-        return '<h2>Statistics</h2><p class="absent">This run has no dataset statistics (made by an older roiroa).</p>'
+        return ""
     m = st["method"]
     intro = (
         f"<p>Each number is the mean over test images with its {e(m['interval'])} in brackets "
@@ -238,22 +241,19 @@ def statistics_section(results: dict[str, Any]) -> str:
             s = st["per_attack"][label].get(stat)
             cells.append(f'{ci_text(s["value"])}<br><span class="null">{ci_text(s["null"])}</span>' if s else "&ndash;")
         rows.append(cells)
-    header = ["statistic", "meaning"] + [e(label if label != "all" else "all (mean A)") for label in labels]
+    header = ["statistic", "meaning"] + [e(label if label != "all" else "the run's RoA map") for label in labels]
     parts = ["<h2>Statistics</h2>", intro, "<h3>RoI and RoA, per attack</h3>", table(header, rows, left=2)]
-    cons_rows = []
-    missing = {
-        "restarts": "not computed (statistics.restarts = false, or no attack with a random start)",
-        "seeds": "not computed (statistics.seed_models = 0: no model trained with another seed)",
-    }
-    for kind in ("attacks", "restarts", "seeds"):
-        entries = st["consistency"].get(kind, {})
-        for pair, s in entries.items():
-            which = pair.replace("|", " vs ") if kind == "attacks" else f"{pair}: {CONSISTENCY_KINDS[kind]}"
-            cons_rows.append(
-                [e(kind), e(which), ci_text(s["value"]), f'<span class="null">{ci_text(s["null"])}</span>']
-            )
-        if not entries and kind in missing:
-            cons_rows.append([e(kind), f'<span class="absent">{e(missing[kind])}</span>', "", ""])
+    words = {"attacks": "two attacks", "restarts": "another random start", "seeds": "models of other seeds (mean)"}
+    cons_rows = [
+        [
+            e(kind),
+            e(pair.replace("|", " vs ") if kind == "attacks" else f"{pair}: {words[kind]}"),
+            ci_text(s["value"]),
+            f'<span class="null">{ci_text(s["null"])}</span>',
+        ]
+        for kind, entries in st["consistency"].items()
+        for pair, s in entries.items()
+    ]
     parts.append("<h3>Consistency of the RoA</h3>")
     parts.append(
         "<p>IoU of the RoA masks of two attacks on the same image; of an attack and a second run of it from "
@@ -261,17 +261,7 @@ def statistics_section(results: dict[str, Any]) -> str:
     )
     parts.append(table(["across", "which", "IoU", "null"], cons_rows, left=2))
     class_stats = [
-        k
-        for k in (
-            "iou",
-            "share_roa_in_roi",
-            "spearman",
-            "pointing_game",
-            "relevance_mass",
-            "moran_a",
-            *CONSISTENCY_STATISTICS,
-        )
-        if any(k in v for v in st["per_class"].values())
+        k for k in (*MAP_STATISTICS, *CONSISTENCY_STATISTICS) if any(k in v for v in st["per_class"].values())
     ]
     class_rows = [
         [e(c)]
@@ -281,121 +271,166 @@ def statistics_section(results: dict[str, Any]) -> str:
         ]
         for c, v in st["per_class"].items()
     ]
-    parts.append("<h3>Per class (mean A of all attacks)</h3>")
+    parts.append("<h3>Per class (the run's RoA map)</h3>")
     parts.append(table(["class"] + [e(k) for k in class_stats], class_rows))
     glossary = {**MAP_STATISTICS, **DELTA_STATISTICS, **CONSISTENCY_STATISTICS}
     parts.append("<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in glossary.items()) + "</dl>")
     return "".join(parts)
 
 
-def defence_section(run_dir: Path, results: dict[str, Any]) -> str:
-    parts = ["<h2>Defence</h2>"]
-    rows = results.get("defence", [])
-    if rows:
-        parts.append(
-            "<p>Robust accuracy on the test images. f: undefended; f&#8728;N: the global-mask neutralization, attack "
-            "crafted on f (non-adaptive) or through f&#8728;N (adaptive); random: a random mask of the same area "
-            "(the control).</p>"
-        )
-        cols = [
-            ("undefended_accuracy", "f"),
-            ("clean_accuracy", "f&#8728;N clean"),
-            ("nonadaptive_accuracy", "f&#8728;N"),
-            ("adaptive_accuracy", "f&#8728;N adaptive"),
-            ("random_mask_accuracy", "random"),
-            ("random_mask_adaptive_accuracy", "random adaptive"),
-            ("area", "area"),
+def grid_table(rows: list[dict[str, Any]]) -> str:
+    """A robustness table: defence, kind, setting, attack, accuracy with its 95% interval, n, area."""
+    return table(
+        ["defence", "kind", "setting", "attack", "accuracy", "95% interval", "images", "area", "how the attack ran"],
+        (
+            [
+                e(r["defence"]),
+                e(r["kind"]),
+                e(r["setting"]),
+                e(r["attack"]),
+                pct(r["accuracy"]),
+                f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]",
+                e(r["n_images"]),
+                pct(r.get("area")),
+                e(r["attack_params"]),
+            ]
+            for r in rows
+        ),
+        left=4,
+    )
+
+
+def oracle_table(rows: list[dict[str, Any]]) -> str:
+    return table(
+        ["attack", "q_roa", "accuracy", "clean accuracy", "random mask", "area", "images"],
+        (
+            [
+                e(r["attack"]),
+                e(r["q_roa"]),
+                pct(r["accuracy"]),
+                pct(r["clean_accuracy"]),
+                pct(r["random_mask_accuracy"]),
+                pct(r["area"]),
+                e(r["n_images"]),
+            ]
+            for r in rows
+        ),
+    )
+
+
+def run_defence_section(results: dict[str, Any]) -> str:
+    parts = [
+        "<h2>Defence</h2><p>Robust accuracy on the test images: an image counts only if the model is right on the "
+        "clean and on the attacked image. none: the undefended f; global: f&#8728;N with the global mask S_A; "
+        "random[global]: a random mask of the same area (the control); non-adaptive: the attack crafted on f; "
+        "adaptive: crafted through the defence; worst-case: per image over every attack.</p>",
+        grid_table(results["defence"]),
+    ]
+    if results.get("defence_short"):
+        parts += [
+            "<h3>Other defences (short form; <code>roiroa defend</code> has the full table)</h3>",
+            grid_table(results["defence_short"]),
         ]
+    if results.get("oracle"):
+        parts += [
+            "<h3>Oracle analysis</h3><p>Each image's own S_A from the known attack: it needs the attack, so it is an analysis, not a defence.</p>",
+            oracle_table(results["oracle"]),
+        ]
+    return "".join(parts)
+
+
+def defend_section(folder: Path, results: dict[str, Any]) -> str:
+    parts = [
+        f"<h2>Defence table ({results['n_test']} test images)</h2>",
+        "<p>Every defence on the same model, attacks and images; each accuracy with its 95% Wilson interval.</p>",
+        grid_table(results["table"]),
+    ]
+    if results.get("oracle"):
+        parts += ["<h3>Oracle analysis</h3>", oracle_table(results["oracle"])]
+    sanity = results.get("sanity", [])
+    if sanity:
+        eps = sanity[0]["eps"]
+        parts.append(f"<h3>Sanity check: adaptive robust accuracy against eps ({results['n_sanity']} images)</h3>")
         parts.append(
             table(
-                ["attack", "mask", "fill"] + [h for _, h in cols],
-                ([e(r["attack"]), e(r.get("mask")), e(r.get("fill"))] + [pct(r.get(k)) for k, _ in cols] for r in rows),
-                left=3,
-            )
-        )
-    oracle = results.get("oracle", [])
-    if oracle:
-        parts.append(
-            "<p>Oracle analysis (each image's own S_A from the known attack; not a defence):</p>"
-            + table(
-                ["attack", "q_roa", "accuracy", "clean accuracy", "random mask", "area"],
+                ["defence", *(f"eps {x:g}" for x in eps), "falls", "unbounded ~0"],
                 (
                     [
-                        e(r["attack"]),
-                        e(r["q_roa"]),
-                        pct(r["accuracy"]),
-                        pct(r["clean_accuracy"]),
-                        pct(r["random_mask_accuracy"]),
-                        pct(r["area"]),
+                        e(r["defence"]),
+                        *(pct(a) for a in r["accuracy"]),
+                        e(r["falls"]),
+                        e(r["unbounded_accuracy"] <= 0.05),
                     ]
-                    for r in oracle
+                    for r in sanity
                 ),
             )
         )
-    parts.append(defence_files_section(run_dir))
+    if (folder / "defence.png").exists():
+        parts.append(png_img((folder / "defence.png").read_bytes(), "mask sweep and sanity check"))
+    parts += [f'<p class="note">{e(n)}</p>' for n in results.get("notes", [])]
     return "".join(parts)
 
 
-def defence_files_section(run_dir: Path) -> str:
-    """defence.csv / defence.json / defence.png of the defence evaluation, where the run folder has them."""
-    present = [name for name in DEFENCE_FILES if (run_dir / name).exists()]
-    if not present:
-        return (
-            '<h3>Defence evaluation files</h3><p class="absent">The defence evaluation (defence.csv, defence.json, '
-            "defence.png) is absent from this run folder.</p>"
-        )
-    parts = ["<h3>Defence evaluation files</h3>"]
-    if (run_dir / "defence.csv").exists():
-        with (run_dir / "defence.csv").open(newline="") as f:
-            rows = list(csv.reader(f))
-        if rows:
-            parts.append(table([e(h) for h in rows[0]], ([e(c) for c in r] for r in rows[1:])))
-    if (run_dir / "defence.png").exists():
-        parts.append(png_img((run_dir / "defence.png").read_bytes(), "defence"))
-    if (run_dir / "defence.json").exists():
-        parts.append(
-            f"<details><summary>defence.json</summary><pre>{e((run_dir / 'defence.json').read_text())}</pre></details>"
-        )
+def patches_section(folder: Path, results: dict[str, Any]) -> str:
+    rows = results["table"]
+    parts = [f"<h2>Patch attacks ({results['n_test']} test images)</h2>", grid_table(rows)]
+    if (folder / "patches.png").exists():
+        parts.append(png_img((folder / "patches.png").read_bytes(), "accuracy against patch area"))
     return "".join(parts)
 
 
-def files_section(run_dir: Path, results: dict[str, Any]) -> str:
-    names = sorted(p.name for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+def files_section(folder: Path, results: dict[str, Any], shown: str) -> str:
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     timings = ", ".join(f"{e(k)} {v:.1f} s" for k, v in results.get("timings", {}).items())
-    return (
-        "<h2>Files and timings</h2><p>Run folder: <code>"
-        + e(run_dir.resolve())
-        + "</code></p><p>"
-        + e(", ".join(names + ([REPORT_NAME] if REPORT_NAME not in names else [])))
-        + f'</p><p class="note">time per stage: {timings}</p>'
-    )
+    return f'<h3>Files and timings</h3><p>Folder: <code>{e(shown)}</code>: {e(", ".join(names))}</p><p class="note">time per stage: {timings}</p>'
+
+
+def folder_sections(folder: Path, shown: str) -> str:
+    """The sections of one results folder."""
+    results, config = _read_json(folder / "results.json"), _read_json(folder / "config.json")
+    command = results.get("command") if isinstance(results, dict) else None
+    if command not in ("run", "defend", "patches"):
+        raise InputError(f"{folder}/results.json is not a roiroa results file of this version: run the command again.")
+    try:
+        head = f"<h1>roiroa {e(command)}: {e(results['dataset']['name'])}, {e(results['model']['name'])}</h1>"
+        body = [head, setup_section(config, results)]
+        if command == "run":
+            body += [
+                headline_section(results),
+                gallery_section(folder, results),
+                atlas_section(folder, results),
+                statistics_section(results),
+                run_defence_section(results),
+            ]
+        elif command == "defend":
+            body.append(defend_section(folder, results))
+        else:
+            body.append(patches_section(folder, results))
+        return "".join(body) + files_section(folder, results, shown)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        raise InputError(
+            f"{folder}/results.json is damaged ({type(err).__name__}: {err}): run the command again."
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------- the page
 
 
-def render_report(run_dir: str | Path) -> str:
-    """The report of a run folder as one self-contained HTML page (a string)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise InputError(f"run folder {run_dir} does not exist: give the folder that `roiroa run` wrote.")
-    results = _read_json(run_dir / "results.json")
-    config = _read_json(run_dir / "config.json")
-    title = f"roiroa report: {results['dataset']['name']}, {results['model']['name']}"
-    body = "".join(
-        [
-            f"<h1>{e(title)}</h1>",
-            '<p class="note">Where the model looks (Region of Importance, RoI), where attacks act (Region of '
-            "Attack, RoA), how the two line up over the dataset, and what blocking S_A = RoA minus RoI buys.</p>",
-            setup_section(config, results),
-            headline_section(results),
-            gallery_section(run_dir, results),
-            atlas_section(run_dir, results),
-            statistics_section(results),
-            defence_section(run_dir, results),
-            files_section(run_dir, results),
-        ]
+def render_report(folders: Sequence[str | Path], shown_as: Sequence[str] | None = None) -> str:
+    """One self-contained HTML page for the results folders (a string)."""
+    paths = [Path(f) for f in folders]
+    for path in paths:
+        if not path.is_dir():
+            raise InputError(
+                f"results folder {path} does not exist: give a folder that roiroa run, defend or patches wrote."
+            )
+    shown = list(shown_as) if shown_as is not None else [str(p.resolve()) for p in paths]
+    intro = (
+        '<p class="note">Where the model looks (Region of Importance, RoI), where attacks act (Region of '
+        "Attack, RoA), how the two line up over the dataset, and what blocking S_A = RoA minus RoI buys.</p>"
     )
+    body = intro + "".join(folder_sections(p, name) for p, name in zip(paths, shown, strict=True))
+    title = "roiroa report: " + ", ".join(shown)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
@@ -404,20 +439,18 @@ def render_report(run_dir: str | Path) -> str:
     )
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write RUN_DIR/report.html (atomically: a temporary name, then a rename) and return its path."""
-    run_dir = Path(run_dir)
-    page = render_report(run_dir)
-    tmp = run_dir / f".{REPORT_NAME}.{os.getpid()}.tmp"  # beside the target: the rename is atomic
+def write_report(folders: Sequence[str | Path], path: str | Path, shown_as: Sequence[str] | None = None) -> Path:
+    """Write the report of ``folders`` to ``path`` (atomically: a temporary name, then a rename)."""
+    path = Path(path)
+    page = render_report(folders, shown_as)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, run_dir / REPORT_NAME)
+        os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise InputError(
-            f"cannot write {run_dir / REPORT_NAME} ({err.strerror}): copy the folder somewhere writable."
-        ) from None
+        raise InputError(f"cannot write {path} ({err.strerror}): choose a writable place for the report.") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return run_dir / REPORT_NAME
+    return path

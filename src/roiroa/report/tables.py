@@ -1,142 +1,246 @@
-"""Tables of a run: the tidy metrics.csv rows, the per-image rows, and the terminal summary."""
+"""Tables of a results folder, from its results.json alone: the tidy metrics.csv rows and the terminal tables
+of ``run``, ``defend`` and ``patches``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
-if TYPE_CHECKING:
-    from roiroa.evaluate.runner import RunResult
-
-METRIC_COLUMNS = ("section", "scope", "attack", "metric", "value")
-
-
-def _row(section: str, scope: str, attack: str, metric: str, value: Any) -> dict[str, Any]:
-    return dict(zip(METRIC_COLUMNS, (section, scope, attack, metric, value), strict=True))
+METRIC_COLUMNS = ("section", "scope", "attack", "setting", "metric", "value")
+GRID_METRICS = ("accuracy", "ci_low", "ci_high", "n_images", "area", "detection_iou")
 
 
-def metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """results.json flattened into rows (section, scope, attack, metric, value), one number each."""
-    rows = [_row("model", "f", "", "test_accuracy", results["model"]["test_accuracy"])]
-    for label, a in results["attacks"].items():
-        rows += [
-            _row("attacks", "f", label, m, a[m]) for m in ("robust_accuracy", "success_rate", "mean_linf", "mean_l2")
+def _row(section: str, scope: str, attack: str, setting: str, metric: str, value: Any) -> dict[str, Any]:
+    return dict(zip(METRIC_COLUMNS, (section, scope, attack, setting, metric, value), strict=True))
+
+
+def grid_metric_rows(section: str, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One metric row per number of each grid row (accuracy, its interval, n, area, detection IoU)."""
+    out = []
+    for r in rows:
+        out += [
+            _row(section, r["defence"], r["attack"], r["setting"], m, r[m])
+            for m in GRID_METRICS
+            if r.get(m) is not None
         ]
-    regions = results["regions"]
-    for label, stats in regions["correlation"].items():
-        rows += [_row("regions", "correlation", label, m, s["mean"]) for m, s in stats.items()]
-    for method, entry in regions["overlap"].items():
-        for label, stats in entry.items():
-            if isinstance(stats, dict):
-                rows += [_row("regions", method, label, m, stats[m]["mean"]) for m in ("iou", "dice")]
-    rows += statistics_rows(results.get("statistics"))
-    for row in results["defence"]:
-        meta = ("mask", "fill", "threshold", "attack")
-        rows += [_row("defence", row["mask"], row["attack"], m, v) for m, v in row.items() if m not in meta]
-    for row in results["oracle"]:
-        metrics = ("area", "accuracy", "clean_accuracy", "random_mask_accuracy")
-        rows += [_row("oracle", f"q_roa={row['q_roa']}", row["attack"], m, row[m]) for m in metrics]
-    rows += [_row("timings", stage, "", "seconds", sec) for stage, sec in results["timings"].items()]
-    return rows
+    return out
 
 
 def statistics_rows(statistics: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Rows of the dataset statistics: scope 'statistics' (or 'consistency:<kind>') for the value and
-    '...:null' for the null; metrics <name>, <name>_ci_low, <name>_ci_high."""
-    rows: list[dict[str, Any]] = []
+    """Rows of the dataset statistics: scope 'statistics' (or 'consistency:<kind>', 'class:<name>') and
+    ':null' for the null; metrics <name>, <name>_ci_low, <name>_ci_high."""
     if not statistics:
-        return rows
+        return []
     groups = [("statistics", statistics["per_attack"])]
-    groups += [
-        (f"consistency:{kind}", {label: {"roa_iou": s} for label, s in entries.items()})
-        for kind, entries in statistics["consistency"].items()
-    ]
+    groups += [(f"consistency:{kind}", entries) for kind, entries in statistics["consistency"].items()]
+    groups += [(f"class:{name}", {"all": stats}) for name, stats in statistics["per_class"].items()]
+    rows: list[dict[str, Any]] = []
     for scope, by_label in groups:
         for label, stats in by_label.items():
-            for name, pair in stats.items():
+            pairs = stats.items() if "value" not in stats else [("roa_iou", stats)]
+            for name, pair in pairs:
                 for kind in ("value", "null"):
-                    ci = pair[kind]
-                    where = scope if kind == "value" else f"{scope}:null"
+                    ci, where = pair[kind], scope if kind == "value" else f"{scope}:null"
                     rows += [
-                        _row("statistics", where, label, name + suffix, ci[key])
+                        _row("statistics", where, label, "", name + suffix, ci[key])
                         for suffix, key in (("", "mean"), ("_ci_low", "low"), ("_ci_high", "high"))
                     ]
     return rows
 
 
-def per_image_rows(result: RunResult) -> list[dict[str, Any]]:
-    """One row per test image: source index, label, predictions on clean and attacked images, statistics,
-    and the class names of the label and of each prediction."""
-    test = result.splits.test
-    columns = {"index": test.index, "label": test.labels}
-    columns |= {f"pred[{k}]": v for k, v in result.predictions.items()}
-    columns |= result.per_image
-    names = list(columns)
-    values = [c.tolist() for c in columns.values()]
-    rows = [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
-    classes = test.classes  # class names beside the indices
-    for row in rows:
-        row["class"] = classes[row["label"]]
-        row |= {f"pred_class[{k}]": classes[row[f"pred[{k}]"]] for k in result.predictions}
+def metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """results.json flattened into rows (section, scope, attack, setting, metric, value), one number each."""
+    rows = [_row("model", "f", "", "clean", "test_accuracy", results["model"]["test_accuracy"])]
+    for a in results.get("attacks", []):
+        rows += [
+            _row("attacks", "f", a["label"], "", m, a[m])
+            for m in ("robust_accuracy", "success_rate", "mean_linf", "mean_l2")
+            if m in a
+        ]
+    rows += statistics_rows(results.get("statistics"))
+    for section in ("defence", "defence_short", "table"):
+        rows += grid_metric_rows(section, results.get(section, []))
+    for r in results.get("oracle", []):
+        rows += [
+            _row("oracle", f"q_roa={r['q_roa']}", r["attack"], "non-adaptive", m, r[m])
+            for m in ("area", "accuracy", "clean_accuracy", "random_mask_accuracy")
+        ]
+    for r in results.get("sweep", []):
+        scope = f"{r['scope']} {r['threshold']} q_roa={r['q_roa']} dilation={r['dilation']} fill={r['fill']}"
+        rows += [
+            _row("sweep", scope, r["attack"], "", m, r[m])
+            for m in ("area", "clean_accuracy", "nonadaptive_accuracy", "adaptive_accuracy")
+        ]
+    for r in results.get("sanity", []):
+        rows += [
+            _row("sanity", r["defence"], f"eps={e:g}", "adaptive", "accuracy", a)
+            for e, a in zip(r["eps"], r["accuracy"], strict=True)
+        ]
+    rows += [_row("timings", stage, "", "", "seconds", sec) for stage, sec in results["timings"].items()]
     return rows
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:5.1f}%"
+def pct(v: float | None) -> str:
+    return "     -" if v is None else f"{100 * v:5.1f}%"
 
 
-def headline_table(results: dict[str, Any]) -> str:
-    """The terminal summary: accuracy of f, of f o N (non-adaptive and adaptive), the control, the oracle."""
+def cells(rows: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(defence, setting, attack) -> grid row."""
+    return {(r["defence"], r["setting"], r["attack"]): r for r in rows}
+
+
+def run_table(results: dict[str, Any]) -> str:
+    """The terminal summary of a run: f, the global mask (non-adaptive and adaptive), its random control, the
+    oracle, and the short table of the other defences."""
+    m, by = results["model"], cells(results["defence"])
+    q = results["regions"]["q_roa"]
+    oracle = {r["attack"]: r["accuracy"] for r in results["oracle"] if abs(r["q_roa"] - q) < 1e-9}
     lines = [
-        f"model {results['model']['name']}: clean accuracy {_pct(results['model']['test_accuracy'])} "
-        f"on {results['dataset']['n_test']} test images",
+        f"model {m['name']}: clean accuracy {pct(m['test_accuracy'])} on {results['dataset']['n_test']} test images",
+        *([f"warning: {m['warning']}"] if m.get("warning") else []),
         "",
-        f"{'attack':<12}{'f':>8}{'f∘N':>8}{'f∘N adapt':>11}{'random':>8}{'rnd adapt':>11}{'oracle*':>9}  area",
+        f"{'attack':<14}{'f':>8}{'f∘N':>8}{'f∘N adapt':>11}{'random':>8}{'rnd adapt':>11}{'oracle*':>9}  area",
     ]
-    oracle = {}
-    q_roa = results["regions"]["overlap"]["top_q"]["q_roa"]
-    for row in results["oracle"]:
-        if abs(row["q_roa"] - q_roa) < 1e-9:
-            oracle[row["attack"]] = row["accuracy"]
-    for row in results["defence"]:
-        label = row["attack"]
+    area = by.get(("global", "clean", "none"), {}).get("area")
+    for a in results["attacks"]:
+        label = a["label"]
+        adapt = "gradient-free" if ("global", "gradient-free", label) in by else "adaptive"
+        get = lambda d, s: by.get((d, s, label), {}).get("accuracy")  # noqa: E731
+        nonadapt = "gradient-free" if adapt == "gradient-free" else "non-adaptive"
         lines.append(
-            f"{label:<12}{_pct(row['undefended_accuracy']):>8}{_pct(row['nonadaptive_accuracy']):>8}"
-            f"{_pct(row['adaptive_accuracy']):>11}{_pct(row['random_mask_accuracy']):>8}"
-            f"{_pct(row['random_mask_adaptive_accuracy']):>11}{_pct(oracle.get(label, float('nan'))):>9}"
-            f"  {_pct(row['area'])}"
+            f"{label:<14}{pct(get('none', nonadapt)):>8}{pct(get('global', nonadapt)):>8}{pct(get('global', adapt)):>11}"
+            f"{pct(get('random[global]', nonadapt)):>8}{pct(get('random[global]', adapt)):>11}{pct(oracle.get(label)):>9}  {pct(area)}"
         )
-    lines += short_form_lines(results.get("defence_short", []))
-    corr = results["regions"]["correlation"]["all"]
-    iou = results["regions"]["overlap"]["top_q"]["all"]["iou"]
+    lines += short_lines(results.get("defence_short", []), [a["label"] for a in results["attacks"]])
+    stats = results.get("statistics", {}).get("per_attack", {}).get("all", {})
+    get_mean = lambda k: stats.get(k, {}).get("value", {}).get("mean")  # noqa: E731
     lines += [
         "",
         "robust accuracy: f = undefended; f∘N = global-mask neutralization, attack crafted on f (non-adaptive)",
         "or through f∘N (adapt); random = a random mask of the same area; *oracle = each image's own S_A",
-        f"from the known perturbation at q_roa={q_roa} (an analysis that knows the attack, not a defence).",
-        f"RoI vs RoA: IoU {iou['mean']:.3f}, Pearson {corr['pearson']['mean']:.3f}, "
-        f"Spearman {corr['spearman']['mean']:.3f} (means over images)",
+        f"from the known perturbation at q_roa={q} (an analysis that knows the attack, not a defence).",
+        f"RoI vs RoA: IoU {_num(get_mean('iou'))}, Pearson {_num(get_mean('pearson'))}, Spearman {_num(get_mean('spearman'))} (means over images)",
         f"time: {sum(results['timings'].values()):.1f} s",
     ]
     return "\n".join(lines)
 
 
-def short_form_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """The short form of `roiroa defend` in the run's table: other scopes and baselines, on fewer images."""
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def short_lines(rows: list[dict[str, Any]], attacks: list[str]) -> list[str]:
+    """The short defence table of a run: every other defence and its random control, on fewer images."""
     if not rows:
         return []
-    dash = "    -"
+    by = cells(rows)
+    n = rows[0]["n_images"]
+    lines = ["", f"other defences (first {n} test images; `roiroa defend` has the full table):"]
+    lines.append(f"{'defence:attack':<26}{'clean':>8}{'non-adapt':>11}{'adaptive':>10}{'worst':>8}  area")
+    names = list(dict.fromkeys(r["defence"] for r in rows if r["defence"] != "none"))
+    for d in names:
+        worst = by.get((d, "worst-case", "all"), {}).get("accuracy")
+        clean = by.get((d, "clean", "none"), {})
+        for label in attacks:
+            get = lambda s: by.get((d, s, label), {}).get("accuracy")  # noqa: E731
+            adaptive = get("adaptive") if get("adaptive") is not None else get("gradient-free")
+            lines.append(
+                f"{d + ':' + label:<26}{pct(clean.get('accuracy')):>8}{pct(get('non-adaptive')):>11}{pct(adaptive):>10}"
+                f"{pct(worst):>8}  {pct(clean.get('area'))}"
+            )
+    return lines
+
+
+def defend_table(results: dict[str, Any]) -> str:
+    """The terminal table of ``roiroa defend``: one line per defence (accuracy with its 95% interval half-width
+    in the worst case), the attacks, the oracle, the sanity checks and the Pareto front."""
+    by = cells(results["table"])
+    attacks = [a["label"] for a in results["attacks"]]
+    names = list(dict.fromkeys(r["defence"] for r in results["table"]))
+    kinds = {r["defence"]: r["kind"] for r in results["table"]}
+    head = "".join(
+        f"{label[:12]:>14}"
+        for a in attacks
+        for label in ([f"{a} n-ad", f"{a} adapt"] if not _free(results, a) else [a])
+    )
+    lines = [
+        f"defence table: {results['n_test']} test images, seed {results['seed']}",
+        f"{'defence':<22}{'kind':<9}{'area':>7}{'clean':>8}{head}{'worst':>8}{'95% CI':>16}",
+    ]
+    for d in names:
+        clean = by.get((d, "clean", "none"), {})
+        accs = "".join(
+            f"{pct(by.get((d, s, a), {}).get('accuracy')):>14}"
+            for a in attacks
+            for s in (("gradient-free",) if _free(results, a) else ("non-adaptive", "adaptive"))
+        )
+        worst = by.get((d, "worst-case", "all"), {})
+        ci = f"[{pct(worst.get('ci_low')).strip()}, {pct(worst.get('ci_high')).strip()}]" if worst else ""
+        lines.append(
+            f"{d:<22}{kinds[d]:<9}{pct(clean.get('area')):>7}{pct(clean.get('accuracy')):>8}{accs}{pct(worst.get('accuracy')):>8}{ci:>16}"
+        )
+    lines += [
+        "",
+        "attacks: "
+        + "; ".join(
+            f"{a['label']}: {' '.join(f'{k}={v}' for k, v in a['params'].items() if k not in ('batch_size',))}"
+            for a in results["attacks"]
+        ),
+    ]
+    lines += [
+        "n-ad: crafted on f, evaluated on the defence; adapt: crafted through the defence; worst: robust to every attack."
+    ]
+    for r in results.get("oracle", []):
+        lines.append(
+            f"oracle (an analysis that knows the attack, not a defence): {r['attack']} q_roa={r['q_roa']}: {pct(r['accuracy'])} (area {pct(r['area']).strip()}; random mask of the same area {pct(r['random_mask_accuracy']).strip()})"
+        )
+    lines += sanity_lines(results)
+    front = [r for r in results.get("sweep", []) if r["pareto"]]
+    lines += ["", f"sweep: {len(results.get('sweep', []))} mask settings; Pareto front on (clean, adaptive):"]
+    lines += [
+        f"  {r['scope']:<17} {r['threshold']:<6} q_roa={r['q_roa']} dil={r['dilation']} fill={r['fill']:<14} area {pct(r['area'])} clean {pct(r['clean_accuracy'])} adaptive {pct(r['adaptive_accuracy'])}"
+        for r in front
+    ]
+    lines.append(f"time: {sum(results['timings'].values()):.0f} s")
+    return "\n".join(lines)
+
+
+def _free(results: dict[str, Any], label: str) -> bool:
+    return any(a["label"] == label and a.get("gradient_free") for a in results["attacks"])
+
+
+def sanity_lines(results: dict[str, Any]) -> list[str]:
+    """The check that adaptive robust accuracy falls with eps and reaches about 0 unbounded."""
+    rows = results.get("sanity", [])
+    if not rows:
+        return []
     lines = [
         "",
-        f"short form of `roiroa defend` (first {rows[0]['n_images']} test images; `roiroa defend` has the full table):",
-        f"{'defence:attack':<22}{'f':>8}{'f∘N':>8}{'f∘N adapt':>11}{'random':>8}{'rnd adapt':>11}  area",
+        f"sanity (adaptive attack, {results['n_sanity']} images): robust accuracy at eps "
+        + ", ".join(f"{e:g}" for e in rows[0]["eps"]),
     ]
     for r in rows:
-        keys = ("random_mask_accuracy", "random_mask_adaptive_accuracy")
-        ctl = [_pct(r[k]) if r[k] is not None else dash for k in keys]
-        area = _pct(r["area"]) if r["area"] is not None else dash
-        lines.append(
-            f"{r['mask'] + ':' + r['attack']:<22}{_pct(r['undefended_accuracy']):>8}"
-            f"{_pct(r['nonadaptive_accuracy']):>8}"
-            f"{_pct(r['adaptive_accuracy']):>11}{ctl[0]:>8}{ctl[1]:>11}  {area}"
-        )
+        flag = "falls" if r["falls"] else "DOES NOT FALL"
+        ok = "ok" if r["unbounded_accuracy"] <= 0.05 else "NOT ~0: suspect gradient masking"
+        accs = " ".join(pct(a) for a in r["accuracy"])
+        lines.append(f"  {r['defence']:<20} {accs}  ({flag}; unbounded {pct(r['unbounded_accuracy'])}: {ok})")
     return lines
+
+
+def patches_table(results: dict[str, Any]) -> str:
+    """The terminal table of ``roiroa patches``: accuracy with its interval, detection IoU and flagged area."""
+    lines = [f"patch table: {results['n_test']} test images, seed {results['seed']}"]
+    lines.append(f"{'attack':<22}{'defence':<30}{'setting':<14}{'acc':>7}{'95% CI':>16}{'IoU':>7}{'flagged':>9}")
+    for r in results["table"]:
+        ci = f"[{pct(r['ci_low']).strip()}, {pct(r['ci_high']).strip()}]"
+        iou = "-" if r.get("detection_iou") is None else f"{r['detection_iou']:.3f}"
+        lines.append(
+            f"{r['attack']:<22}{r['defence']:<30}{r['setting']:<14}{pct(r['accuracy']):>7}{ci:>16}{iou:>7}{pct(r.get('area')):>9}"
+        )
+    lines.append(f"time: {sum(results['timings'].values()):.0f} s")
+    return "\n".join(lines)
+
+
+def terminal_table(results: dict[str, Any]) -> str:
+    """The terminal table of any command's results."""
+    return {"run": run_table, "defend": defend_table, "patches": patches_table}[results["command"]](results)

@@ -1,0 +1,153 @@
+"""What every command shares around the engine: fitting data for the defences, the grid call, and the
+common parts of its results (header, dataset, model, per-image flags)."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from roiroa.cache import StageCache, hash_json, hash_tensors
+from roiroa.data.dataset import ImageDataset
+from roiroa.defence.baselines import AdversarialTraining
+from roiroa.defence.scopes import FitData
+from roiroa.evaluate.attacking import AttackEntry
+from roiroa.evaluate.defences import BuildContext
+from roiroa.evaluate.grid import Cell, CellResult, Defence, GridContext, evaluate_grid
+from roiroa.evaluate.maps_stage import compute_maps
+from roiroa.evaluate.prepare import Prepared
+from roiroa.evaluate.tasks import Timings
+from roiroa.models.train import load_or_train
+from roiroa.results import RESULTS_VERSION, DatasetInfo, ModelInfo, ResultsFolder, to_json
+from roiroa.version import __version__
+
+
+def fit_key(prepared: Prepared, fit: ImageDataset, attacks: Sequence[AttackEntry]) -> str:
+    """The identity of the fitting data and of the maps computed on it (no map is computed here)."""
+    c = prepared.config
+    inputs = {"data": hash_tensors(fit.images, fit.labels), "model": prepared.model_key, "seed": c.seed}
+    return hash_json(inputs | {"attacks": [a.params for a in attacks], "maps": to_json(c.maps), "chunk": c.chunk_size})
+
+
+def fit_data(prepared: Prepared, fit: ImageDataset, attacks: list[AttackEntry], cache: StageCache) -> FitData:
+    """The defences' fitting data: f, the fitting images, and their maps, computed (cached) when a scope asks."""
+
+    def maps() -> tuple[torch.Tensor, torch.Tensor]:
+        found = compute_maps(prepared.model, prepared.model_key, fit, attacks, prepared.config, cache)
+        return found.importance, found.roa_map
+
+    return FitData(prepared.model, fit.images, fit.labels, fit.num_classes, maps=maps)
+
+
+def adv_model_provider(prepared: Prepared) -> Callable[[], nn.Module] | None:
+    """A way to get the same architecture trained with PGD (Madry et al.; cached), where roiroa trained f."""
+    if prepared.info.source != "trained":
+        return None
+    c, d = prepared.config, prepared.config.defence
+
+    def train() -> nn.Module:
+        recipe = c.model.training.recipe()
+        recipe = type(recipe)(d.adv_epochs, recipe.lr, recipe.batch_size, recipe.shift)
+        adv = AdversarialTraining(eps=d.adv_eps, steps=d.adv_steps)
+        return load_or_train(c.model.arch, prepared.splits.train, recipe, c.seed, prepared.device, adv).model
+
+    return train
+
+
+def build_context(prepared: Prepared, fit: ImageDataset, attacks: list[AttackEntry], cache: StageCache) -> BuildContext:
+    """Everything defences are built from."""
+    data = fit_data(prepared, fit, attacks, cache)
+    key = fit_key(prepared, fit, attacks)
+    return BuildContext(prepared.model, prepared.model_key, data, key, prepared.config, adv_model_provider(prepared))
+
+
+def run_grid(
+    prepared: Prepared,
+    cache: StageCache,
+    defences: Sequence[Defence],
+    attacks: Sequence[AttackEntry],
+    cells: Sequence[Cell],
+    data: ImageDataset,
+    fit: ImageDataset | None = None,
+) -> dict[Cell, CellResult]:
+    """The grid's per-image results on ``data`` (attacks fitted first use ``fit``'s images)."""
+    c = prepared.config
+    context = GridContext(
+        prepared.model, prepared.model_key, cache, c.seed, None if fit is None else (fit.images, fit.labels)
+    )
+    return evaluate_grid(context, defences, attacks, cells, data.images, data.labels, c.chunk_size)
+
+
+def flag_table(results: dict[Cell, CellResult], data: ImageDataset) -> tuple[list[str], list[dict[str, Any]]]:
+    """flags.csv: one row per image and cell, with plain columns (image, index, label, defence, setting,
+    attack, correct): the per-image flags every accuracy in the tables is the mean of."""
+    columns = ["image", "index", "label", "defence", "setting", "attack", "correct"]
+    rows = []
+    index, labels = data.index.tolist(), data.labels.tolist()
+    for cell, r in results.items():
+        for i, ok in enumerate(r.correct.tolist()):
+            rows.append(
+                dict(
+                    zip(
+                        columns,
+                        (i, index[i], labels[i], cell.defence, cell.setting, cell.attack or "none", int(ok)),
+                        strict=True,
+                    )
+                )
+            )
+    return columns, rows
+
+
+def dataset_info(prepared: Prepared, test: ImageDataset, fit: ImageDataset) -> DatasetInfo:
+    s, c = prepared.splits, prepared.config
+    source = c.data.source if test.name == s.test.name else test.name
+    return DatasetInfo(test.name, source, list(test.classes), list(test.image_shape), len(s.train), len(fit), len(test))
+
+
+def model_info(prepared: Prepared, accuracy: float) -> ModelInfo:
+    """The model's provenance with its clean test accuracy."""
+    i = prepared.info
+    return ModelInfo(i.name, i.source, i.parameters, i.checkpoint, i.from_cache, i.normalization, accuracy, i.warning)
+
+
+def header(command: str, prepared: Prepared, timings: Timings) -> dict[str, Any]:
+    """The keys every results.json starts with."""
+    c = prepared.config
+    versions = {"roiroa": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "roiroa_results_version": RESULTS_VERSION,
+        "command": command,
+        "seed": c.seed,
+        "quick": c.quick,
+        "device": str(prepared.device),
+        "timings": timings,
+        "versions": versions,
+    }
+
+
+class CommandResult:
+    """What every command returns: the folder's content (``folder``), with ``results`` (results.json as a
+    dict), ``table()`` (the terminal table) and ``write(out)`` (the results folder and its report)."""
+
+    folder: ResultsFolder
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """The content of results.json."""
+        return self.folder.results
+
+    def table(self) -> str:
+        """The terminal table of the results."""
+        from roiroa.report.tables import terminal_table
+
+        return terminal_table(self.results)
+
+    def write(self, out: str | Path, overwrite: bool = False) -> Path:
+        """Write the results folder ``out`` (results.json, CSV tables, figures, report.html) and return it."""
+        from roiroa.report.folder import write_folder
+
+        return write_folder(self.folder, out, overwrite)

@@ -1,0 +1,71 @@
+"""The unit of work: a task is a pure function of its inputs on one chunk of images, content-addressed in the
+stage cache, safe to compute twice. ``run_tasks`` is the executor (in-process); stages only build tasks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from roiroa.cache import StageCache, hash_tensors
+from roiroa.utils import batch_slices, progress, stage_seed
+
+log = logging.getLogger(__name__)
+
+
+class Timings(dict):
+    """Seconds per stage; ``with timings('stage'):`` adds the time spent inside and logs it (if it succeeds)."""
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - start
+        self[stage] = round(self.get(stage, 0.0) + elapsed, 3)
+        log.info("  %-16s %6.1f s", stage, elapsed)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One cached unit of work: ``compute()`` returns tensors; ``key`` names its stage-cache entry."""
+
+    key: str
+    compute: Callable[[], dict[str, torch.Tensor]]
+
+
+def run_tasks(tasks: Sequence[Task], cache: StageCache, desc: str = "") -> list[dict[str, torch.Tensor]]:
+    """Every task's tensors, read from the cache or computed (and stored), in order."""
+    return [cache.tensors(t.key, t.compute) for t in progress(tasks, desc, total=len(tasks))]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A chunk of images: x (n, C, H, W) in [0, 1], y (n,), its position in the whole set and its content hash."""
+
+    index: int
+    where: slice
+    x: torch.Tensor
+    y: torch.Tensor
+    digest: str
+
+
+def chunks(x: torch.Tensor, y: torch.Tensor, chunk_size: int) -> list[Chunk]:
+    """x: (N, C, H, W) and y: (N,) cut into chunks of at most ``chunk_size`` images."""
+    return [Chunk(i, s, x[s], y[s], hash_tensors(x[s], y[s])) for i, s in enumerate(batch_slices(len(x), chunk_size))]
+
+
+def task_seed(seed: int, purpose: str, *parts: Any) -> int:
+    """The seed of a task from the run's seed, its purpose and what it works on (e.g. an attack and a chunk's
+    hash), so the same work on the same images draws the same random numbers in every command."""
+    return stage_seed(seed, ":".join([purpose, *map(str, parts)]))
+
+
+def concat(results: list[dict[str, torch.Tensor]], key: str) -> torch.Tensor:
+    """The tensors stored under ``key`` in every chunk's result, concatenated along the first axis."""
+    return torch.cat([r[key] for r in results])

@@ -1,0 +1,160 @@
+"""Every check a config's types alone do not make: ranges, component names, each listed component's own
+parameters, labels, limits. ``config_errors`` returns every problem at once, one line each."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from roiroa.defence.fills import FILLS
+from roiroa.defence.scopes import SCOPES
+from roiroa.errors import InputError
+from roiroa.evaluate.attacking import attack_entries
+from roiroa.evaluate.config import Config
+from roiroa.evaluate.defences import parse_defences
+from roiroa.evaluate.maps_stage import importance_spec
+from roiroa.maps.registry import ESTIMATORS, estimator_kind, list_importance_estimators, list_vulnerability_estimators
+from roiroa.models.loading import check_weights_file
+from roiroa.models.normalize import normalization_values
+from roiroa.models.registry import list_models
+from roiroa.registry import is_plugin
+from roiroa.utils import resolve_device
+from roiroa.validation import check_number
+
+REGISTRIES: dict[str, Callable[[], list[str]]] = {
+    "model": list_models,
+    "importance estimator": list_importance_estimators,
+    "vulnerability estimator": list_vulnerability_estimators,
+    "fill": FILLS.names,
+}
+
+
+def _fields(obj: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field[Any], Any]]:
+    """(dotted name, field, value) of every field of a config tree."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _fields(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, value
+
+
+def _collect(errors: list[str], check: Callable[[], Any], where: str = "") -> Any:
+    """Run ``check``; an InputError becomes one line per message line in ``errors`` (prefixed with ``where``)."""
+    try:
+        return check()
+    except InputError as err:
+        errors += [f"config: {where}: {line}" if where else line for line in str(err).splitlines()]
+        return None
+
+
+def field_errors(config: Config) -> list[str]:
+    """Ranges (from the fields' metadata) and registered names."""
+    errors: list[str] = []
+    for name, f, value in _fields(config):
+        meta = f.metadata
+        if "low" in meta and value is not None:
+            for v in value if isinstance(value, tuple) else (value,):
+                bounds = {"low": meta["low"], "high": meta["high"], "low_open": meta["open_low"]}
+                _collect(errors, lambda v=v, b=bounds, n=name: check_number("config", n, v, **b))
+        if "registry" in meta and value is not None and not is_plugin(value):
+            names = REGISTRIES[meta["registry"]]()
+            if value not in names:
+                errors.append(
+                    f"config: '{name}' must be one of {', '.join(names)} (or user code package.module:callable); got {value!r}."
+                )
+    return errors
+
+
+def model_errors(config: Config) -> list[str]:
+    """Normalization and user-code architectures go with pretrained weights; the device exists."""
+    m, errors = config.model, []
+    _collect(errors, lambda: normalization_values(m.normalization, m.mean, m.std), "model")
+    if m.weights is None and is_plugin(m.arch):
+        errors.append(
+            f"config: model.arch {m.arch!r} is user code: give its weights (model.weights, --weights); roiroa trains registered architectures only."
+        )
+    if m.weights is None and (m.normalization != "none" or m.mean is not None):
+        errors.append(
+            "config: model.normalization/mean/std describe pretrained weights: give model.weights, or drop them."
+        )
+    _collect(errors, lambda: resolve_device(config.device))
+    if m.weights is not None:
+        _collect(errors, lambda: check_weights_file(str(m.weights), m.trust_code))
+    return errors
+
+
+def maps_errors(config: Config) -> list[str]:
+    m, errors = config.maps, []
+    if m.stride > m.window:
+        errors.append(
+            f"config: maps.stride ({m.stride}) is larger than maps.window ({m.window}); windows would leave gaps: use a stride <= window."
+        )
+    name, kwargs = importance_spec(config)
+    _collect(errors, lambda: ESTIMATORS.create(name, **kwargs), "maps.importance")
+    if m.vulnerability_estimator is not None:
+        _collect(
+            errors,
+            lambda: ESTIMATORS.create(str(m.vulnerability_estimator), **m.vulnerability_params),
+            "maps.vulnerability_estimator",
+        )
+        if not is_plugin(m.vulnerability_estimator) and estimator_kind(m.vulnerability_estimator) != "vulnerability":
+            errors.append(
+                f"config: maps.vulnerability_estimator {m.vulnerability_estimator!r} is an importance estimator; choose one of {', '.join(list_vulnerability_estimators())}."
+            )
+    return errors
+
+
+def limit_errors(specs: tuple[dict[str, Any], ...], where: str, config: Config) -> list[str]:
+    """Steps, queries and restarts of attack entries within ``limits``."""
+    lim, errors = config.limits, []
+    for i, spec in enumerate(specs):
+        for key, top, name in (
+            ("steps", lim.max_steps, "max_steps"),
+            ("queries", lim.max_steps, "max_steps"),
+            ("restarts", lim.max_restarts, "max_restarts"),
+        ):
+            value = spec.get(key) if isinstance(spec, dict) else None
+            if isinstance(value, int) and value > top:
+                errors.append(
+                    f"config: {where}[{i}].{key} = {value} is above limits.{name} ({top}): lower it, or raise limits.{name}."
+                )
+    return errors
+
+
+def component_errors(config: Config) -> list[str]:
+    """Each attack and defence entry checked against its component's own parameters; labels and references."""
+    errors: list[str] = []
+    e, p = config.evaluation, config.patches
+    for specs, where in (
+        (config.attacks, "attacks"),
+        (e.attacks, "evaluation.attacks"),
+        (p.attacks, "patches.attacks"),
+    ):
+        _collect(errors, lambda specs=specs: attack_entries(specs, config.batch_size), where)
+        errors += limit_errors(specs, where, config)
+    found = _collect(errors, lambda: parse_defences(e.defences, config), "evaluation.defences") or []
+    for label in e.run_defences:
+        if found and label not in {s.label for s in found}:
+            errors.append(
+                f"config: evaluation.run_defences names {label!r}, which is not a label of evaluation.defences."
+            )
+    patch_specs = _collect(errors, lambda: parse_defences(p.defences, config, patches=True), "patches.defences") or []
+    for label in p.adaptive:
+        if patch_specs and label not in {s.label for s in patch_specs}:
+            errors.append(f"config: patches.adaptive names {label!r}, which is not a label of patches.defences.")
+    for name in e.sweep_scopes:
+        if name not in SCOPES.names():
+            errors.append(
+                f"config: evaluation.sweep_scopes: {name!r} is not a mask scope; choose from {', '.join(SCOPES.names())}."
+            )
+    for name in e.sweep_fills:
+        _collect(errors, lambda name=name: FILLS.get(name), "evaluation.sweep_fills")
+    _collect(errors, lambda: FILLS.create(config.defence.fill, **config.defence.fill_params), "defence.fill")
+    return errors
+
+
+def config_errors(config: Config) -> list[str]:
+    """Every problem of a config, one line each (an empty list for a valid config)."""
+    return field_errors(config) + model_errors(config) + maps_errors(config) + component_errors(config)

@@ -1,0 +1,187 @@
+"""Typed results of every command, their one JSON form, and the vocabulary of the statistics.
+
+A results folder holds ``results.json``; its shape is written down in ``roiroa/schema/results.schema.json``
+(checked against every results.json the tests write). The report and any program read the same files.
+This module holds data only: no model, no attack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS_VERSION = 2
+COMMANDS = ("run", "defend", "patches")
+SCHEMA_PATH = Path(__file__).parent / "schema" / "results.schema.json"
+
+# Per-image statistics of RoI (I) and RoA (A) and what each measures (the report's glossary).
+MAP_STATISTICS = {
+    "iou": "IoU of RoI and RoA",
+    "dice": "Dice of RoI and RoA",
+    "share_roa_in_roi": "share of the RoA inside the RoI",
+    "pearson": "Pearson correlation of I and A",
+    "spearman": "Spearman correlation of I and A",
+    "pointing_game": "share of images whose max of A lies in the RoI",
+    "relevance_mass": "share of the total of A inside the RoI",
+    "moran_a": "Moran's I of A",
+    "moran_a_z": "z-score of Moran's I of A against permutations",
+}
+DELTA_STATISTICS = {
+    "moran_delta": "Moran's I of |delta|",
+    "moran_delta_z": "z-score of Moran's I of |delta| against permutations",
+}
+CONSISTENCY_STATISTICS = {
+    "roa_iou_attacks": "IoU of the RoA masks of two attacks (mean over the pairs)",
+    "roa_iou_restarts": "IoU of the RoA masks of two random restarts (mean over the attacks)",
+    "roa_iou_seeds": "IoU of the RoA masks on models trained with different seeds (mean over the attacks)",
+}
+SEGMENT_NAMES = ("S_0", "S_I", "S_A", "S_IA")  # label values 0..3 of the segment maps
+ALL = "all"  # the statistics' key of the run's RoA map (the mean over the attacks); no attack may be labelled so
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """The data of a run: its name and source, class names, image shape (C, H, W) and split sizes."""
+
+    name: str
+    source: str
+    classes: list[str]
+    image_shape: list[int]
+    n_train: int
+    n_fit: int
+    n_test: int
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where the model came from: 'trained' (here, or from the cache), 'weights' (a file) or 'in-memory';
+    its clean accuracy on the test images, and a warning when that looks wrong."""
+
+    name: str
+    source: str
+    parameters: int
+    checkpoint: str | None
+    from_cache: bool
+    normalization: dict[str, Any] | None
+    test_accuracy: float | None = None
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class AttackSummary:
+    """One attack on the undefended model: its parameters, how its RoA map is read, and what it did."""
+
+    label: str
+    params: dict[str, Any]
+    reading: str
+    robust_accuracy: float
+    success_rate: float
+    mean_linf: float
+    mean_l2: float
+
+
+@dataclass(frozen=True)
+class GridRow:
+    """One cell of a robustness grid, or a defence's per-image worst case, with its 95% Wilson interval.
+
+    setting: 'clean', 'non-adaptive', 'adaptive', 'gradient-free' or 'worst-case'; attack: the attack's label
+    ('none' for clean, 'all' for the worst case over attacks); attack_params: the attack and how it was run;
+    area: mean blocked fraction of the evaluated inputs (None: the defence blocks no named positions);
+    detection_iou: mean IoU of the blocked positions with the attack's patch (None without a patch).
+    """
+
+    defence: str
+    kind: str
+    settings: str
+    area: float | None
+    setting: str
+    attack: str
+    attack_params: str
+    n_images: int
+    correct: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    detection_iou: float | None = None
+
+
+@dataclass(frozen=True)
+class OracleRow:
+    """The oracle analysis of one attack at one RoA fraction: each image's own S_A from the known attack, an
+    analysis (not a defence), beside a random mask of the same area per image."""
+
+    attack: str
+    q_roi: float
+    q_roa: float
+    area: float
+    accuracy: float
+    clean_accuracy: float
+    random_mask_accuracy: float
+    n_images: int
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One mask setting of the sweep: clean, non-adaptive and adaptive accuracy, area, Pareto membership."""
+
+    scope: str
+    threshold: str
+    q_roi: float
+    q_roa: float | None
+    dilation: int
+    fill: str
+    area: float
+    clean_accuracy: float
+    nonadaptive_accuracy: float
+    adaptive_accuracy: float
+    attack: str
+    n_images: int
+    pareto: bool = False
+
+
+@dataclass(frozen=True)
+class SanityRow:
+    """Adaptive robust accuracy of one defence against eps: it must fall, and reach about 0 unbounded."""
+
+    defence: str
+    eps: list[float]
+    accuracy: list[float]
+    falls: bool
+    unbounded_eps: float
+    unbounded_accuracy: float
+    attack: str
+    n_images: int
+
+
+def to_json(obj: Any) -> Any:
+    """A JSON-able form of dataclasses, dicts, lists and numbers; NaN and infinities become null."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema of results.json (all three commands)."""
+    return json.loads(SCHEMA_PATH.read_text())  # type: ignore[no-any-return]
+
+
+@dataclass
+class ResultsFolder:
+    """What a command writes, as plain data (no model): ``results.json``, ``config.json``, CSV tables
+    (file name -> (columns, rows)) and arrays (``maps.npz``: name -> numpy array; a run's maps and gallery)."""
+
+    command: str
+    results: dict[str, Any]
+    config: dict[str, Any]
+    tables: dict[str, tuple[list[str], list[dict[str, Any]]]] = dataclasses.field(default_factory=dict)
+    arrays: dict[str, Any] = dataclasses.field(default_factory=dict)
