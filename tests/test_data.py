@@ -349,7 +349,8 @@ def test_load_dataset_dispatches_by_path(tmp_path):
     lp = write_idx(tmp_path / "l.idx", np.array([0, 1, 1], np.uint8))
     assert load_dataset(str(ip), str(lp)).labels.tolist() == [0, 1, 1]
     _save(tmp_path / "folder" / "a" / "1.png", np.zeros((4, 4), np.uint8), "L")
-    assert load_dataset(str(tmp_path / "folder")).classes == ("a",)
+    _save(tmp_path / "folder" / "b" / "1.png", np.zeros((4, 4), np.uint8), "L")
+    assert load_dataset(str(tmp_path / "folder")).classes == ("a", "b")
 
 
 def test_load_dataset_missing_path_raises(tmp_path):

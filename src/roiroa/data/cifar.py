@@ -92,7 +92,9 @@ def _text(v: Any) -> str:
 def read_cifar_batch(path: str | Path, classes: tuple[str, ...] | None = None) -> ImageDataset:
     """One batch file (e.g. ``test_batch``): images (N, 3, 32, 32) in [0, 1], labels, class names.
 
-    Class names come from ``classes``, else from ``batches.meta`` (or ``meta``) beside the file.
+    ``data`` is (N, 3*H*W) with values 0..255 (uint8, or integers in that range) in planes R, G, B;
+    ``labels`` (or ``fine_labels``) N integer class indices. Class names come from ``classes``, else
+    from ``batches.meta`` (or ``meta``) beside the file.
     """
     path = Path(path)
     batch = safe_unpickle(path)
@@ -104,9 +106,35 @@ def read_cifar_batch(path: str | Path, classes: tuple[str, ...] | None = None) -
         raise InputError(f"{path}: 'data' has shape {data.shape} and {len(labels)} labels; not a CIFAR batch.")
     if classes is None:
         classes = read_cifar_classes(path.parent)
-    images = images_to_tensor(np.asarray(data, dtype=np.uint8).reshape(-1, 3, side, side), str(path))
-    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    return make_dataset(images, y, path.name, classes)
+    images = images_to_tensor(_pixels(data, path).reshape(-1, 3, side, side), str(path))
+    return make_dataset(images, torch.from_numpy(_labels(labels, path)), path.name, classes)
+
+
+def _pixels(data: np.ndarray, path: Path) -> np.ndarray:
+    """``data`` as uint8, refusing values that a cast would wrap or cut (floats, negatives, above 255)."""
+    if data.dtype == np.uint8:
+        return data
+    if data.dtype.kind in "iu" and (not data.size or (data.min() >= 0 and data.max() <= 255)):
+        return data.astype(np.uint8)
+    shown = f"{data.min():g}..{data.max():g}" if data.size and data.dtype.kind in "iuf" else "?"
+    raise InputError(
+        f"{path}: 'data' has dtype {data.dtype} (values {shown}); a CIFAR batch holds pixels 0..255 as uint8: "
+        "get the original file."
+    )
+
+
+def _labels(labels: Any, path: Path) -> np.ndarray:
+    """``labels`` (a list or array of N integers) as (N,) int64, refusing non-integers rather than cutting them."""
+    try:
+        array = np.asarray(labels)
+    except (ValueError, TypeError):
+        array = np.asarray([], dtype=object)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise InputError(
+            f"{path}: 'labels' must be a list of integer class indices; got {array.dtype} of shape {array.shape}: "
+            "get the original file."
+        )
+    return array.astype(np.int64)
 
 
 def read_cifar_classes(folder: Path) -> tuple[str, ...] | None:
@@ -114,8 +142,10 @@ def read_cifar_classes(folder: Path) -> tuple[str, ...] | None:
     for name in ("batches.meta", "meta"):
         if (folder / name).is_file():
             names = _get(safe_unpickle(folder / name), "label_names", "fine_label_names")
-            if names is not None:
+            if isinstance(names, (list, tuple, np.ndarray)):
                 return tuple(_text(n) for n in names)
+            if names is not None:
+                raise InputError(f"{folder / name}: 'label_names' is not a list of names; get the original file.")
     return None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -17,9 +19,12 @@ class ImageDataset:
     Attributes:
         images: (N, C, H, W) float32 in [0, 1].
         labels: (N,) int64 in [0, K).
-        classes: K class names, index = label.
+        classes: K class names, index = label, all different.
         name: where the data came from (shown in reports).
         index: (N,) int64, each image's position in the source it was read from.
+
+    Raises:
+        InputError: images or labels break that contract, or two classes have the same name.
     """
 
     images: torch.Tensor
@@ -31,6 +36,7 @@ class ImageDataset:
     def __post_init__(self) -> None:
         check_images(self.images, f"images of {self.name}")
         check_labels(self.labels, self.images.shape[0], len(self.classes), f"labels of {self.name}")
+        check_class_names(self.classes, self.name)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -53,12 +59,80 @@ class ImageDataset:
 def make_dataset(
     images: torch.Tensor, labels: torch.Tensor, name: str, classes: tuple[str, ...] | None = None
 ) -> ImageDataset:
-    """Build an :class:`ImageDataset`, naming classes '0'..'K-1' where no names are given."""
+    """Build an :class:`ImageDataset` from data as read, naming classes '0'..'K-1' where no names are given.
+
+    Args:
+        images: (N, C, H, W) float in [0, 1].
+        labels: (N,) integer class indices 0..K-1.
+        name: where the data came from (shown in messages and reports).
+        classes: K class names (index = label), or None for '0'..'K-1' with K = max label + 1.
+
+    Raises:
+        InputError: the images or labels break the contract, a label has no class name, two classes share
+            a name, or the labels hold fewer than two classes. Classes without images are logged as a warning.
+    """
     labels = labels.to(torch.int64)
-    if classes is None:
-        k = int(labels.max()) + 1 if labels.numel() else 0
-        classes = tuple(str(i) for i in range(k))
-    return ImageDataset(images.float().contiguous(), labels, tuple(classes), name, torch.arange(len(labels)))
+    classes = index_names(labels, name) if classes is None else tuple(classes)
+    top = int(labels.max()) if labels.numel() else -1
+    if top >= len(classes):
+        raise InputError(
+            f"{name}: label {top} has no class name, as 'classes' names {len(classes)} classes: "
+            "give one name per class 0..K-1, or leave the names out."
+        )
+    data = ImageDataset(images.float().contiguous(), labels, classes, name, torch.arange(len(labels)))
+    check_two_classes(data)
+    return data
+
+
+def index_names(labels: torch.Tensor, name: str) -> tuple[str, ...]:
+    """Class names '0'..'K-1' for int64 ``labels`` (N,), with K = max label + 1 (0 when N = 0).
+
+    Raises:
+        InputError: K would be above both N and 1,000 (labels that are ids rather than class indices).
+    """
+    k = int(labels.max()) + 1 if labels.numel() else 0
+    if k > max(len(labels), 1000):
+        raise InputError(
+            f"{name}: labels go up to {k - 1}, which would make {k} classes for {len(labels)} images: "
+            "labels are class indices 0..K-1: renumber them 0..K-1, or give the K class names."
+        )
+    return tuple(str(i) for i in range(k))
+
+
+def check_class_names(classes: tuple[str, ...], name: str) -> None:
+    """Raise if two of ``classes`` are the same name (the labels of both would look like one class)."""
+    counts = Counter(classes)
+    repeated = [c for c, n in counts.items() if n > 1]
+    if repeated:
+        first = repeated[0]
+        where = [i for i, c in enumerate(classes) if c == first]
+        raise InputError(
+            f"{name}: class name {first!r} is given {counts[first]} times (labels {where}) among "
+            f"{len(classes)} classes: give each class a different name, or merge those labels into one class."
+        )
+
+
+def check_two_classes(data: ImageDataset) -> None:
+    """Raise unless the labels of ``data`` hold at least two classes; warn about classes without images."""
+    counts = torch.bincount(data.labels, minlength=data.num_classes).tolist()
+    present = [c for c, n in enumerate(counts) if n]
+    if len(present) == 1:
+        images = "its one image" if len(data) == 1 else f"all {len(data)} images"
+        raise InputError(
+            f"{data.name} has only one class ({data.classes[present[0]]!r}, {images}): "
+            "RoI/RoA statistics per class and accuracy need at least two classes; "
+            "give data with two or more classes."
+        )
+    empty = [data.classes[c] for c, n in enumerate(counts) if not n]
+    if empty:
+        shown = ", ".join(repr(c) for c in empty[:10]) + (f" and {len(empty) - 10} more" if len(empty) > 10 else "")
+        logging.getLogger(__name__).warning(
+            "%s: %d of %d classes have no images (%s); check the labels and class names.",
+            data.name,
+            len(empty),
+            data.num_classes,
+            shown,
+        )
 
 
 def split_by_class(data: ImageDataset, test_fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
