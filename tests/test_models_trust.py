@@ -1,8 +1,10 @@
 """No silently wrong number from the model: non-finite weights, normalization values and logits are
 refused in one line; user code that raises is one line; a checkpoint's stored accuracy warns when
-the measured one falls far under it."""
+the measured one falls far under it; occlusion never changes the model's memory layout."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 import torch
@@ -11,6 +13,9 @@ from torch import nn
 
 from conftest import SHARED_DATA
 from roiroa.errors import InputError
+from roiroa.maps import Occlusion
+from roiroa.maps.incremental import IncrementalModel, cached_incremental_model, forget_engine
+from roiroa.maps.occlusion import occlusion_drops
 from roiroa.models import accuracy, create_model
 from roiroa.models.loading import (
     accuracy_warning,
@@ -24,6 +29,7 @@ from roiroa.models.loading import (
 )
 from roiroa.models.normalize import Normalized, normalization_values
 from roiroa.models.predict import check_finite_logits
+from roiroa.regions.partition import grid_regions, regions_to_pixels
 
 RESNET20 = SHARED_DATA / "models" / "resnet20-12fca82f.th"
 CIFAR_NPZ = SHARED_DATA / "cifar10" / "cifar10_test_1000.npz"
@@ -263,3 +269,117 @@ def test_checkpoint_metadata_of_an_imagenet_training_checkpoint():
     metadata = checkpoint_metadata(MOBILENET)  # {epoch, arch, best_acc1, optimizer, state_dict}: the scalars
     assert stored_accuracy(metadata) == ("best_acc1", pytest.approx(0.4658, abs=1e-4))
     assert "epoch" in metadata and "optimizer" not in metadata and "state_dict" not in metadata
+
+
+# 4. Occlusion leaves the model's layout alone and falls back for models that need theirs.
+
+
+class ViewNet(nn.Module):
+    """Flattens a conv map with ``view``, which needs contiguous NCHW maps; and adds a 4-d buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 5)
+        self.register_buffer("offset", torch.randn(1, 8, 8, 8) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(torch.relu(self.conv1(x))) + self.offset
+        return self.fc(x.view(x.size(0), -1))
+
+
+class InputViewNet(nn.Module):
+    """Convs worth computing incrementally, plus a linear branch on ``x.view(len(x), -1)`` of the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()
+        )
+        self.fc = nn.Linear(16, 5)
+        self.skip = nn.Linear(3 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean((2, 3))) + self.skip(x.view(x.size(0), -1))
+
+
+def _snapshot(model: nn.Module) -> list[tuple[str, torch.Tensor, int, tuple[int, ...], bool]]:
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return [(name, t, t.data_ptr(), t.stride(), t.is_contiguous()) for name, t in named]
+
+
+def _assert_unchanged(model: nn.Module, before: list[tuple[str, torch.Tensor, int, tuple[int, ...], bool]]) -> None:
+    """The very same parameter and buffer objects, on the same storage with the same strides."""
+    after = _snapshot(model)
+    assert [a[0] for a in after] == [b[0] for b in before]
+    for a, b in zip(after, before, strict=True):
+        assert a[1] is b[1] and a[2:] == b[2:], a[0]
+
+
+def _reference_maps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    drops = occlusion_drops(model, x, y, regions, 0.0, 256, fast_layout=False, incremental=False)
+    return regions_to_pixels(drops, regions)
+
+
+@pytest.mark.parametrize("net", [ViewNet, InputViewNet])
+def test_occlusion_of_a_model_that_needs_its_layout_equals_the_plain_path(net, caplog):
+    model = net().eval()
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.rand(5, 3, 8, 8, generator=gen), torch.randint(0, 5, (5,), generator=gen)
+    before = _snapshot(model)
+    forget_engine(model)
+    with caplog.at_level(logging.INFO, logger="roiroa.maps.occlusion"):
+        grid = Occlusion(window=2, stride=2)(model, x, y)  # windows: the incremental path, then whole images
+        superpixels = Occlusion(regions="superpixels", n_segments=6)(model, x, y)  # whole images only
+        Occlusion(window=2, stride=2)(model, x, y)
+    # The fallback forwards the same images in the same batches as the plain path: equal bit for bit.
+    torch.testing.assert_close(grid, _reference_maps(model, x, y, grid_regions(8, 8, 2, 2)), rtol=0, atol=0)
+    regions = Occlusion(regions="superpixels", n_segments=6).region_masks(x)
+    torch.testing.assert_close(superpixels, _reference_maps(model, x, y, regions), rtol=0, atol=0)
+    _assert_unchanged(model, before)
+    fallbacks = [r for r in caplog.records if "channels-last" in r.getMessage()]
+    assert len(fallbacks) == 1 and fallbacks[0].levelno == logging.INFO  # logged once, not per call
+
+
+def _conv_net() -> nn.Module:
+    torch.manual_seed(4)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+    ).eval()  # fmt: skip
+
+
+def test_incremental_engine_that_raises_falls_back_to_whole_images(monkeypatch, caplog):
+    model = _conv_net()
+    x, y = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(3)), torch.tensor([0, 1, 4])
+    forget_engine(model)
+    assert cached_incremental_model(model, (3, 8, 8), (2, 2)) is not None
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("view size is not compatible with input tensor's size and stride")
+
+    monkeypatch.setattr(IncrementalModel, "forward", broken)
+    with caplog.at_level(logging.INFO, logger="roiroa.maps.occlusion"):
+        maps = Occlusion(window=2, stride=2)(model, x, y)
+    regions = grid_regions(8, 8, 2, 2)
+    drops = occlusion_drops(model, x, y, regions, 0.0, 256, fast_layout=True, incremental=False)
+    torch.testing.assert_close(maps, regions_to_pixels(drops, regions), rtol=0, atol=0)  # the same computation
+    assert any("fails incrementally (RuntimeError: view size" in r.getMessage() for r in caplog.records)
+    assert cached_incremental_model(model, (3, 8, 8), (2, 2)) is None  # not traced again for the next chunk
+
+
+def test_occlusion_restores_parameters_and_buffers_of_any_layout(rgb_model, rgb_batch, caplog):
+    x, y = rgb_batch
+    conv = rgb_model.net[0]
+    conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)  # the user's own choice
+    model = Normalized(rgb_model, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2)).eval()  # (1, 3, 1, 1) buffers, as loaded models
+    before = _snapshot(model)
+    with caplog.at_level(logging.INFO, logger="roiroa.maps.occlusion"):
+        Occlusion(window=4, stride=4)(model, x, y)
+        Occlusion(regions="superpixels", n_segments=4)(model, x, y)
+    _assert_unchanged(model, before)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not caplog.records  # a model that runs channels-last keeps the fast layout, without a word
