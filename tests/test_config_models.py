@@ -90,3 +90,26 @@ def test_prepare_model_loads_weights_instead_of_training(tmp_path, mnist_splits)
     bad = dataclasses.replace(config, model=dataclasses.replace(model_config, arch="resnet20"))
     with pytest.raises(InputError, match="do not fit the architecture"):
         prepare_model(bad, mnist_splits, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "match"),
+    [
+        ([float("nan")], [0.2], r"mean holds nan"),
+        ([0.5, 0.5], [0.2, float("inf")], r"std holds inf"),
+        ([0.5], [1e-50], r"std 1e-50 is below 1e-06"),
+    ],
+)
+def test_nonfinite_or_tiny_normalization_in_config_is_refused(mean, std, match):
+    with pytest.raises(InputError, match=match) as err:
+        config_from_dict({"model": {"weights": "w.pt", "mean": mean, "std": std}})
+    assert "\n" not in str(err.value) and "--mean/--std" in str(err.value)
+
+
+def test_cli_refuses_a_tiny_std(tmp_path):
+    torch.save(create_model("lenet5").state_dict(), tmp_path / "w.pt")
+    args = build_parser().parse_args(
+        ["run", "--model", "lenet5", "--weights", str(tmp_path / "w.pt"), "--mean", "0.1", "--std", "1e-50"]
+    )
+    with pytest.raises(InputError, match=r"normalization: std 1e-50 is below 1e-06"):
+        config_from_args(args)

@@ -422,7 +422,10 @@ def incremental_model(
         if not model.training:
             graph_module = fuse(graph_module, inplace=True, no_trace=True)  # type: ignore[assignment]
         graph_module.to(memory_format=LAYOUT)  # type: ignore[call-overload]
-        _compute_in_place(graph_module, torch.zeros(2, *image_shape, device=model_device(model)))
+        example = torch.zeros(2, *image_shape, device=model_device(model))
+        with torch.no_grad():  # a model that breaks channels-last (a view() of its maps) fails here; .forward
+            graph_module.forward(example.contiguous(memory_format=LAYOUT))  # does not print fx's traceback
+        _compute_in_place(graph_module, example)
         engine = IncrementalModel(graph_module, image_shape, box)
     except Exception:  # noqa: BLE001 - any failure to trace or plan means: forward whole images
         return None
@@ -460,3 +463,8 @@ def cached_incremental_model(
 def forget_engine(model: nn.Module) -> None:
     """Drop the cached engine of ``model``."""
     _ENGINES.pop(model, None)
+
+
+def remember_no_engine(model: nn.Module, image_shape: tuple[int, int, int], box: tuple[int, int]) -> None:
+    """Cache "no engine" for ``model`` (while its weights, mode and these shapes stay), after its engine failed."""
+    _ENGINES[model] = (_model_state(model, image_shape, box), None)

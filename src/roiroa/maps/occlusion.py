@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from torch import nn
 
 from roiroa.geometry import grid_regions, label_regions, rectangle_boxes, regions_to_pixels, slic_labels
 from roiroa.maps.baselines import Baseline, baseline_images, check_baseline
-from roiroa.maps.incremental import IncrementalModel, cached_incremental_model, forget_engine
+from roiroa.maps.incremental import IncrementalModel, cached_incremental_model, forget_engine, remember_no_engine
 from roiroa.maps.registry import register_estimator
 from roiroa.utils import batch_slices, model_device, progress
 from roiroa.validation import check_choice, check_images, check_labels, check_model_output, check_number
@@ -20,6 +22,10 @@ from roiroa.validation import check_choice, check_images, check_labels, check_mo
 Output = Literal["probability", "logit"]
 OUTPUTS = ("probability", "logit")
 RegionKind = Literal["grid", "superpixels"]
+
+logger = logging.getLogger(__name__)
+# Which fallbacks (to whole images, to the model's own layout) were already logged for each model.
+_LOGGED: weakref.WeakKeyDictionary[nn.Module, set[str]] = weakref.WeakKeyDictionary()
 
 
 def _from_logits(logits: torch.Tensor, y: torch.Tensor, output: Output) -> torch.Tensor:
@@ -34,22 +40,54 @@ def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, output: Output) -
 
 @contextmanager
 def channels_last(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` with channels-last (NHWC) weights inside the block, restoring its layout after.
+    """Run ``model`` with its 4-d parameters channels-last (NHWC) inside the block, restoring them after.
 
     On CPU the convolutions of NHWC tensors are faster (oneDNN's native layout); the results agree
     with NCHW to float rounding (about 1e-6 here, see tests). Used for many forward passes of
-    occluded images.
+    occluded images. After the block, also when it raises, every parameter holds its very own
+    tensor again (same storage, same strides); buffers and gradients are never touched.
     """
     originals = {p: p.data for p in model.parameters() if p.dim() == 4}
-    if not originals:
-        yield
-        return
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     try:
+        for param, data in originals.items():
+            param.data = data.contiguous(memory_format=torch.channels_last)
         yield
     finally:
-        for param, data in originals.items():  # the very same tensors: layout and storage as before
+        for param, data in originals.items():
             param.data = data
+
+
+def _log_once(model: nn.Module, kind: str, message: str) -> None:
+    """Log ``message`` at INFO the first time a fallback of this ``kind`` happens for ``model``."""
+    seen = _LOGGED.setdefault(model, set())
+    if kind not in seen:
+        seen.add(kind)
+        logger.info("occlusion: %s %s", type(model).__name__, message)
+
+
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:160]}"
+
+
+def _fast_layout_works(model: nn.Module, x: torch.Tensor, y: torch.Tensor, output: Output) -> bool:
+    """True if the model scores up to 4 images of x: (N, C, H, W), N >= 1, in channels-last layout as in its own.
+
+    Both layouts sum the same products in another order, so float32 scores agree to ~1e-6 relative;
+    a model that depends on the layout (``x.view(len(x), -1)`` of a feature map) raises or differs by
+    far more than the 1e-4 allowed. A false "differs" only costs speed: the fallback is the model's own layout.
+    """
+    k = min(len(x), 4)
+    own = _score(model, x[:k], y[:k], output)
+    try:
+        with channels_last(model):
+            fast = _score(model, x[:k].contiguous(memory_format=torch.channels_last), y[:k], output)
+    except Exception as err:  # noqa: BLE001 - any failure of the layout means: keep the model's own
+        _log_once(model, "layout", f"fails in channels-last layout ({_first_line(err)}); using its own layout.")
+        return False
+    if torch.allclose(fast, own, rtol=1e-4, atol=1e-4 * max(1.0, float(own.abs().max()))):
+        return True
+    _log_once(model, "layout", "gives other outputs in channels-last layout; using its own layout.")
+    return False
 
 
 def _active_pairs(x: torch.Tensor, base: torch.Tensor, regions: torch.Tensor, skip_unchanged: bool) -> torch.Tensor:
@@ -94,8 +132,9 @@ def occlusion_drops(
         regions: (R, H, W) bool region masks shared by all images (may overlap), or (N, R, H, W)
             per image (superpixels; empty regions have drop 0).
         baseline: the fill of an occluded region: a number, or baseline images (N, C, H, W).
-        fast_layout: forward whole images in channels-last layout (the model's own layout is
-            restored after).
+        fast_layout: forward whole images in channels-last layout where the model gives the same
+            scores in it on the first images (else in its own layout, logged once at INFO); the
+            model's parameters are restored after, the very same tensors.
         incremental: use incremental inference for windows of one size (False: whole images).
 
     Returns:
@@ -110,10 +149,16 @@ def occlusion_drops(
     boxes = rectangle_boxes(reg) if incremental and reg.dim() == 3 else None
     engine = cached_incremental_model(model, tuple(xd.shape[1:]), boxes[2]) if boxes is not None else None  # type: ignore[arg-type]
     if engine is not None and boxes is not None:
-        drops = _incremental_drops(engine, model, xd, yd, base, boxes, pairs, n_regions, batch_size, output)
-        if drops is not None:
-            return drops.to(x.device)
-        forget_engine(model)
+        try:
+            drops = _incremental_drops(engine, model, xd, yd, base, boxes, pairs, n_regions, batch_size, output)
+        except Exception as err:  # noqa: BLE001 - e.g. a view() of channels-last maps: forward whole images
+            _log_once(model, "incremental", f"fails incrementally ({_first_line(err)}); forwarding whole images.")
+            remember_no_engine(model, tuple(xd.shape[1:]), boxes[2])  # type: ignore[arg-type]
+        else:
+            if drops is not None:
+                return drops.to(x.device)
+            forget_engine(model)
+    fast_layout = fast_layout and len(xd) > 0 and _fast_layout_works(model, xd, yd, output)
     with channels_last(model) if fast_layout else nullcontext():
         s_clean = torch.cat([_score(model, xd[s], yd[s], output) for s in batch_slices(len(xd), batch_size)])
         drops = torch.zeros(len(xd), n_regions, device=device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +19,41 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
+# The smallest std accepted. Real channels of [0, 1] images have std 0.05-0.5; a std of 1e-6 already
+# turns a pixel step of 1/255 into 4e3, and far smaller ones (1e-50 is 0 in float32) overflow to inf.
+MIN_STD = 1e-6
+_FIX = (
+    "give the training images' per-channel mean and std in [0, 1] pixel units (model.mean and model.std, "
+    "--mean/--std) or a preset (model.normalization, --normalization imagenet)"
+)
+
+
+def check_normalization(mean: Sequence[float], std: Sequence[float]) -> None:
+    """Raise one InputError line unless ``Normalized`` with this mean and std gives finite float32 inputs.
+
+    Args:
+        mean: per-channel means of [0, 1] pixels, C values (C >= 1), finite.
+        std: per-channel standard deviations, as many as ``mean``, finite and at least ``MIN_STD`` (1e-6),
+            such that (x - mean) / std stays below the float32 maximum (3.4e38) for x in [0, 1].
+    """
+    if len(mean) != len(std) or not mean:
+        raise InputError(f"normalization: mean {list(mean)} and std {list(std)} need the same number of values.")
+    for name, values in (("mean", mean), ("std", std)):
+        bad = [float(v) for v in values if not math.isfinite(float(v))]
+        if bad:
+            raise InputError(f"normalization: {name} holds {bad[0]} ({list(values)}), not a finite number; {_FIX}.")
+    if any(float(s) <= 0 for s in std):
+        raise InputError(f"normalization: every std must be positive; got {list(std)}; {_FIX}.")
+    small = [float(s) for s in std if float(s) < MIN_STD]
+    if small:
+        raise InputError(
+            f"normalization: std {small[0]:g} is below {MIN_STD:g}: the normalized pixels would be huge or "
+            f"overflow to inf; {_FIX}."
+        )
+    largest = max(max(abs(float(m)), abs(1 - float(m))) / float(s) for m, s in zip(mean, std, strict=True))
+    if largest >= torch.finfo(torch.float32).max:
+        raise InputError(f"normalization: mean {list(mean)} and std {list(std)} overflow float32 pixels; {_FIX}.")
+
 
 class Normalized(nn.Module):
     """``model((x - mean) / std)``: a model that takes pixels in [0, 1].
@@ -25,7 +61,7 @@ class Normalized(nn.Module):
     Args:
         model: the network as it was trained, on normalized inputs.
         mean: per-channel means, C values (or one value for every channel).
-        std: per-channel standard deviations, positive, as many as ``mean``.
+        std: per-channel standard deviations, finite and at least ``MIN_STD`` (1e-6), as many as ``mean``.
 
     ``forward(x)``: x (N, C, H, W) in [0, 1] -> logits (N, K). Differentiable in x, so gradient
     attacks through it take their steps and budgets in pixel space.
@@ -33,10 +69,7 @@ class Normalized(nn.Module):
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        if len(mean) != len(std) or not mean:
-            raise InputError(f"normalization: mean {list(mean)} and std {list(std)} need the same number of values.")
-        if any(s <= 0 for s in std):
-            raise InputError(f"normalization: every std must be positive; got {list(std)}.")
+        check_normalization(mean, std)
         self.model = model
         self.register_buffer("mean", torch.tensor([float(m) for m in mean]).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor([float(s) for s in std]).view(1, -1, 1, 1))
@@ -66,12 +99,16 @@ fx.wrap("checked_channels")
 def normalization_values(
     preset: str | None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
 ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """(mean, std) of a preset name ('cifar10', 'imagenet', 'none'), or the explicit values; None = no normalization."""
+    """(mean, std) of a preset name ('cifar10', 'imagenet', 'none'), or the explicit values; None = no normalization.
+
+    Explicit values are checked by :func:`check_normalization` (finite, std >= 1e-6).
+    """
     if (mean is None) != (std is None):
         raise InputError("normalization: give both mean and std, or neither.")
     if mean is not None and std is not None:
         if preset not in (None, "none"):
             raise InputError(f"normalization: give either the preset {preset!r} or mean and std, not both.")
+        check_normalization(mean, std)
         return tuple(float(m) for m in mean), tuple(float(s) for s in std)
     if preset in (None, "none"):
         return None

@@ -5,7 +5,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from roiroa.errors import InputError
 from roiroa.utils import batch_slices, model_device
+
+
+def check_finite_logits(logits: torch.Tensor, where: str) -> None:
+    """Raise one InputError line naming ``where`` if ``logits`` (N, K) hold a NaN or an infinity.
+
+    Costs one reduction and one device synchronisation (call it once per chunk, not per batch);
+    counts the bad images only when there are some.
+
+    Args:
+        logits: (N, K) model outputs, any float dtype, on any device.
+        where: what produced them, for the message (e.g. ``'clean images 0-255'``, ``'fgsm eps=0.1'``).
+    """
+    finite = torch.isfinite(logits)
+    if bool(finite.all()):
+        return
+    rows = (~finite).reshape(len(finite), -1).any(dim=1) if logits.dim() else ~finite.reshape(1)
+    raise InputError(
+        f"{where}: the model output NaN or inf logits for {int(rows.sum())} of {len(rows)} images, so no number "
+        "from them can be trusted; check the weights (a corrupt or diverged checkpoint), the normalization "
+        "(--normalization, --mean/--std) and the model's code for overflow."
+    )
 
 
 @torch.no_grad()
