@@ -24,7 +24,7 @@ from torch import nn
 
 from roiroa.attacks import create_attack
 from roiroa.cli import main
-from roiroa.data.readers import load_dataset
+from roiroa.data.sources import load_dataset
 from roiroa.errors import InputError
 from roiroa.evaluate.config import config_from_dict, load_config
 from roiroa.evaluate.runner import run_experiment

@@ -20,9 +20,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from roiroa.version import __version__
 from roiroa.errors import InputError
-from roiroa.evaluate.config import Config, config_from_dict, load_config, quick, to_toml
+from roiroa.evaluate.config import Config, quick, to_toml
+from roiroa.evaluate.validate import config_from_dict, load_config
+from roiroa.version import __version__
 
 COMMANDS = {
     "run": "the whole analysis: maps, regions, statistics with intervals, the global mask and its controls, the report",

@@ -228,6 +228,8 @@ class PerInputMask:
     def __post_init__(self) -> None:
         check_q("PerInputMask", self.q_roi, self.q_roa, self.threshold)
         check_choice("PerInputMask", "roa", self.roa, ("probe", "shift"))
+        check_number("PerInputMask", "probe_eps", self.probe_eps, low=0.0, low_open=True, high=1.0)
+        check_number("PerInputMask", "probe_steps", self.probe_steps, low=1, integer=True)
         self.probe = LinfPGD(eps=self.probe_eps, steps=self.probe_steps, random_start=False)
 
     def maps(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,20 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from roiroa.errors import InputError
+from roiroa.attacks.base import attack_parameters
 from roiroa.models.train import TrainingRecipe
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 def bounded(default: Any, low: float | None = None, high: float | None = None, *, open_low: bool = False) -> Any:
@@ -325,6 +318,9 @@ class Config:
 # ------------------------------------------------------------------------------------------------ reading
 
 
+BAD = object()  # a value of the wrong type: reported, and the field keeps its default
+
+
 def _type_name(hint: Any) -> str:
     if typing.get_origin(hint) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
@@ -343,22 +339,24 @@ def _convert(value: Any, hint: Any, where: str, errors: list[str]) -> Any:
         )
     if dataclasses.is_dataclass(hint):
         if isinstance(value, dict):
-            return _from_dict(typing.cast(type, hint), value, where + ".", errors)
+            return from_dict(typing.cast(type, hint), value, where + ".", errors)
         errors.append(f"config: '{where}' must be a table of settings; got {value!r}.")
-        return hint()
+        return BAD
     if origin is tuple:
         if isinstance(value, (list, tuple)):
-            return tuple(_convert(v, typing.get_args(hint)[0], f"{where}[{i}]", errors) for i, v in enumerate(value))
+            items = tuple(_convert(v, typing.get_args(hint)[0], f"{where}[{i}]", errors) for i, v in enumerate(value))
+            return BAD if any(item is BAD for item in items) else items
         errors.append(f"config: '{where}' must be a list; got {value!r}.")
-        return ()
+        return BAD
     if origin is dict or hint is Any:
         if origin is dict and not isinstance(value, dict):
             errors.append(f"config: '{where}' must be a table; got {value!r}.")
-            return {}
+            return BAD
         return value
     if origin is Literal:
         if value not in typing.get_args(hint):
             errors.append(f"config: '{where}' must be {_type_name(hint)}; got {value!r}.")
+            return BAD
         return value
     ok = {
         bool: isinstance(value, bool),
@@ -368,52 +366,17 @@ def _convert(value: Any, hint: Any, where: str, errors: list[str]) -> Any:
     }[hint]
     if not ok:
         errors.append(f"config: '{where}' must be {_type_name(hint)}; got {value!r}.")
-        return value
+        return BAD
     return float(value) if hint is float else value
 
 
-def _from_dict(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> Any:
+def from_dict(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in sorted(set(data) - set(names)):
         errors.append(f"config: unknown key '{prefix}{key}'; valid keys here: {', '.join(names)}.")
     values = {k: _convert(v, hints[k], prefix + k, errors) for k, v in data.items() if k in names}
-    try:
-        return cls(**values)
-    except (TypeError, ValueError):  # a wrong type already reported
-        return cls()
-
-
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """A validated Config from a dict; every unknown key, wrong type or bad value is reported at once."""
-    from roiroa.evaluate.validate import config_errors
-
-    errors: list[str] = []
-    config = _from_dict(Config, data, "", errors)
-    if not errors:
-        errors = config_errors(config)
-    if errors:
-        raise InputError("\n".join(errors))
-    return config
-
-
-def load_config(path: str | Path) -> Config:
-    """Read a Config from a .toml or .json file."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise InputError(f"cannot read config {path} ({err.strerror}); check the path.") from None
-    except UnicodeDecodeError:
-        raise InputError(f"config {path} is not a text file: give a .toml or .json config.") from None
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as err:
-        kind = "TOML" if path.suffix == ".toml" else "JSON"
-        raise InputError(f"config {path} is not valid {kind}: {str(err).splitlines()[0]}.") from None
-    if not isinstance(data, dict):
-        raise InputError(f"config {path} must hold a table of settings at the top level.")
-    return config_from_dict(data)
+    return cls(**{k: v for k, v in values.items() if v is not BAD})  # a bad value keeps its default (reported)
 
 
 # ------------------------------------------------------------------------------------------------ overlays
@@ -426,8 +389,6 @@ QUICK_STEPS = 10
 def capped(specs: tuple[dict[str, Any], ...], steps: int, queries: int) -> tuple[dict[str, Any], ...]:
     """Attack specs with their 'steps' at most ``steps`` and 'queries' at most ``queries`` (set where the attack
     takes them and the spec leaves them to the attack's default)."""
-    from roiroa.attacks.base import attack_parameters
-
     out = []
     for spec in specs:
         known = attack_parameters(spec["name"]) if isinstance(spec.get("name"), str) and ":" not in spec["name"] else []

@@ -149,6 +149,44 @@ def defend_table(
     return defences, run_grid(prepared, cache, defences, attacks, standard_cells(defences, attacks), test)
 
 
+def beside_the_table(
+    prepared: Prepared,
+    ctx: BuildContext,
+    test: ImageDataset,
+    first: AttackEntry,
+    defences: list[Defence],
+    cache: StageCache,
+    timings: Timings,
+) -> dict[str, Any]:
+    """The oracle analysis, the mask sweep and the sanity check of ``defend``."""
+    c, e = prepared.config, prepared.config.evaluation
+    with timings("oracle"):
+        maps = compute_maps(prepared.model, prepared.model_key, test, [first], c, cache)
+        glob = build_defences(parse_defence("global", c), ctx, None)[0]
+        fill = glob.model.fill  # type: ignore[union-attr]
+        oracle = oracle_rows(
+            prepared.model,
+            prepared.model_key,
+            test.images,
+            test.labels,
+            maps,
+            fill,
+            glob.key,
+            c,
+            cache,
+            (c.regions.q_roa,),
+        )
+    with timings("sweep"):
+        specs = sweep_specs(c)
+        swept = [build_defences(s, ctx, None)[0] for s in specs]
+        sweep_results = run_grid(prepared, cache, swept, [first], standard_cells(swept, [first]), test)
+    with timings("sanity"):
+        n = min(e.n_sanity, len(test))
+        spec = next(s for s in e.attacks if attack_entry(s, c.batch_size).label == first.label)
+        sanity = sanity_rows(prepared, cache, defences, spec, test.subset(torch.arange(n)))
+    return {"n_sanity": n, "oracle": oracle, "sweep": sweep_rows(specs, swept, first, sweep_results), "sanity": sanity}
+
+
 def run_defend(
     config: Config,
     *,
@@ -169,44 +207,19 @@ def run_defend(
     ctx = build_context(prepared, splits.fit, attack_entries(config.attacks, config.batch_size), cache)
     with timings("table"):
         defences, results = defend_table(prepared, ctx, attacks, test, cache)
-    with timings("oracle"):
-        maps = compute_maps(prepared.model, prepared.model_key, test, [first], config, cache)
-        glob = build_defences(parse_defence("global", config), ctx, None)[0]
-        fill = glob.model.fill  # type: ignore[union-attr]
-        oracle = oracle_rows(
-            prepared.model,
-            prepared.model_key,
-            test.images,
-            test.labels,
-            maps,
-            fill,
-            glob.key,
-            config,
-            cache,
-            (config.regions.q_roa,),
-        )
-    with timings("sweep"):
-        specs = sweep_specs(config)
-        swept = [build_defences(s, ctx, None)[0] for s in specs]
-        sweep_results = run_grid(prepared, cache, swept, [first], standard_cells(swept, [first]), test)
-        sweep = sweep_rows(specs, swept, first, sweep_results)
-    with timings("sanity"):
-        n = min(e.n_sanity, len(test))
-        spec = next(s for s in e.attacks if attack_entry(s, config.batch_size).label == first.label)
-        sanity = sanity_rows(prepared, cache, defences, spec, test.subset(torch.arange(n)))
-    accuracy = float(results[Cell("none", "clean")].correct.double().mean())
-    summary = header("defend", prepared, timings) | {
-        "dataset": dataset_info(prepared, test, splits.fit),
-        "model": model_info(prepared, accuracy),
-        "attacks": [{"label": a.label, "params": a.params, "gradient_free": a.gradient_free} for a in attacks],
-        "n_test": len(test),
-        "n_sanity": n,
-        "table": table_rows(defences, attacks, results),
-        "oracle": oracle,
-        "sweep": sweep,
-        "sanity": sanity,
-        "notes": notes(config, defences),
-    }
+    more = beside_the_table(prepared, ctx, test, first, defences, cache, timings)
+    summary = (
+        header("defend", prepared, timings)
+        | {
+            "dataset": dataset_info(prepared, test, splits.fit),
+            "model": model_info(prepared, float(results[Cell("none", "clean")].correct.double().mean())),
+            "attacks": [{"label": a.label, "params": a.params, "gradient_free": a.gradient_free} for a in attacks],
+            "n_test": len(test),
+            "table": table_rows(defences, attacks, results),
+            "notes": notes(config, defences),
+        }
+        | more
+    )
     folder = ResultsFolder("defend", to_json(summary), config.to_dict(), {"flags.csv": flag_table(results, test)})
     return DefendResult(prepared, folder)
 

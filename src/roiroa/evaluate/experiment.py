@@ -17,11 +17,12 @@ from torch import nn
 
 from roiroa.cache import StageCache
 from roiroa.errors import InputError
-from roiroa.evaluate.config import Config, config_from_dict, load_config, quick
+from roiroa.evaluate.config import Config, quick
 from roiroa.evaluate.defend import DefendResult, run_defend
 from roiroa.evaluate.patches import PatchesResult, run_patches
 from roiroa.evaluate.prepare import DataLike
 from roiroa.evaluate.run import RunResult, run_experiment
+from roiroa.evaluate.validate import config_from_dict, load_config
 
 
 def _merge(base: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:

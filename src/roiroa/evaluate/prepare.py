@@ -16,7 +16,7 @@ from torch import nn
 
 from roiroa.cache import model_hash
 from roiroa.data.dataset import ImageDataset, make_dataset, sample_per_class, split_by_class
-from roiroa.data.readers import load_dataset
+from roiroa.data.sources import load_dataset
 from roiroa.errors import InputError
 from roiroa.evaluate.config import Config
 from roiroa.models.loading import check_model_fits, load_model

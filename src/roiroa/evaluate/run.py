@@ -196,6 +196,72 @@ def per_image_table(
     return columns, rows
 
 
+@dataclass(frozen=True)
+class Analysis:
+    """What the run reads off the test images: maps, f's predictions, segments, statistics."""
+
+    maps: MapSet
+    predictions: dict[str, torch.Tensor]
+    segments: Segments
+    statistics: dict[str, Any]
+    per_image: PerImage
+
+
+def analyse(prepared: Prepared, attacks: list[AttackEntry], cache: StageCache, timings: Timings) -> Analysis:
+    """The maps, predictions, segments and statistics of the test images (each stage cached)."""
+    c, f, test = prepared.config, prepared.model, prepared.splits.test
+    with timings("maps"):
+        maps = compute_maps(f, prepared.model_key, test, attacks, c, cache)
+        predictions = {"clean": predict(f, test.images).cpu()}
+        predictions |= {k: predict(f, t.x_adv).cpu() for k, t in maps.traces.items()}
+    with timings("statistics"):
+        rerun = restart_and_seed_maps(prepared, attacks, cache)
+        statistics, per_image = dataset_statistics(test.images, test.labels, test.classes, maps, c, cache, rerun)
+    return Analysis(maps, predictions, segments_of(maps, c), statistics, per_image)
+
+
+def results_of(
+    prepared: Prepared,
+    attacks: list[AttackEntry],
+    found: Analysis,
+    tables: DefenceTables,
+    oracle: list[Any],
+    timings: Timings,
+) -> dict[str, Any]:
+    """The content of results.json."""
+    c, test, maps, pred = prepared.config, prepared.splits.test, found.maps, found.predictions
+    summaries = [
+        attack_summary(
+            e, maps.readings[e.label], test.images, test.labels, maps.traces[e.label], pred["clean"], pred[e.label]
+        )
+        for e in attacks
+    ]
+    return header("run", prepared, timings) | {
+        "dataset": dataset_info(prepared, test, prepared.splits.fit),
+        "model": model_info(prepared, float((pred["clean"] == test.labels).double().mean())),
+        "attacks": summaries,
+        "maps": maps_summary(c, maps),
+        "regions": segment_summary(found.segments, c),
+        "statistics": found.statistics,
+        "defence": tables.rows,
+        "defence_short": tables.short_rows,
+        "oracle": oracle,
+    }
+
+
+def folder_of(
+    prepared: Prepared, attacks: list[AttackEntry], found: Analysis, tables: DefenceTables, results: dict[str, Any]
+) -> ResultsFolder:
+    """The results folder's content: results, config, per-image tables, maps and gallery arrays."""
+    glob, test = tables.global_defence.model, prepared.splits.test
+    assert isinstance(glob, Neutralized)
+    arrays = map_arrays(prepared, found.maps, found.segments, found.predictions, glob.masks(test.images[:1])[0])
+    arrays |= gallery_arrays(prepared, found.maps, found.segments, glob, attacks)
+    csv = {"per_image.csv": per_image_table(test, found.predictions, found.per_image), "flags.csv": tables.flags}
+    numpy = {k: v.detach().cpu().numpy() for k, v in arrays.items()}
+    return ResultsFolder("run", to_json(results), prepared.config.to_dict(), csv, numpy)
+
+
 def run_experiment(
     config: Config,
     *,
@@ -204,76 +270,37 @@ def run_experiment(
     fit_data: DataLike | None = None,
     cache: StageCache | None = None,
 ) -> RunResult:
-    """Run every stage of ``run`` and return the results in memory (:meth:`RunResult` ``.folder`` is what
-    :func:`roiroa.report.write_folder` writes). Expensive stages are cached in ``cache`` (default: the user's
-    cache folder; ``StageCache(None)`` keeps nothing on disk), so an interrupted run resumes."""
+    """Run every stage of ``run`` and return the results in memory (``.write(out)`` writes the folder).
+
+    Expensive stages are cached in ``cache`` (default: the user's cache folder; ``StageCache(None)`` keeps
+    nothing on disk), so an interrupted run resumes and a second run recomputes nothing."""
     cache = StageCache.default() if cache is None else cache
     timings = Timings()
     with timings("prepare"):
         prepared = prepare(config, model=model, data=data, fit_data=fit_data)
-    f, test, fit = prepared.model, prepared.splits.test, prepared.splits.fit
     attacks = attack_entries(config.attacks, config.batch_size)
-    with timings("maps"):
-        maps = compute_maps(f, prepared.model_key, test, attacks, config, cache)
-        predictions = {"clean": predict(f, test.images).cpu()} | {
-            k: predict(f, t.x_adv).cpu() for k, t in maps.traces.items()
-        }
-        segments = segments_of(maps, config)
-    with timings("statistics"):
-        rerun = restart_and_seed_maps(prepared, attacks, cache)
-        statistics, per_image = dataset_statistics(test.images, test.labels, test.classes, maps, config, cache, rerun)
-    ctx = build_context(prepared, fit, attacks, cache)
+    found = analyse(prepared, attacks, cache, timings)
+    ctx = build_context(prepared, prepared.splits.fit, attacks, cache)
     with timings("defence"):
         tables = defence_tables(prepared, ctx, attacks, cache)
-    glob = tables.global_defence.model
-    assert isinstance(glob, Neutralized)
     with timings("oracle"):
-        qs = config.defence.oracle_q
+        glob, test = tables.global_defence, prepared.splits.test
+        fill = glob.model.fill  # type: ignore[union-attr]
         oracle = oracle_rows(
-            f,
+            prepared.model,
             prepared.model_key,
             test.images,
             test.labels,
-            maps,
-            glob.fill,
-            tables.global_defence.key,
+            found.maps,
+            fill,
+            glob.key,
             config,
             cache,
-            qs,
+            config.defence.oracle_q,
         )
-    summaries = [
-        attack_summary(
-            e,
-            maps.readings[e.label],
-            test.images,
-            test.labels,
-            maps.traces[e.label],
-            predictions["clean"],
-            predictions[e.label],
-        )
-        for e in attacks
-    ]
-    accuracy = float((predictions["clean"] == test.labels).double().mean())
-    results = header("run", prepared, timings) | {
-        "dataset": dataset_info(prepared, test, fit),
-        "model": model_info(prepared, accuracy),
-        "attacks": summaries,
-        "maps": maps_summary(config, maps),
-        "regions": segment_summary(segments, config),
-        "statistics": statistics,
-        "defence": tables.rows,
-        "defence_short": tables.short_rows,
-        "oracle": oracle,
-    }
-    mask = glob.masks(test.images[:1])[0]
-    arrays = map_arrays(prepared, maps, segments, predictions, mask) | gallery_arrays(
-        prepared, maps, segments, glob, attacks
-    )
-    csv = {"per_image.csv": per_image_table(test, predictions, per_image), "flags.csv": tables.flags}
-    folder = ResultsFolder(
-        "run", to_json(results), config.to_dict(), csv, {k: v.detach().cpu().numpy() for k, v in arrays.items()}
-    )
-    return RunResult(prepared, maps, segments, predictions, per_image, folder)
+    results = results_of(prepared, attacks, found, tables, oracle, timings)
+    folder = folder_of(prepared, attacks, found, tables, results)
+    return RunResult(prepared, found.maps, found.segments, found.predictions, found.per_image, folder)
 
 
 def maps_summary(config: Config, maps: MapSet) -> dict[str, Any]:

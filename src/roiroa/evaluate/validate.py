@@ -1,17 +1,20 @@
-"""Every check a config's types alone do not make: ranges, component names, each listed component's own
-parameters, labels, limits. ``config_errors`` returns every problem at once, one line each."""
+"""Reading a config and every check its types alone do not make: ranges, component names, each listed
+component's own parameters, labels, limits. Every problem is reported at once, one line each."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from roiroa.defence.fills import FILLS
 from roiroa.defence.scopes import SCOPES
 from roiroa.errors import InputError
 from roiroa.evaluate.attacking import attack_entries
-from roiroa.evaluate.config import Config
+from roiroa.evaluate.config import Config, from_dict
 from roiroa.evaluate.defences import parse_defences
 from roiroa.evaluate.maps_stage import importance_spec
 from roiroa.maps.registry import ESTIMATORS, estimator_kind, list_importance_estimators, list_vulnerability_estimators
@@ -21,6 +24,11 @@ from roiroa.models.registry import list_models
 from roiroa.registry import is_plugin
 from roiroa.utils import resolve_device
 from roiroa.validation import check_number
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 REGISTRIES: dict[str, Callable[[], list[str]]] = {
     "model": list_models,
@@ -123,17 +131,21 @@ def limit_errors(specs: tuple[dict[str, Any], ...], where: str, config: Config) 
     return errors
 
 
-def component_errors(config: Config) -> list[str]:
-    """Each attack and defence entry checked against its component's own parameters; labels and references."""
+def component_errors(config: Config, defences: bool = True) -> list[str]:
+    """Each attack and defence entry checked against its component's own parameters; labels and references.
+    (``defences`` False skips the defence entries, whose defaults come from fields already found bad.)"""
     errors: list[str] = []
     e, p = config.evaluation, config.patches
-    for specs, where in (
-        (config.attacks, "attacks"),
-        (e.attacks, "evaluation.attacks"),
-        (p.attacks, "patches.attacks"),
-    ):
-        _collect(errors, lambda specs=specs: attack_entries(specs, config.batch_size), where)
+    for specs, where in ((config.attacks, "attacks"), (e.attacks, "evaluation.attacks"), (p.attacks, "patches.attacks")):
+        if not specs:
+            errors.append(f"config: '{where}' is empty; give at least one attack, e.g. {{name = 'pgd-linf'}}.")
+            continue
+        entries = _collect(errors, lambda specs=specs: attack_entries(specs, config.batch_size), where)
         errors += limit_errors(specs, where, config)
+        if where == "evaluation.attacks" and entries and all(a.gradient_free for a in entries):
+            errors.append("config: evaluation.attacks needs a gradient attack (e.g. pgd-linf): the sweep and sanity check use it.")
+    if not defences:
+        return errors
     found = _collect(errors, lambda: parse_defences(e.defences, config), "evaluation.defences") or []
     for label in e.run_defences:
         if found and label not in {s.label for s in found}:
@@ -157,4 +169,34 @@ def component_errors(config: Config) -> list[str]:
 
 def config_errors(config: Config) -> list[str]:
     """Every problem of a config, one line each (an empty list for a valid config)."""
-    return field_errors(config) + model_errors(config) + maps_errors(config) + component_errors(config)
+    fields = field_errors(config)
+    return fields + model_errors(config) + maps_errors(config) + component_errors(config, defences=not fields)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """A validated Config from a dict; every unknown key, wrong type or bad value is reported at once."""
+    errors: list[str] = []
+    config = from_dict(Config, data, "", errors)
+    errors += config_errors(config)
+    if errors:
+        raise InputError("\n".join(errors))
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a Config from a .toml or .json file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise InputError(f"cannot read config {path} ({err.strerror}); check the path.") from None
+    except UnicodeDecodeError:
+        raise InputError(f"config {path} is not a text file: give a .toml or .json config.") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as err:
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
+        raise InputError(f"config {path} is not valid {kind}: {str(err).splitlines()[0]}.") from None
+    if not isinstance(data, dict):
+        raise InputError(f"config {path} must hold a table of settings at the top level.")
+    return config_from_dict(data)

@@ -14,9 +14,9 @@ from roiroa.maps.vulnerability import (
     PerturbationMagnitude,
     attack_vulnerability,
     mean_vulnerability,
-    vulnerability_reading,
     perturbation_map,
     unit_mean,
+    vulnerability_reading,
 )
 
 __all__ = [
