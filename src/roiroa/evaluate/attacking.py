@@ -73,9 +73,15 @@ def fits_first(attack: Attack) -> bool:
 
 
 def _trace(
-    entry: AttackEntry, target: nn.Module, chunk: Chunk, seed: int, fit: tuple[torch.Tensor, torch.Tensor] | None
+    entry: AttackEntry,
+    target: nn.Module,
+    chunk: Chunk,
+    seed: int,
+    fit: tuple[torch.Tensor, torch.Tensor] | None,
+    record: bool,
 ) -> dict[str, torch.Tensor]:
-    """Run the attack on the chunk: x_adv, the recorded gradient, and the patch mask where the attack has one."""
+    """Run the attack on the chunk: x_adv, the recorded gradient (zero unless ``record``), and the patch mask
+    where the attack has one."""
     seed_all(seed)
     attack: Any = entry.attack
     if fits_first(attack) and fit is not None:
@@ -84,6 +90,9 @@ def _trace(
         result = attack.run(target, chunk.x, chunk.y)
         zeros = torch.zeros(len(chunk.x), *chunk.x.shape[2:])
         return {"x_adv": result.x_adv, "gradient": zeros, "calls": torch.zeros(1), "patch_mask": result.patch_mask}
+    if not record:
+        zeros = torch.zeros(len(chunk.x), *chunk.x.shape[2:])
+        return {"x_adv": attack(target, chunk.x, chunk.y).detach().cpu(), "gradient": zeros, "calls": torch.zeros(1)}
     trace = record_attack(attack, target, chunk.x, chunk.y, int(getattr(attack, "batch_size", 64)))
     return {"x_adv": trace.x_adv, "gradient": trace.gradient, "calls": torch.tensor([trace.gradient_calls])}
 
@@ -97,11 +106,13 @@ def attack_task(
     seed: int,
     fit: tuple[torch.Tensor, torch.Tensor] | None = None,
     purpose: str = "attack",
+    record: bool = True,
 ) -> Task:
     """The cached task of ``entry`` against ``target`` (identified by ``target_key``) on one chunk.
 
     Its random numbers derive from ``seed``, ``purpose`` (another word gives an independent second run), the
-    attack's label and the chunk's content.
+    attack's label and the chunk's content. ``record`` keeps where the attack's gradients acted (the maps need
+    it; an attack through a defence does not).
     """
     inputs = {
         "target": target_key,
@@ -110,8 +121,9 @@ def attack_task(
         "seed": task_seed(seed, purpose, entry.label, chunk.digest),
         "fit": hash_tensors(*fit) if fit is not None and fits_first(entry.attack) else None,
         "device": model_device(target).type,
+        "record": record,
     }
-    compute = partial(_trace, entry, target, chunk, inputs["seed"], fit)
+    compute = partial(_trace, entry, target, chunk, inputs["seed"], fit, record)
     return Task(cache.key("attack", inputs), compute)
 
 

@@ -397,6 +397,13 @@ def capped(specs: tuple[dict[str, Any], ...], steps: int, queries: int) -> tuple
     return tuple(out)
 
 
+def _quick_defence(entry: Any) -> Any:
+    """A defence entry with its probe attack at most 2 steps (a per-input scope attacks every input it sees)."""
+    if isinstance(entry, dict) and isinstance(entry.get("probe_steps"), int):
+        return {**entry, "probe_steps": min(entry["probe_steps"], 2)}
+    return entry
+
+
 def quick(config: Config) -> Config:
     """The --quick overlay: ``run`` on at most 200 test and 200 fitting images with at most 10 attack steps;
     ``defend`` on 40 images with 5 steps, 20 queries and a small sweep; ``patches`` on 50 images, 20 steps."""
@@ -418,6 +425,7 @@ def quick(config: Config) -> Config:
         run_images=min(e.run_images, 40),
     )
     d, p = config.defence, config.patches
+    evaluation = dataclasses.replace(evaluation, defences=tuple(_quick_defence(x) for x in e.defences))
     return dataclasses.replace(
         config,
         quick=True,

@@ -157,7 +157,9 @@ def _attacked_images(
         entry = with_params(entry, defence.adaptive_params)
     else:
         target, key = defence.model, f"{defence.key}:model"
-    task = attack_task(context.cache, entry, target, key, chunk, context.seed, context.fit)
+    task = attack_task(
+        context.cache, entry, target, key, chunk, context.seed, context.fit, record=target is context.model
+    )
     return context.cache.tensors(task.key, task.compute)
 
 

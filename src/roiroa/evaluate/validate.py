@@ -136,14 +136,20 @@ def component_errors(config: Config, defences: bool = True) -> list[str]:
     (``defences`` False skips the defence entries, whose defaults come from fields already found bad.)"""
     errors: list[str] = []
     e, p = config.evaluation, config.patches
-    for specs, where in ((config.attacks, "attacks"), (e.attacks, "evaluation.attacks"), (p.attacks, "patches.attacks")):
+    for specs, where in (
+        (config.attacks, "attacks"),
+        (e.attacks, "evaluation.attacks"),
+        (p.attacks, "patches.attacks"),
+    ):
         if not specs:
             errors.append(f"config: '{where}' is empty; give at least one attack, e.g. {{name = 'pgd-linf'}}.")
             continue
         entries = _collect(errors, lambda specs=specs: attack_entries(specs, config.batch_size), where)
         errors += limit_errors(specs, where, config)
         if where == "evaluation.attacks" and entries and all(a.gradient_free for a in entries):
-            errors.append("config: evaluation.attacks needs a gradient attack (e.g. pgd-linf): the sweep and sanity check use it.")
+            errors.append(
+                "config: evaluation.attacks needs a gradient attack (e.g. pgd-linf): the sweep and sanity check use it."
+            )
     if not defences:
         return errors
     found = _collect(errors, lambda: parse_defences(e.defences, config), "evaluation.defences") or []
