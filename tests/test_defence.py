@@ -1,4 +1,4 @@
-"""The neutralization defence: neutralize, Neutralizer, fills, GlobalMask, random masks, evaluation."""
+"""The neutralization defence: neutralize, Neutralized, GlobalMask, random masks, the oracle, and the grid."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from roiroa.attacks import FGSM, AttackResult, LinfPGD
-from roiroa.defence import GlobalMask, Neutralizer, fill_value, neutralize, random_mask_like
+from roiroa.attacks import FGSM, LinfPGD
+from roiroa.cache import StageCache, model_hash
+from roiroa.defence import EqualAreaControl, FitData, FixedMask, GlobalMask, Neutralized, neutralize, random_mask_like
+from roiroa.defence.fills import ZeroFill
 from roiroa.errors import InputError
-from roiroa.evaluate.robustness import correct, evaluate_defence, oracle_analysis
-from roiroa.maps import Saliency, attack_vulnerability
+from roiroa.evaluate.analysis import correct, oracle_analysis, oracle_masks
+from roiroa.evaluate.attacking import attack_entries
+from roiroa.evaluate.grid import Cell, Defence, GridContext, evaluate_grid, standard_cells, table_rows
+from roiroa.maps import Saliency, attack_vulnerability, record_attack
 from roiroa.regions import top_q_mask
 
 # --------------------------------------------------------------------------------------------- neutralize
@@ -71,7 +75,7 @@ def test_neutralize_bad_mask_shape():
         neutralize(images(), torch.zeros(5), 0.0)
 
 
-# --------------------------------------------------------------------------------------------- Neutralizer
+# --------------------------------------------------------------------------------------------- Neutralized
 
 
 class SmallNet(nn.Module):
@@ -84,52 +88,45 @@ class SmallNet(nn.Module):
         return self.net(x)
 
 
-def test_neutralizer_forward_and_gradient():
+class ConstantFill:
+    """A user's fill: any callable fill(x, mask) -> v."""
+
+    def __init__(self, v: torch.Tensor) -> None:
+        self.v = v
+
+    def __call__(self, x, mask=None):
+        return self.v.to(x.dtype)
+
+
+def test_neutralized_forward_and_gradient():
     model = SmallNet().eval()
     m = central_mask()
     fill = torch.tensor([0.2, 0.4, 0.6]).view(1, 3, 1, 1)
-    defended = Neutralizer(model, m, fill)
+    defended = Neutralized(model, FixedMask(m), ConstantFill(fill))
     x = images().requires_grad_(True)
     out = defended(x)
     with torch.no_grad():
         ref = model(neutralize(x, m, fill))
     assert torch.equal(out.detach(), ref)
+    logits, masks = defended.decide(x)
+    assert torch.equal(logits.detach(), ref) and torch.equal(masks, m[None].expand(3, -1, -1))
     (grad,) = torch.autograd.grad(out[:, 1].sum(), x)
     inside = m[None, None].expand_as(x)
-    assert (grad[inside] == 0).all()
+    assert (grad[inside] == 0).all()  # the mask is held fixed, the fill is a constant
     assert (grad[~inside] != 0).float().mean() > 0.5
 
 
-def test_neutralizer_buffers_move_with_to():
+def test_neutralized_dilation_and_default_fill():
     model = SmallNet().eval()
-    defended = Neutralizer(model, central_mask()[None, None], 0.5)
-    buffers = dict(defended.named_buffers())
-    assert {"mask", "fill"} <= set(buffers)
-    assert buffers["mask"].shape == (1, 1, 6, 5) and buffers["fill"].shape == (1, 1, 1, 1)
-    moved = defended.to(torch.float64)
-    assert moved.mask.dtype == torch.float64 and moved.fill.dtype == torch.float64
-    assert "mask" in moved.state_dict() and "fill" in moved.state_dict()
-    moved = moved.to("meta")
-    assert moved.mask.device.type == "meta" and moved.fill.device.type == "meta"
-
-
-def test_neutralizer_rejects_per_image_masks():
+    m = torch.zeros(6, 5, dtype=torch.bool)
+    m[2, 2] = True
+    defended = Neutralized(model, FixedMask(m), dilation=1)
+    x = images()
+    blocked = defended.masks(x)
+    assert blocked.shape == (3, 6, 5) and int(blocked[0].sum()) == 9 and blocked[0, 1:4, 1:4].all()
+    assert isinstance(defended.fill, ZeroFill)
     with pytest.raises(InputError):
-        Neutralizer(SmallNet(), torch.zeros(2, 6, 5, dtype=torch.bool))
-    with pytest.raises(InputError):
-        Neutralizer(SmallNet(), torch.zeros(2, 1, 6, 5))
-
-
-def test_fill_value():
-    x = images(n=4, c=3)
-    zero = fill_value("zero", x)
-    assert zero.shape == (1, 3, 1, 1) and (zero == 0).all()
-    mean = fill_value("mean", x)
-    assert mean.shape == (1, 3, 1, 1)
-    for c in range(3):
-        assert mean[0, c, 0, 0] == pytest.approx(float(x[:, c].mean()), abs=1e-6)
-    with pytest.raises(InputError):
-        fill_value("median", x)  # type: ignore[arg-type]
+        Neutralized(model, FixedMask(m), dilation=-1)
 
 
 # --------------------------------------------------------------------------------------------- GlobalMask
@@ -148,7 +145,7 @@ def band_vulnerability(n, h=8, w=8):
 
 
 def test_global_mask_exact_set():
-    gm = GlobalMask(q_roi=0.5, q_roa=0.5).fit(left_half_importance(5), band_vulnerability(5))
+    gm = GlobalMask(q_roi=0.5, q_roa=0.5).fit(FitData.of_maps(left_half_importance(5), band_vulnerability(5)))
     expected_roi = torch.zeros(8, 8, dtype=torch.bool)
     expected_roi[:, :4] = True
     expected_roa = torch.zeros(8, 8, dtype=torch.bool)
@@ -160,9 +157,8 @@ def test_global_mask_exact_set():
     assert torch.equal(gm.mask_, expected_mask)
     assert gm.area_ == pytest.approx(16 / 64)
     assert gm.importance_.shape == (8, 8) and gm.vulnerability_.shape == (8, 8)
-    defended = gm.wrap(nn.Identity(), 0.0)
-    assert isinstance(defended, Neutralizer)
-    assert torch.equal(defended.mask[0, 0].bool(), expected_mask)
+    defended = Neutralized(nn.Identity(), gm)
+    assert torch.equal(defended.masks(torch.rand(2, 1, 8, 8))[1], expected_mask)
 
 
 def test_global_mask_unit_mean_scaling():
@@ -170,7 +166,7 @@ def test_global_mask_unit_mean_scaling():
     imp = torch.cat([left_half_importance(2), left_half_importance(1, scale=1e6).flip(-1)])
     vul = band_vulnerability(3)
     vul[2] *= 1e6
-    gm = GlobalMask(q_roi=0.5, q_roa=0.5).fit(imp, vul)
+    gm = GlobalMask(q_roi=0.5, q_roa=0.5).fit(FitData.of_maps(imp, vul))
     assert gm.roi_[:, :4].all() and not gm.roi_[:, 4:].any()
     assert torch.equal(gm.mask_[:, 4:6], torch.ones(8, 2, dtype=torch.bool))
     assert gm.mask_.sum() == 16
@@ -180,20 +176,20 @@ def test_global_mask_unit_mean_scaling():
 
 def test_global_mask_errors():
     with pytest.raises(InputError):
-        GlobalMask().wrap(nn.Identity())
+        GlobalMask().masks(nn.Identity(), torch.rand(1, 1, 4, 4))  # not fitted
     for q in (0.0, 1.5, -0.2):
         with pytest.raises(InputError):
             GlobalMask(q_roi=q)
         with pytest.raises(InputError):
             GlobalMask(q_roa=q)
     with pytest.raises(InputError):
-        GlobalMask(method="value")  # type: ignore[arg-type]
+        GlobalMask(threshold="value")
     with pytest.raises(InputError):
-        GlobalMask().fit(torch.rand(2, 4, 4), torch.rand(2, 4, 5))
+        FitData.of_maps(torch.rand(2, 4, 4), torch.rand(2, 4, 5))
 
 
 def test_global_mask_otsu():
-    gm = GlobalMask(method="otsu").fit(left_half_importance(3), band_vulnerability(3))
+    gm = GlobalMask(threshold="otsu").fit(FitData.of_maps(left_half_importance(3), band_vulnerability(3)))
     assert gm.roi_[:, :4].all() and not gm.roi_[:, 4:].any()
     assert gm.roa_[:, 2:6].all() and gm.roa_.sum() == 32
     assert gm.mask_.sum() == 16
@@ -221,73 +217,81 @@ def test_random_mask_like():
     assert not torch.equal(out2, single) or single.all()
 
 
-# --------------------------------------------------------------------------------------------- oracle and evaluation
+def test_block_control_is_one_square_of_the_same_area():
+    m = torch.zeros(3, 12, 12, dtype=torch.bool)
+    m[0, :4, :4] = True  # 16 positions -> a 4x4 square
+    m[1, 0, :9] = True  # 9 positions -> a 3x3 square
+    control = EqualAreaControl(FixedMask(torch.zeros(12, 12, dtype=torch.bool)), seed=3, shape="block")
+    control.scope = type("Given", (), {"masks": lambda self, model, x: m})()
+    out = control.masks(nn.Identity(), torch.rand(3, 1, 12, 12))
+    assert out.flatten(1).sum(1).tolist() == [16, 9, 0]
+    for i, side in ((0, 4), (1, 3)):
+        rows, cols = out[i].any(1).nonzero().flatten(), out[i].any(0).nonzero().flatten()
+        assert len(rows) == side and len(cols) == side and rows.diff().eq(1).all() and cols.diff().eq(1).all()
+    assert torch.equal(out, control.masks(nn.Identity(), torch.rand(3, 1, 12, 12)))  # a function of the input's area
+
+
+# --------------------------------------------------------------------------------------------- oracle and the grid
 
 
 @pytest.fixture(scope="module")
-def pgd_result(mnist_model, mnist_batch):
+def pgd_trace(mnist_model, mnist_batch):
     x, y = mnist_batch
     torch.manual_seed(0)
-    attack = LinfPGD(eps=0.15, steps=10)
-    return attack, attack.run(mnist_model, x, y)
+    return record_attack(LinfPGD(eps=0.15, steps=10), mnist_model, x, y)
 
 
-def test_oracle_analysis(mnist_model, mnist_batch, pgd_result):
+def test_oracle_analysis(mnist_model, mnist_batch, pgd_trace):
     x, y = mnist_batch
-    _, result = pgd_result
     roi = top_q_mask(Saliency()(mnist_model, x, y), 0.2)
-    vul = attack_vulnerability(x, result, "linf")
-    undefended = float((correct(mnist_model, x, y) & correct(mnist_model, result.x_adv, y)).double().mean())
+    vul = attack_vulnerability(x, pgd_trace, "linf")
+    undefended = float((correct(mnist_model, x, y) & correct(mnist_model, pgd_trace.x_adv, y)).double().mean())
     q_roa = 0.3
-    row = oracle_analysis(mnist_model, x, y, result.x_adv, roi, vul, q_roa, 0.0, torch.Generator().manual_seed(0))
+    s_a = oracle_masks(roi, vul, q_roa)
+    assert torch.equal(s_a, top_q_mask(vul, q_roa) & ~roi)  # S_A = RoA minus RoI
+    row = oracle_analysis(mnist_model, x, y, pgd_trace.x_adv, s_a, ZeroFill(), torch.Generator().manual_seed(0))
     assert set(row) == {"area", "accuracy", "clean_accuracy", "random_mask_accuracy"}
-    assert row["accuracy"] > undefended
-    assert 0 < row["area"] <= q_roa + 1e-9
-    # area = mean |S_A| / |P|, with S_A = RoA minus RoI
-    s_a = top_q_mask(vul, q_roa) & ~roi
-    assert row["area"] == pytest.approx(float(s_a.double().mean()))
+    assert row["accuracy"] > undefended + 0.3  # most of the attack lives in S_A
+    assert row["accuracy"] > row["random_mask_accuracy"] + 0.3
+    assert row["area"] == pytest.approx(float(s_a.double().mean())) and 0 < row["area"] <= q_roa
     assert row["clean_accuracy"] >= 0.9
-    assert all(0.0 <= v <= 1.0 for v in row.values())
 
 
-def test_evaluate_defence(mnist_model, mnist_splits, mnist_batch, pgd_result):
+def test_grid_flags_are_the_defences_decisions(mnist_model, mnist_splits, mnist_batch):
+    """Every cell of the grid equals what the defended model decides on images the attack made: recomputed here
+    by hand for f, a global mask and its control; worst case is the per-image AND; rows carry Wilson intervals."""
     x, y = mnist_batch
-    attack, result = pgd_result
     fit = mnist_splits.fit
     xf, yf = fit.images[:64], fit.labels[:64]
-    fit_vul = attack_vulnerability(xf, attack.run(mnist_model, xf, yf), "linf")
-    gm = GlobalMask(q_roi=0.2, q_roa=0.2).fit(Saliency()(mnist_model, xf, yf), fit_vul)
-    defended = gm.wrap(mnist_model, 0.0)
-    control = Neutralizer(mnist_model, random_mask_like(gm.mask_, torch.Generator().manual_seed(0)), 0.0)
-    torch.manual_seed(1)
-    rows = evaluate_defence(defended, control, x, y, {"pgd": attack}, {"pgd": result})
-    assert len(rows) == 1
-    row = rows[0]
-    assert row["attack"] == "pgd"
-    numeric = {k: v for k, v in row.items() if k != "attack"}
-    assert set(numeric) == {
-        "area",
-        "clean_accuracy",
-        "nonadaptive_accuracy",
-        "adaptive_accuracy",
-        "random_mask_clean_accuracy",
-        "random_mask_accuracy",
-        "random_mask_adaptive_accuracy",
-    }
-    assert all(0.0 <= v <= 1.0 for v in numeric.values())
-    assert row["area"] == pytest.approx(gm.area_)
-    assert row["adaptive_accuracy"] <= row["nonadaptive_accuracy"] + 0.05
-    assert row["nonadaptive_accuracy"] <= row["clean_accuracy"]
-    assert row["clean_accuracy"] == pytest.approx(float(correct(defended, x, y).double().mean()))
-    # Two attacks give one row each, in order.
-    sub = AttackResult(result.x_adv[:16], result.grad_map[:16])
     fgsm = FGSM(eps=0.15)
-    rows2 = evaluate_defence(
-        defended,
-        control,
-        x[:16],
-        y[:16],
-        {"a": attack, "b": fgsm},
-        {"a": sub, "b": fgsm.run(mnist_model, x[:16], y[:16])},
+    fit_vul = attack_vulnerability(xf, record_attack(fgsm, mnist_model, xf, yf), "linf")
+    gm = GlobalMask(q_roi=0.2, q_roa=0.2).fit(FitData.of_maps(Saliency()(mnist_model, xf, yf), fit_vul))
+    glob = Neutralized(mnist_model, gm)
+    control = Neutralized(mnist_model, EqualAreaControl(gm, seed=1))
+    defences = [
+        Defence("none", "none", "f", mnist_model, mnist_model, "exact", "none"),
+        Defence("global", "scope", "", glob, glob, "exact", "g"),
+        Defence("random[global]", "control", "", control, control, "exact", "c", "global"),
+    ]
+    attacks = attack_entries(({"name": "fgsm", "eps": 0.15},), 64)
+    context = GridContext(mnist_model, model_hash(mnist_model), StageCache(None), 0)
+    results = evaluate_grid(context, defences, attacks, standard_cells(defences, attacks), x, y, chunk_size=40)
+    x_f = fgsm(mnist_model, x, y)
+    for d in defences:
+        clean = correct(d.model, x, y)
+        assert torch.equal(results[Cell(d.name, "clean")].correct, clean)
+        assert torch.equal(results[Cell(d.name, "non-adaptive", "fgsm")].correct, clean & correct(d.model, x_f, y))
+        adaptive = clean & correct(d.model, fgsm(d.attack_model, x, y), y)
+        assert torch.equal(results[Cell(d.name, "adaptive", "fgsm")].correct, adaptive)
+    area = results[Cell("global", "clean")].area
+    assert torch.allclose(area, torch.full_like(area, gm.area_)) and torch.equal(
+        results[Cell("random[global]", "clean")].area, area
     )
-    assert [r["attack"] for r in rows2] == ["a", "b"]
+    rows = {(r.defence, r.setting): r for r in table_rows(defences, attacks, results)}
+    worst = (
+        results[Cell("global", "non-adaptive", "fgsm")].correct & results[Cell("global", "adaptive", "fgsm")].correct
+    )
+    assert rows[("global", "worst-case")].correct == int(worst.sum())
+    for r in rows.values():
+        assert r.ci_low <= r.accuracy <= r.ci_high and r.n_images == len(x)
+    assert rows[("none", "clean")].area is None and rows[("global", "clean")].area == pytest.approx(gm.area_)

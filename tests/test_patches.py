@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +10,16 @@ import torch
 
 from roiroa.attacks import create_attack
 from roiroa.attacks.patch import LocalizedPatch, SquarePGD, UniversalPatch, patch_side, square_masks
+from roiroa.cache import StageCache
 from roiroa.cli import main
+from roiroa.defence import FitData, Neutralized, make_fill
 from roiroa.defence.adaptive import bpda
-from roiroa.defence.fragments import FragmentDefence, FragmentDetector
+from roiroa.defence.fills import LowRankFill, truncated_svd
+from roiroa.defence.fragments import FragmentDetector
 from roiroa.defence.lgs import LGSParams, local_gradient_smoothing
-from roiroa.defence.lowrank import lowrank_fill, truncated_svd
-from roiroa.defence.neutralizer import fill_value
 from roiroa.errors import InputError
-from roiroa.evaluate.patches import PatchEvalConfig, evaluate_patches, random_blocks, write_patch_results
+from roiroa.evaluate.patches import run_patches
+from roiroa.evaluate.validate import config_from_dict
 from roiroa.regions.statistics import iou
 
 PIXEL = ("mean", "std", "highfreq")
@@ -103,8 +104,14 @@ def test_lowrank_fill_keeps_outside_and_rank_one_inside_is_smooth() -> None:
     x[..., 5:10, 5:10] = torch.rand(5, 5, generator=gen)  # a noisy patch on a smooth ramp
     mask = torch.zeros(16, 16)
     mask[5:10, 5:10] = 1
-    assert torch.equal(lowrank_fill(x, torch.zeros(16, 16), rank=1), x)
-    out = lowrank_fill(x, mask, rank=1)
+    fill = LowRankFill(rank=1)
+
+    def lowrank_fill(images, m):
+        m4 = m[None, None]
+        return torch.where(m4 > 0, fill(images, m4), images)
+
+    assert torch.equal(lowrank_fill(x, torch.zeros(16, 16)), x)
+    out = lowrank_fill(x, mask)
     assert torch.equal(out[..., mask == 0], x[..., mask == 0])
     inside = out[0, 0, 5:10, 5:10]
     assert torch.linalg.matrix_rank(inside.double(), atol=1e-5) <= 1
@@ -129,7 +136,8 @@ def test_lgs_keeps_a_smooth_image_and_damps_a_high_gradient_square() -> None:
 @pytest.fixture(scope="module")
 def pixel_detector(mnist_model, mnist_splits) -> FragmentDetector:
     fit = mnist_splits.fit
-    return FragmentDetector(features=PIXEL, keep_roi=False).fit(mnist_model, fit.images[:150], fit.labels[:150])
+    data = FitData(mnist_model, fit.images[:150], fit.labels[:150], 10)
+    return FragmentDetector(features=PIXEL, keep_roi=False).fit(data)
 
 
 def planted(x: torch.Tensor, side: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,21 +151,23 @@ def planted(x: torch.Tensor, side: int = 8) -> tuple[torch.Tensor, torch.Tensor]
 def test_isolation_forest_finds_a_planted_patch(pixel_detector, mnist_model, mnist_batch) -> None:
     x, _ = mnist_batch
     x_p, truth = planted(x)
-    flagged = pixel_detector.detect(mnist_model, x_p)
+    flagged = pixel_detector.masks(mnist_model, x_p)
     assert float(iou(flagged, truth).mean()) > 0.5
-    assert float(pixel_detector.detect(mnist_model, x).double().mean()) < 0.05  # few false alarms on clean images
+    assert float(pixel_detector.masks(mnist_model, x).double().mean()) < 0.05  # few false alarms on clean images
 
 
-def test_roi_rule_never_blocks_the_global_roi(pixel_detector, mnist_model, mnist_batch) -> None:
-    import dataclasses
-
+def test_roi_rule_never_blocks_the_global_roi(pixel_detector, mnist_model, mnist_splits, mnist_batch) -> None:
     x, _ = mnist_batch
     x_p, _ = planted(x)
-    keep = dataclasses.replace(pixel_detector, keep_roi=True)
-    keep._state = pixel_detector._state
-    flagged = keep.detect(mnist_model, x_p)
+    fit = mnist_splits.fit
+    importance = torch.rand(150, 28, 28, generator=torch.Generator().manual_seed(0))
+    keep = FragmentDetector(features=PIXEL).fit(
+        FitData(mnist_model, fit.images[:150], fit.labels[:150], 10, importance=importance, vulnerability=importance)
+    )
+    flagged = keep.masks(mnist_model, x_p)
+    assert keep.roi_.sum() == round(0.2 * 784)  # the top 20% of the fitting images' mean importance
     assert not (flagged & keep.roi_[None]).any()
-    assert (flagged <= pixel_detector.detect(mnist_model, x_p)).all()
+    assert (flagged <= pixel_detector.masks(mnist_model, x_p)).all()
 
 
 def test_bpda_gradients_flow_through_the_defence(pixel_detector, mnist_model, mnist_batch) -> None:
@@ -167,8 +177,8 @@ def test_bpda_gradients_flow_through_the_defence(pixel_detector, mnist_model, mn
     (g,) = torch.autograd.grad(bpda(xi, lambda t: t**2).sum(), xi)
     assert torch.equal(g, torch.ones_like(xi))  # identity in the backward pass
     for fill, inside_zero in (("mean", True), ("lowrank", False)):
-        defence = FragmentDefence(mnist_model, pixel_detector, fill, fill_value("mean", x))
-        flagged = defence.flagged(x_p)
+        defence = Neutralized(mnist_model, pixel_detector, make_fill(fill, x))
+        flagged = defence.masks(x_p)
         xi = x_p.clone().requires_grad_(True)
         (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(defence(xi), y[:8]), xi)
         inside = g[:, 0][flagged]
@@ -184,7 +194,7 @@ def test_bpda_gradients_flow_through_the_defence(pixel_detector, mnist_model, mn
 
 def test_adaptive_patch_with_penalty_lowers_the_anomaly_surrogate(pixel_detector, mnist_model, mnist_batch) -> None:
     x, y = mnist_batch
-    defence = FragmentDefence(mnist_model, pixel_detector, "mean", fill_value("mean", x))
+    defence = Neutralized(mnist_model, pixel_detector, make_fill("mean", x))
     mask = square_masks(16, 28, 28, 6, "random", torch.Generator().manual_seed(0))
     plain = LocalizedPatch(steps=5, step_size=0.2).run(defence, x[:8], y[:8], mask[:8])
     shy = LocalizedPatch(steps=5, step_size=0.2, penalty_weight=10.0).run(defence, x[:8], y[:8], mask[:8])
@@ -193,46 +203,44 @@ def test_adaptive_patch_with_penalty_lowers_the_anomaly_surrogate(pixel_detector
         LocalizedPatch(steps=1, penalty_weight=1.0).run(mnist_model, x[:2], y[:2])
 
 
-def test_random_block_has_equal_area() -> None:
-    areas = torch.tensor([0.0, 0.05, 0.1, 0.3])
-    masks = random_blocks(areas, 20, 20, torch.Generator().manual_seed(0))
-    sides = [0, round((0.05 * 400) ** 0.5), round((0.1 * 400) ** 0.5), round((0.3 * 400) ** 0.5)]
-    assert masks.flatten(1).sum(1).tolist() == [s * s for s in sides]
-
-
-def test_patch_evaluation_end_to_end(tmp_path: Path, mnist_model) -> None:
-    config = PatchEvalConfig(
-        n_test=8,
-        n_fit=20,
-        areas=(0.08,),
-        attacks=({"name": "patch-lavan", "steps": 3, "step_size": 0.3},),
-        defences=("fragments-iforest-pixel",),
-        adaptive=("fragments-iforest-pixel",),
-        adaptive_areas=(0.08,),
+def test_patch_evaluation_end_to_end(mnist_model) -> None:
+    config = config_from_dict(
+        {
+            "patches": {
+                "n_test": 8,
+                "n_fit": 20,
+                "areas": [0.08],
+                "attacks": [{"name": "patch-lavan", "steps": 3, "step_size": 0.3}],
+                "defences": [{"name": "fragments", "label": "pixel", "features": list(PIXEL)}, "lgs"],
+                "adaptive": ["pixel"],
+                "adaptive_areas": [0.08],
+            }
+        }
     )
-    rows, meta = evaluate_patches(config)
-    write_patch_results(rows, meta, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["patches.csv", "patches.json", "patches.png"]
-    settings = {(r["defence"], r["setting"]) for r in rows}
+    result = run_patches(config, cache=StageCache(None))
+    rows = result.results["table"]
+    cells = {(r["defence"], r["setting"], r["attack"]): r for r in rows}
     for expected in [
-        ("none", "clean"),
-        ("lgs", "non-adaptive"),
-        ("random-block", "non-adaptive"),
-        ("fragments-iforest-pixel", "adaptive"),
-        ("fragments-iforest-pixel", "worst-case"),
+        ("none", "clean", "none"),
+        ("lgs", "non-adaptive", "patch-lavan@0.08"),
+        ("random-block", "non-adaptive", "patch-lavan@0.08"),
+        ("pixel", "adaptive", "patch-lavan@0.08"),
+        ("pixel", "worst-case", "patch-lavan@0.08"),
     ]:
-        assert expected in settings
-    attacked = [r for r in rows if r["setting"] != "clean"]
-    assert all(json.loads(r["attack_params"])["attack"] == "patch-lavan" for r in attacked)
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows) and meta["n_test"] == 8
-    worst = {r["defence"]: r["accuracy"] for r in rows if r["setting"] == "worst-case"}
-    ada = {r["defence"]: r["accuracy"] for r in rows if r["setting"] == "adaptive"}
-    assert worst["fragments-iforest-pixel"] <= ada["fragments-iforest-pixel"]
+        assert expected in cells, expected
+    assert "penalty_weight=1.0" in cells[("pixel", "adaptive", "patch-lavan@0.08")]["attack_params"]
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["n_images"] == 8 for r in rows)
+    worst = cells[("pixel", "worst-case", "patch-lavan@0.08")]["accuracy"]
+    assert worst <= min(cells[("pixel", s, "patch-lavan@0.08")]["accuracy"] for s in ("adaptive", "non-adaptive"))
+    # the block control blocks as many positions as the detector, per input, as one square
+    flagged = cells[("pixel", "non-adaptive", "patch-lavan@0.08")]["area"]
+    assert cells[("random-block", "non-adaptive", "patch-lavan@0.08")]["area"] <= flagged + 0.02
+    assert cells[("pixel", "non-adaptive", "patch-lavan@0.08")]["detection_iou"] > 0.0
 
 
 def test_patches_cli_bad_config_exits_2(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('defences = ["nope"]\n')
+    bad.write_text('[patches]\ndefences = ["nope"]\n')
     assert main(["patches", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
-    assert "unknown defence" in capsys.readouterr().err
+    assert "unknown defence 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -60,9 +60,9 @@ class FitData:
 
     def __init__(
         self,
-        model: nn.Module,
-        images: torch.Tensor,
-        labels: torch.Tensor,
+        model: nn.Module | None,
+        images: torch.Tensor | None,
+        labels: torch.Tensor | None,
         num_classes: int,
         importance: torch.Tensor | None = None,
         vulnerability: torch.Tensor | None = None,
@@ -70,6 +70,24 @@ class FitData:
     ) -> None:
         self.model, self.images, self.labels, self.num_classes = model, images, labels, num_classes
         self._given, self._maps = (importance, vulnerability), maps
+        if (
+            importance is not None
+            and vulnerability is not None
+            and (importance.shape != vulnerability.shape or importance.dim() != 3)
+        ):
+            raise InputError(
+                f"importance and vulnerability maps must both be (N, H, W); got {tuple(importance.shape)} "
+                f"and {tuple(vulnerability.shape)}."
+            )
+
+    @classmethod
+    def of_maps(
+        cls, importance: torch.Tensor, vulnerability: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> FitData:
+        """Fitting data that holds only maps (N, H, W) (and labels (N,)): enough for the global and per-class
+        masks."""
+        k = int(labels.max()) + 1 if labels is not None and len(labels) else 0
+        return cls(None, None, labels, k, importance, vulnerability)
 
     @cached_property
     def _both(self) -> tuple[torch.Tensor, torch.Tensor]:
