@@ -21,7 +21,17 @@ from PIL import Image
 from roiroa.cli import main
 from roiroa.report.atlas import group_mean_std, segment_frequency
 from roiroa.report.html import CSP, render_report
-from roiroa.report.run_folder import RUN_FILES
+
+RUN_FILES = [
+    "config.json",
+    "examples.png",
+    "flags.csv",
+    "maps.npz",
+    "metrics.csv",
+    "per_image.csv",
+    "report.html",
+    "results.json",
+]
 
 EVIL = "<script>alert(1)</script>"
 CLASSES = [EVIL, "one & <b>only</b>", 'two "quoted" $\\foo$']
@@ -57,8 +67,31 @@ def small_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def small_defend(small_run) -> Path:
+    """``roiroa defend`` on the same data and model as the small run (its config), on 12 images."""
+    config = json.loads((small_run.parent / "config.json").read_text())
+    config["evaluation"] = {
+        "n_test": 12,
+        "defences": ["global", {"name": "bit_depth", "bits": 1}],
+        "attacks": [{"name": "pgd-linf", "eps": 0.15, "steps": 2}, {"name": "square", "eps": 0.15, "queries": 5}],
+        "sweep_q_roa": [0.2],
+        "sweep_dilation": [0],
+        "sweep_fills": ["zero"],
+        "sweep_scopes": ["global"],
+        "n_sanity": 6,
+        "sanity_eps": [0.1, 1.0],
+        "run_defences": ["bit_depth"],
+    }
+    path = small_run.parent / "defend.json"
+    path.write_text(json.dumps(config))
+    out = small_run.parent / "defend"
+    assert main(["defend", "--config", str(path), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
 def test_run_writes_the_report_inside_the_atomic_folder(small_run):
-    assert sorted(p.name for p in small_run.iterdir()) == sorted(RUN_FILES)
+    assert sorted(p.name for p in small_run.iterdir() if not p.name.startswith(".")) == RUN_FILES
     assert [p.name for p in small_run.parent.iterdir() if p.name.endswith(".tmp")] == []
 
 
@@ -86,8 +119,8 @@ def test_run_statistics_have_intervals_and_a_sane_null(small_run):
         assert stats["relevance_mass"]["value"]["mean"] > stats["relevance_mass"]["null"]["mean"]
     consistency = st["consistency"]
     assert set(consistency["attacks"]) == {"fgsm|pgd-linf", f"fgsm|{EVIL_LABEL}", f"pgd-linf|{EVIL_LABEL}"}
-    assert set(consistency["restarts"]) == {"pgd-linf", EVIL_LABEL}  # FGSM has no random start
-    assert set(consistency["seeds"]) == {"fgsm", "pgd-linf", EVIL_LABEL}  # a second model, seed 1
+    assert set(consistency["restarts"]) == {"pgd-linf", EVIL_LABEL, "all"}  # FGSM has no random start
+    assert set(consistency["seeds"]) == {"fgsm", "pgd-linf", EVIL_LABEL, "all"}  # a second model, seed 1
     for kind in ("attacks", "restarts", "seeds"):
         for pair in consistency[kind].values():
             assert pair["value"]["mean"] > pair["null"]["mean"], kind
@@ -99,15 +132,17 @@ def test_run_statistics_have_intervals_and_a_sane_null(small_run):
 
 def test_run_statistics_per_image_and_metrics(small_run):
     with (small_run / "per_image.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 30
-    for column in ("moran_a[all]", "moran_a_null[all]", "pointing_game[fgsm]", "roa_iou[fgsm|pgd-linf]"):
-        assert column in rows[0]
-    assert {r["pointing_game[all]"] for r in rows} <= {"0.0", "1.0"}
+        table = list(csv.DictReader(f))
+    by_attack = {a: [r for r in table if r["attack"] == a] for a in {r["attack"] for r in table}}
+    assert all(len(rows) == 30 for rows in by_attack.values())
+    assert {"moran_a", "moran_a_null", "pointing_game", "roa_iou"} <= set(table[0])
+    assert by_attack["fgsm|pgd-linf"][0]["roa_iou"] != "" and by_attack["fgsm"][0]["pointing_game"] != ""
+    rows = by_attack["all"]
+    assert {r["pointing_game"] for r in rows} <= {"0.0", "1.0"}
     # the per-class means are the means of the per-image values of that class
     results = json.loads((small_run / "results.json").read_text())
     labels = np.array([int(r["label"]) for r in rows])
-    values = np.array([float(r["iou_top_q[all]"]) for r in rows])
+    values = np.array([float(r["iou"]) for r in rows])
     for c, name in enumerate(CLASSES):
         assert results["statistics"]["per_class"][name]["iou"]["value"]["mean"] == pytest.approx(
             values[labels == c].mean()
@@ -168,7 +203,7 @@ def _headline_strings(results) -> list[str]:
         f"{100 * results['model']['test_accuracy']:.1f}%",
         f"{st['iou']['value']['mean']:.3f}",
         f"{st['moran_a']['value']['mean']:.3f}",
-        f"{100 * results['attacks']['pgd-linf']['robust_accuracy']:.1f}%",
+        f"{100 * next(a for a in results['attacks'] if a['label'] == 'pgd-linf')['robust_accuracy']:.1f}%",
     ]
 
 
@@ -192,22 +227,30 @@ def test_report_is_self_contained_and_escaped(small_run):
     results = json.loads((small_run / "results.json").read_text())
     for s in _headline_strings(results):
         assert s in text, s
-    assert "is absent from this run folder" in text  # no defence files in this run
+    assert ".tmp" not in text  # the folder is shown by its final name
 
 
-def test_report_command_regenerates_and_includes_defence_files(small_run, tmp_path, capsys):
+def test_one_report_of_a_run_and_a_defend_folder(small_run, small_defend, tmp_path, capsys):
+    """`roiroa report RUN DEFEND` writes one page holding both, from the folders alone (no model is loaded)."""
     run = tmp_path / "copy"
     shutil.copytree(small_run, run)
     (run / "report.html").unlink()
-    (run / "defence.csv").write_text(f"attack,accuracy\n{EVIL},0.5\n")
-    (run / "defence.json").write_text(json.dumps({"note": EVIL}))
-    shutil.copy(run / "examples.png", run / "defence.png")
-    assert main(["report", str(run)]) == 0
-    assert "report.html" in capsys.readouterr().out
-    page = (run / "report.html").read_text()
+    out = tmp_path / "both.html"
+    assert main(["report", str(run), str(small_defend), "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    page = out.read_text()
+    text = "".join(_parse(page).text)
+    assert "roiroa run:" in text and "roiroa defend:" in text and "Defence table (12 test images)" in text
     assert EVIL not in page and page.count(html_escape(EVIL)) >= 3
-    assert "Defence evaluation files" in page and "is absent from this run folder" not in page
-    assert page.count("data:image/png;base64,") == (small_run / "report.html").read_text().count("data:image/png") + 1
+    defend = json.loads((small_defend / "results.json").read_text())
+    for row in defend["table"]:  # every row of the defence table, with its interval
+        assert f"[{100 * row['ci_low']:.1f}%, {100 * row['ci_high']:.1f}%]" in text
+    images = page.count("data:image/png;base64,")
+    assert images == (small_run / "report.html").read_text().count("data:image/png") + 1  # + defence.png
+    assert (
+        defend["model"]["test_accuracy"]
+        == json.loads((small_run / "results.json").read_text())["model"]["test_accuracy"]
+    )
 
 
 def html_escape(s: str) -> str:
@@ -225,15 +268,43 @@ def test_report_bad_folder_is_one_line_exit_2(tmp_path, capsys):
     assert "results.json" in capsys.readouterr().err
 
 
-def test_render_report_of_an_older_run_without_statistics(small_run, tmp_path):
+@pytest.mark.parametrize(
+    "damage",
+    ["no statistics key", "model is a list", "truncated maps.npz", "not json", "other command", "missing config"],
+)
+def test_report_on_a_damaged_folder_is_one_line_exit_2(small_run, tmp_path, capsys, damage):
+    run = tmp_path / "damaged"
+    shutil.copytree(small_run, run)
+    results = json.loads((run / "results.json").read_text())
+    if damage == "no statistics key":
+        del results["defence"]
+    elif damage == "model is a list":
+        results["model"] = [1, 2]
+    elif damage == "other command":
+        results["command"] = "train"
+    (run / "results.json").write_text(json.dumps(results) if damage != "not json" else "{")
+    if damage == "truncated maps.npz":
+        (run / "maps.npz").write_bytes((run / "maps.npz").read_bytes()[:1000])
+    if damage == "missing config":
+        (run / "config.json").unlink()
+    assert main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("roiroa: error:") and "Traceback" not in err[0], err
+    assert (
+        not (run / "report.html").exists()
+        or (small_run / "report.html").read_bytes() == (run / "report.html").read_bytes()
+    )
+
+
+def test_render_report_without_optional_parts(small_run, tmp_path):
     run = tmp_path / "old"
     shutil.copytree(small_run, run)
     results = json.loads((run / "results.json").read_text())
     del results["statistics"]
     (run / "results.json").write_text(json.dumps(results))
     (run / "maps.npz").unlink()
-    text = "".join(_parse(render_report(run)).text)
-    assert "no dataset statistics" in text and "maps.npz is absent" in text
+    text = "".join(_parse(render_report([run])).text)
+    assert "Statistics" not in text and "Atlases" not in text and "Defence" in text
 
 
 # --------------------------------------------------------------------------------------------- headless Chromium
@@ -278,12 +349,13 @@ def _chromium(page: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_report_in_headless_chromium(small_run, tmp_path):
+def test_report_in_headless_chromium(small_run, small_defend, tmp_path):
     if CHROMIUM is None:
         if os.environ.get("ROIROA_REQUIRE_CHROMIUM"):
             pytest.fail("chromium is not installed but ROIROA_REQUIRE_CHROMIUM is set (CI): install it")
         pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does)")
-    page = small_run / "report.html"
+    page = tmp_path / "both.html"
+    assert main(["report", str(small_run), str(small_defend), "--out", str(page)]) == 0
     # 1. the report as written: it loads with no console message at all (no script error, no blocked asset)
     plain = _chromium(page, tmp_path)
     assert plain.returncode == 0, plain.stderr[-2000:]
@@ -301,10 +373,10 @@ def test_report_in_headless_chromium(small_run, tmp_path):
     import html
 
     out = json.loads(html.unescape(match.group(1)))
-    assert out["images"] >= 4 and out["decoded"] == out["images"]
+    assert out["images"] >= 5 and out["decoded"] == out["images"]
     assert out["scripts"] == 1  # only the checking script: the class names did not become scripts
     assert [r for r in out["resources"] if not r.startswith("data:")] == []
     headline = _headline_strings(json.loads((small_run / "results.json").read_text()))
     for s in (EVIL, EVIL_LABEL, "one & <b>only</b>", *headline):
         assert s in out["text"], s
-    assert "Headline numbers" in out["text"] and "Atlases" in out["text"]
+    assert "Headline numbers" in out["text"] and "Atlases" in out["text"] and "Defence table" in out["text"]

@@ -156,7 +156,8 @@ def component_errors(config: Config, defences: bool = True) -> list[str]:
     for label in e.run_defences:
         if found and label not in {s.label for s in found}:
             errors.append(
-                f"config: evaluation.run_defences names {label!r}, which is not a label of evaluation.defences."
+                f"config: evaluation.run_defences names {label!r}, which is not a label of evaluation.defences: "
+                "add it there, or drop it from run_defences."
             )
     patch_specs = _collect(errors, lambda: parse_defences(p.defences, config, patches=True), "patches.defences") or []
     for label in p.adaptive:
