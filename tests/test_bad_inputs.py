@@ -23,16 +23,16 @@ import torch
 from torch import nn
 
 from roiroa.attacks import create_attack
+from roiroa.cache import StageCache
 from roiroa.cli import main
 from roiroa.data.sources import load_dataset
 from roiroa.errors import InputError
-from roiroa.evaluate.config import config_from_dict, load_config
-from roiroa.evaluate.runner import run_experiment
-from roiroa.evaluate.stages import StageCache
+from roiroa.evaluate.run import run_experiment
+from roiroa.evaluate.validate import config_from_dict, load_config
 from roiroa.maps import Occlusion, Saliency
 from roiroa.models import create_model
 from roiroa.models.loading import load_model
-from roiroa.report.run_folder import prepare_out_dir
+from roiroa.report.folder import claim_folder, release
 from roiroa.utils import resolve_device
 
 
@@ -115,19 +115,93 @@ def run_case(config: Callable[[Path], dict], *words: str) -> Case:
     def make(folder: Path):
         path = folder / "c.json"
         path.write_text(json.dumps(config(folder)))
-        return ["--config", str(path)], lambda: run_experiment(load_config(path), StageCache(None))
+        return ["--config", str(path)], lambda: run_experiment(load_config(path), cache=StageCache(None))
 
     return Case(make, words)
 
 
-def out_case(prepare: Callable[[Path], Path], *words: str) -> Case:
-    """A bad --out folder: the API is prepare_out_dir (which write_run calls first)."""
+def out_case(prepare: Callable[[Path], Path], *words: str, overwrite: bool = False, cwd: bool = False) -> Case:
+    """A bad --out folder: the API is claim_folder (which every command calls before any work)."""
 
     def make(folder: Path):
         out = prepare(folder)
-        return ["--out", str(out)], lambda: prepare_out_dir(out, False)
+        args = ["--out", str(out)] + (["--overwrite"] if overwrite else [])
+
+        def api():
+            if cwd:
+                os.chdir(folder)
+            release(claim_folder(out, overwrite, [folder / "data"]))
+
+        return args, api
 
     return Case(make, words)
+
+
+def symlink(folder: Path) -> Path:
+    (folder / "real").mkdir()
+    (folder / "link").symlink_to(folder / "real")
+    return folder / "link"
+
+
+def data_folder(folder: Path) -> Path:
+    (folder / "data").mkdir()
+    np.save(folder / "data" / "keep.npy", np.zeros(3))
+    return folder / "data"
+
+
+def locked(folder: Path) -> Path:
+    """An --out that another live process is writing: its lock file holds that process's id."""
+    keeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (folder / ".busy.lock").write_text(str(keeper.pid))
+    KEEPERS.append(keeper)
+    return folder / "busy"
+
+
+KEEPERS: list[subprocess.Popen] = []
+
+
+def user_module(folder: Path, body: str) -> str:
+    """A module of user code in ``folder`` (put on sys.path), named uniquely; returns its import name."""
+    name = f"usercode_{abs(hash(str(folder))) % 10**8}"
+    (folder / f"{name}.py").write_text(body)
+    sys.path.insert(0, str(folder))
+    return name
+
+
+def raising_factory(folder: Path):
+    name = user_module(folder, "def net(num_classes):\n    raise RuntimeError('the factory broke')\n")
+    weights = folder / "w.pt"
+    torch.save(create_model("mnist-cnn", num_classes=2, image_size=12).state_dict(), weights)
+    data = npz(folder)
+    spec = f"{name}:net"
+    api = lambda: load_model(spec, weights, image_shape=(1, 12, 12), num_classes=2)  # noqa: E731
+    return ["--data", str(data), "--model", spec, "--weights", str(weights)], api
+
+
+def normalization_case(mean: str, std: str, *words: str) -> Case:
+    """A bad --mean/--std beside good weights and data: the API is config_from_dict."""
+
+    def make(folder: Path):
+        data, weights = npz(folder), folder / "w.pt"
+        torch.save(create_model("mnist-cnn", num_classes=2, image_size=12).state_dict(), weights)
+        model = {"weights": str(weights), "mean": [float(mean)], "std": [float(std)]}
+        args = ["--data", str(data), "--weights", str(weights), "--mean", mean, "--std", std]
+        return args, lambda: config_from_dict({"data": {"source": str(data)}, "model": model})
+
+    return Case(make, words)
+
+
+def nan_weights(folder: Path) -> Path:
+    state = create_model("mnist-cnn", num_classes=2, image_size=12).state_dict()
+    state[next(iter(state))][0] = float("nan")
+    torch.save(state, folder / "nan.pt")
+    return folder / "nan.pt"
+
+
+def huge_images(folder: Path) -> Path:
+    path = folder / "big.npz"
+    np.savez_compressed(path, images=np.zeros((20, 1000, 1000), np.uint8), labels=np.arange(20) % 2)
+    return path
 
 
 def file_parent(folder: Path) -> Path:
@@ -289,9 +363,9 @@ CASES: dict[str, Case] = {
     "unknown attack": config_case({"attacks": [{"name": "pgd"}]}, "unknown attack 'pgd'", "choose one of"),
     "unknown importance estimator": config_case({"maps": {"importance": "shap"}}, "maps.importance", "'shap'"),
     "unknown vulnerability reading": config_case({"maps": {"vulnerability": "lrp"}}, "maps.vulnerability", "'lrp'"),
-    "unknown fill": config_case({"defence": {"fill": "noise"}}, "defence.fill", "'zero', 'mean'", "'noise'"),
+    "unknown fill": config_case({"defence": {"fill": "plaid"}}, "defence.fill", "'plaid'"),
     "unknown threshold": config_case({"regions": {"threshold": "median"}}, "regions.threshold", "'median'"),
-    "unknown model": config_case({"model": {"arch": "resnet"}}, "model.arch", "'mnist-cnn'"),
+    "unknown model": config_case({"model": {"arch": "resnet"}}, "model.arch", "mnist-cnn", "'resnet'"),
     # parameter values
     "negative eps": config_case({"attacks": [{"name": "fgsm", "eps": -0.1}]}, "'eps'", "(0, 1]", "-0.1"),
     "absurd L-inf eps": config_case({"attacks": [{"name": "pgd-linf", "eps": 30}]}, "'eps'", "(0, 1]", "30"),
@@ -314,18 +388,70 @@ CASES: dict[str, Case] = {
     # output folder
     "output folder not empty": out_case(non_empty, "not empty", "--overwrite"),
     "output path is a file": out_case(existing_file, "not a folder", "choose another --out"),
-    "output parent is a file": out_case(file_parent, "cannot create", "writable --out"),
+    "output parent is a file": out_case(file_parent, "cannot write in", "writable --out"),
+    "output is the current folder": out_case(
+        lambda f: Path("."), "current folder", "new folder", overwrite=True, cwd=True
+    ),
+    "output holds the input data": Case(
+        lambda f: (
+            ["--data", str(data_folder(f)), "--out", str(f / "data"), "--overwrite"],
+            lambda: release(claim_folder(f / "data", True, [f / "data"])),
+        ),
+        ("holds the input data", "another folder"),
+    ),
+    "overwrite a folder roiroa did not write": out_case(
+        non_empty, "not written by roiroa", "choose another --out", overwrite=True
+    ),
+    "output is a symbolic link": out_case(symlink, "symbolic link", "real folder"),
+    "output locked by another process": out_case(locked, "another roiroa process", "wait for it"),
     "output folder read-only": Case(out_case(read_only, "").make, ("cannot write in", "writable --out"), if_root),
     # config structure
     "config unknown key": config_case({"data": {"sorce": "mnist"}}, "unknown key 'data.sorce'", "valid keys"),
-    "config wrong type": config_case({"seed": "one"}, "'seed' must be int", "'one'"),
+    "config wrong type": config_case({"seed": "one"}, "'seed' must be an int", "'one'"),
+    "patches config wrong type": config_case({"patches": {"areas": "big"}}, "'patches.areas' must be a list"),
+    "attack labelled clean": config_case(
+        {"attacks": [{"name": "fgsm", "label": "clean"}]}, "'clean' is reserved", "label"
+    ),
+    "attack labelled all": config_case({"attacks": [{"name": "fgsm", "label": "all"}]}, "'all' is reserved"),
+    "steps without bound": config_case(
+        {"attacks": [{"name": "pgd-linf", "steps": 10**9}]}, "limits.max_steps", "raise"
+    ),
+    "restarts without bound": config_case(
+        {"attacks": [{"name": "pgd-linf", "restarts": 10**6}]}, "limits.max_restarts"
+    ),
+    "occlusion windows without bound": run_case(
+        lambda f: {"data": {"source": str(huge_images(f))}, "limits": {"max_image_side": 2000}},
+        "limits.max_windows",
+        "raise",
+    ),
+    "images above the size limit": run_case(
+        lambda f: {"data": {"source": str(huge_images(f))}, "limits": {"max_image_side": 512}},
+        "1000x1000",
+        "limits.max_image_side",
+    ),
+    # non-finite numbers
+    "NaN in the checkpoint": weights_case(nan_weights, "nan.pt", "NaN"),
+    "normalization mean NaN": normalization_case("nan", "0.3", "mean"),
+    "normalization std 1e-50": normalization_case("0.5", "1e-50", "std", "1e-50"),
+    "normalization std inf": normalization_case("0.5", "inf", "std"),
+    # users' code and data
+    "model factory that raises": Case(raising_factory, ("the factory broke", "RuntimeError")),
+    "duplicate class names": data_case(lambda f: npz(f, classes=np.array(["cat", "cat"])), "'cat'", "2 times"),
+    "a single class": data_case(lambda f: npz(f, labels=np.zeros(20, np.int64)), "only one class", "two or more"),
     "config attacks not a list": config_case({"attacks": "fgsm"}, "'attacks' must be a list"),
     "config top level not a table": config_case("[1, 2]", "table of settings"),
 }
 
 
 def test_matrix_is_large_enough():
-    assert len(CASES) >= 25
+    assert len(CASES) >= 70
+
+
+@pytest.fixture(autouse=True, scope="module")
+def stop_keepers():
+    yield
+    for keeper in KEEPERS:
+        keeper.kill()
 
 
 @pytest.fixture
@@ -351,7 +477,11 @@ def test_bad_input(case_setup, request, capsys):
     if CASES[name].skip():
         pytest.skip(CASES[name].skip())
     before = snapshot(folder)
-    message = api_message(api)
+    here = os.getcwd()
+    try:
+        message = api_message(api)
+    finally:
+        os.chdir(here)
     for word in CASES[name].words:
         assert word in message, (word, message)
     assert snapshot(folder) == before  # nothing written (and no payload ran)
@@ -359,7 +489,12 @@ def test_bad_input(case_setup, request, capsys):
         return  # API only: a model object (the CLI loads models by --model and --weights, rows above)
     capsys.readouterr()
     argv = ["run", *args, "--no-progress"] + ([] if "--out" in args else ["--out", str(folder / "out")])
-    assert main(argv) == 2
+    here = os.getcwd()
+    try:
+        os.chdir(folder)
+        assert main(argv) == 2
+    finally:
+        os.chdir(here)
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.splitlines()
@@ -387,6 +522,9 @@ SUBPROCESS_CASES = [  # a few of different kinds; every process spends seconds i
     "window larger than the image",
     "output folder not empty",
     "output folder read-only",
+    "NaN in the checkpoint",
+    "output holds the input data",
+    "attack labelled clean",
 ]
 
 
@@ -402,7 +540,7 @@ def test_console_script_exits_2_with_one_line(tmp_path):
         args, api = CASES[name].make(folder)
         assert args is not None
         before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
-        argv = args + ([] if "--out" in args else ["--out", str(folder / "out")])
+        argv = args  # no --out: the default roiroa-runs/ must not appear
         cmd = [sys.executable, "-m", "roiroa", "run", *argv]
         proc = subprocess.Popen(cmd, env=env, cwd=folder, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         procs[name] = (folder, before, api_message(api), proc)

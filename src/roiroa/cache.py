@@ -14,6 +14,7 @@ truncated or damaged file) is deleted and computed again.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -127,7 +128,7 @@ class StageCache:
         out = compute()
         state = {k: v.detach().cpu().contiguous().clone() for k, v in out.items()}
         meta = {"sha256": _tensors_hash(state), "key": key}
-        atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+        self._store(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
         return out
 
     def json(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -146,8 +147,19 @@ class StageCache:
         self.misses += 1
         value = compute()
         text = json.dumps({"sha256": hash_json(value), "key": key, "value": value})
-        atomic_write(path, lambda tmp: tmp.write_text(text))
+        self._store(path, lambda tmp: tmp.write_text(text))
         return json.loads(text)["value"]  # what a later read returns (tuples become lists)
+
+    def _store(self, path: Path, write: Callable[[Path], Any]) -> None:
+        """Write one entry atomically; a full disk or a folder that refuses writing is one line of InputError."""
+        try:
+            atomic_write(path, write)
+        except OSError as err:
+            reason = "the disk is full" if err.errno == errno.ENOSPC else err.strerror or type(err).__name__
+            raise InputError(
+                f"cannot write the cache entry {path.name} in {path.parent} ({reason}): free space, set ROIROA_CACHE "
+                "to a writable folder, or run with --no-cache."
+            ) from None
 
     def _discard(self, path: Path) -> None:
         self.corrupt += 1

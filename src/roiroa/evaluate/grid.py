@@ -28,6 +28,7 @@ from roiroa.cache import StageCache
 from roiroa.defence.fills import reset_fill
 from roiroa.evaluate.attacking import AttackEntry, attack_task
 from roiroa.evaluate.tasks import Chunk, Task, chunks, concat, run_tasks
+from roiroa.models.predict import check_finite_logits
 from roiroa.regions.statistics import iou
 from roiroa.results import ALL, GridRow
 from roiroa.utils import batch_slices, model_device
@@ -117,6 +118,7 @@ def decisions(model: nn.Module, x: torch.Tensor, batch_size: int) -> tuple[torch
     for s in batch_slices(len(x), batch_size):
         xb = x[s].to(device)
         logits, m = decide(xb) if callable(decide) else (model(xb), masks_of(model, xb))
+        check_finite_logits(logits, "the defended model's outputs")
         preds.append(logits.argmax(1).cpu())
         masks.append(None if m is None else m.cpu())
     return torch.cat(preds), (None if masks[0] is None else torch.cat(masks))  # type: ignore[arg-type]

@@ -3,6 +3,7 @@ common parts of its results (header, dataset, model, per-image flags)."""
 
 from __future__ import annotations
 
+import logging
 import platform
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,9 +22,12 @@ from roiroa.evaluate.grid import Cell, CellResult, Defence, GridContext, evaluat
 from roiroa.evaluate.maps_stage import compute_maps
 from roiroa.evaluate.prepare import Prepared
 from roiroa.evaluate.tasks import Timings
+from roiroa.models.loading import accuracy_warning, checkpoint_metadata
 from roiroa.models.train import load_or_train
 from roiroa.results import RESULTS_VERSION, DatasetInfo, ModelInfo, ResultsFolder, to_json
 from roiroa.version import __version__
+
+log = logging.getLogger(__name__)
 
 
 def fit_key(prepared: Prepared, fit: ImageDataset, attacks: Sequence[AttackEntry]) -> str:
@@ -109,9 +113,14 @@ def dataset_info(prepared: Prepared, test: ImageDataset, fit: ImageDataset) -> D
 
 
 def model_info(prepared: Prepared, accuracy: float) -> ModelInfo:
-    """The model's provenance with its clean test accuracy."""
-    i = prepared.info
-    return ModelInfo(i.name, i.source, i.parameters, i.checkpoint, i.from_cache, i.normalization, accuracy, i.warning)
+    """The model's provenance with its clean test accuracy, and a warning (also logged) when that accuracy is near
+    chance or far under the accuracy stored in the checkpoint: the likely cause is a wrong normalization."""
+    i, c = prepared.info, prepared.config
+    metadata = checkpoint_metadata(c.model.weights) if i.source == "weights" and c.model.weights else {}
+    warning = accuracy_warning(accuracy, prepared.splits.test.num_classes, metadata)
+    if warning:
+        log.warning("roiroa: warning: %s", warning)
+    return ModelInfo(i.name, i.source, i.parameters, i.checkpoint, i.from_cache, i.normalization, accuracy, warning)
 
 
 def header(command: str, prepared: Prepared, timings: Timings) -> dict[str, Any]:

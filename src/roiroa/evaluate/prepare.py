@@ -19,6 +19,7 @@ from roiroa.data.dataset import ImageDataset, make_dataset, sample_per_class, sp
 from roiroa.data.sources import load_dataset
 from roiroa.errors import InputError
 from roiroa.evaluate.config import Config
+from roiroa.geometry import window_starts
 from roiroa.models.loading import check_model_fits, load_model
 from roiroa.models.normalize import normalization_values
 from roiroa.models.train import load_or_train
@@ -96,9 +97,14 @@ def check_fits_data(config: Config, data: ImageDataset) -> None:
         raise InputError(
             f"images are {h}x{w}, above limits.max_image_side ({side}): resize them, or raise limits.max_image_side."
         )
-    if config.maps.importance == "occlusion" and config.maps.window > min(h, w):
+    m = config.maps
+    if m.importance == "occlusion" and m.window > min(h, w):
+        raise InputError(f"maps.window ({m.window}) is larger than the images ({h}x{w}): use a smaller window.")
+    windows = len(window_starts(h, min(m.window, h), m.stride)) * len(window_starts(w, min(m.window, w), m.stride))
+    if m.importance == "occlusion" and windows > config.limits.max_windows:
         raise InputError(
-            f"maps.window ({config.maps.window}) is larger than the images ({h}x{w}): use a smaller window."
+            f"occlusion needs {windows} windows per {h}x{w} image, above limits.max_windows "
+            f"({config.limits.max_windows}): use a larger maps.window or maps.stride, or raise limits.max_windows."
         )
 
 

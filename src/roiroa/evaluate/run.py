@@ -27,7 +27,7 @@ from roiroa.evaluate.outputs import CommandResult, build_context, dataset_info, 
 from roiroa.evaluate.prepare import DataLike, Prepared, prepare
 from roiroa.evaluate.tasks import Timings
 from roiroa.maps.vulnerability import perturbation_map
-from roiroa.models.predict import predict
+from roiroa.models.predict import check_finite_logits, predict, predict_logits
 from roiroa.models.train import load_or_train
 from roiroa.regions.segments import Segments
 from roiroa.results import ALL, ResultsFolder, to_json
@@ -196,6 +196,13 @@ def per_image_table(
     return columns, rows
 
 
+def checked_predictions(model: nn.Module, x: torch.Tensor, where: str) -> torch.Tensor:
+    """Predicted labels (N,) of x: (N, C, H, W), after checking that the logits are finite."""
+    logits = predict_logits(model, x)
+    check_finite_logits(logits, where)
+    return logits.argmax(1).cpu()
+
+
 @dataclass(frozen=True)
 class Analysis:
     """What the run reads off the test images: maps, f's predictions, segments, statistics."""
@@ -212,8 +219,10 @@ def analyse(prepared: Prepared, attacks: list[AttackEntry], cache: StageCache, t
     c, f, test = prepared.config, prepared.model, prepared.splits.test
     with timings("maps"):
         maps = compute_maps(f, prepared.model_key, test, attacks, c, cache)
-        predictions = {"clean": predict(f, test.images).cpu()}
-        predictions |= {k: predict(f, t.x_adv).cpu() for k, t in maps.traces.items()}
+        predictions = {"clean": checked_predictions(f, test.images, "the model's outputs on the test images")}
+        predictions |= {
+            k: checked_predictions(f, t.x_adv, f"the model's outputs under {k}") for k, t in maps.traces.items()
+        }
     with timings("statistics"):
         rerun = restart_and_seed_maps(prepared, attacks, cache)
         statistics, per_image = dataset_statistics(test.images, test.labels, test.classes, maps, c, cache, rerun)

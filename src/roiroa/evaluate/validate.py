@@ -17,7 +17,7 @@ from roiroa.evaluate.attacking import attack_entries
 from roiroa.evaluate.config import Config, from_dict
 from roiroa.evaluate.defences import parse_defences
 from roiroa.evaluate.maps_stage import importance_spec
-from roiroa.maps.registry import ESTIMATORS, estimator_kind, list_importance_estimators, list_vulnerability_estimators
+from roiroa.maps.registry import ESTIMATORS, list_importance_estimators, list_vulnerability_estimators
 from roiroa.models.loading import check_weights_file
 from roiroa.models.normalize import normalization_values
 from roiroa.models.registry import list_models
@@ -93,24 +93,23 @@ def model_errors(config: Config) -> list[str]:
     return errors
 
 
-def maps_errors(config: Config) -> list[str]:
+def maps_errors(config: Config, estimators: bool = True) -> list[str]:
+    """The windows fit together; the estimators take their parameters (their names are checked with the fields;
+    ``estimators`` False skips them when a field they read is already found bad)."""
     m, errors = config.maps, []
     if m.stride > m.window:
         errors.append(
-            f"config: maps.stride ({m.stride}) is larger than maps.window ({m.window}); windows would leave gaps: use a stride <= window."
+            f"config: maps.stride ({m.stride}) is larger than maps.window ({m.window}); windows would leave gaps: "
+            "use a stride <= window."
         )
+    if not estimators:
+        return errors
     name, kwargs = importance_spec(config)
-    _collect(errors, lambda: ESTIMATORS.create(name, **kwargs), "maps.importance")
-    if m.vulnerability_estimator is not None:
-        _collect(
-            errors,
-            lambda: ESTIMATORS.create(str(m.vulnerability_estimator), **m.vulnerability_params),
-            "maps.vulnerability_estimator",
-        )
-        if not is_plugin(m.vulnerability_estimator) and estimator_kind(m.vulnerability_estimator) != "vulnerability":
-            errors.append(
-                f"config: maps.vulnerability_estimator {m.vulnerability_estimator!r} is an importance estimator; choose one of {', '.join(list_vulnerability_estimators())}."
-            )
+    if is_plugin(name) or name in list_importance_estimators():
+        _collect(errors, lambda: ESTIMATORS.create(name, **kwargs), "maps.importance")
+    roa = m.vulnerability_estimator
+    if roa is not None and (is_plugin(roa) or roa in list_vulnerability_estimators()):
+        _collect(errors, lambda: ESTIMATORS.create(roa, **m.vulnerability_params), "maps.vulnerability_estimator")
     return errors
 
 
@@ -177,7 +176,7 @@ def component_errors(config: Config, defences: bool = True) -> list[str]:
 def config_errors(config: Config) -> list[str]:
     """Every problem of a config, one line each (an empty list for a valid config)."""
     fields = field_errors(config)
-    return fields + model_errors(config) + maps_errors(config) + component_errors(config, defences=not fields)
+    return fields + model_errors(config) + maps_errors(config, not fields) + component_errors(config, not fields)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -105,7 +105,7 @@ def run_table(results: dict[str, Any]) -> str:
     for a in results["attacks"]:
         label = a["label"]
         adapt = "gradient-free" if ("global", "gradient-free", label) in by else "adaptive"
-        get = lambda d, s: by.get((d, s, label), {}).get("accuracy")  # noqa: E731
+        get = lambda d, s, label=label: by.get((d, s, label), {}).get("accuracy")  # noqa: E731
         nonadapt = "gradient-free" if adapt == "gradient-free" else "non-adaptive"
         lines.append(
             f"{label:<14}{pct(get('none', nonadapt)):>8}{pct(get('global', nonadapt)):>8}{pct(get('global', adapt)):>11}"
@@ -142,7 +142,7 @@ def short_lines(rows: list[dict[str, Any]], attacks: list[str]) -> list[str]:
         worst = by.get((d, "worst-case", "all"), {}).get("accuracy")
         clean = by.get((d, "clean", "none"), {})
         for label in attacks:
-            get = lambda s: by.get((d, s, label), {}).get("accuracy")  # noqa: E731
+            get = lambda s, d=d, label=label: by.get((d, s, label), {}).get("accuracy")  # noqa: E731
             adaptive = get("adaptive") if get("adaptive") is not None else get("gradient-free")
             lines.append(
                 f"{d + ':' + label:<26}{pct(clean.get('accuracy')):>8}{pct(get('non-adaptive')):>11}{pct(adaptive):>10}"
