@@ -39,6 +39,17 @@ def load_callable(spec: str, kind: str) -> Callable[..., Any]:
     return factory  # type: ignore[no-any-return]
 
 
+def accepted(factory: Callable[..., Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``defaults`` that ``factory`` takes as keywords (all of them if it takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(defaults)
+    return {k: v for k, v in defaults.items() if k in params}
+
+
 class Registry(Generic[T]):
     """A name -> factory table with ``register``, ``create`` and ``names``."""
 

@@ -10,6 +10,7 @@ from roiroa.attacks.base import (
     loss_gradient,
     register_attack,
 )
+from roiroa.attacks.adapters import ARTAttack, TorchAttacks
 from roiroa.attacks.carlini_wagner import CarliniWagnerL2
 from roiroa.attacks.deepfool import DeepFool
 from roiroa.attacks.gradient import FGSM, L1PGD, L2PGD, LinfPGD
@@ -18,6 +19,8 @@ from roiroa.attacks.square import SquareAttack
 
 __all__ = [
     "ATTACKS",
+    "ARTAttack",
+    "TorchAttacks",
     "Attack",
     "CarliniWagnerL2",
     "DeepFool",

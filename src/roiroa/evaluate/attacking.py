@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from roiroa.attacks.base import Attack, attack_params, create_attack
+from roiroa.attacks.base import ATTACKS, Attack, attack_params, create_attack
 from roiroa.cache import StageCache, hash_tensors
 from roiroa.errors import InputError
 from roiroa.evaluate.tasks import Chunk, Task, task_seed
 from roiroa.maps.recorder import AttackTrace, record_attack
+from roiroa.registry import accepted
 from roiroa.utils import model_device, seed_all
 
 # Names the tables use for things that are not attacks: an attack may not be labelled so.
@@ -51,7 +52,8 @@ def attack_entry(spec: dict[str, Any], batch_size: int, **defaults: Any) -> Atta
     if not isinstance(spec, dict) or "name" not in spec:
         raise InputError(f"an attack entry needs a 'name', e.g. {{name = 'pgd-linf'}}; got {spec!r}.")
     kwargs = {k: v for k, v in spec.items() if k not in META_KEYS}
-    attack = create_attack(spec["name"], **({"batch_size": batch_size} | defaults | kwargs))
+    given = accepted(ATTACKS.get(spec["name"]), {"batch_size": batch_size} | defaults) | kwargs
+    attack = create_attack(spec["name"], **given)
     return AttackEntry(attack_label(spec), attack, attack_params(attack), bool(getattr(attack, "gradient_free", False)))
 
 

@@ -9,7 +9,6 @@ parameters an entry leaves out. Scopes are fitted on the fitting images and neut
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,7 +25,7 @@ from roiroa.defence.scopes import SCOPES, EqualAreaControl, FitData, FixedMask, 
 from roiroa.errors import InputError
 from roiroa.evaluate.config import Config
 from roiroa.evaluate.grid import Defence
-from roiroa.registry import is_plugin
+from roiroa.registry import accepted, is_plugin
 from roiroa.utils import stage_seed
 
 META_KEYS = ("name", "label", "fill", "fill_params", "dilation")
@@ -79,15 +78,6 @@ def spec_kind(name: str) -> SpecKind:
     raise InputError(f"unknown defence {name!r}; choose one of: {known}, or user code package.module:callable.")
 
 
-def _accepted(factory: Callable[..., Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """The defaults a factory takes as keywords."""
-    try:
-        names = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        return {}
-    return {k: v for k, v in defaults.items() if k in names}
-
-
 def component_defaults(config: Config, patches: bool = False) -> dict[str, Any]:
     """Parameters a mask scope's entry leaves out, taken from the config (the regions; for patches the
     detectors')."""
@@ -111,7 +101,7 @@ def parse_defence(entry: Any, config: Config, patches: bool = False) -> DefenceS
         label=str(entry.get("label", name)),
         name=name,
         kind=kind,
-        params=_accepted(_factory(name), component_defaults(config, patches)) | given if kind == "scope" else given,
+        params=accepted(_factory(name), component_defaults(config, patches)) | given if kind == "scope" else given,
         fill=fill,
         fill_params=dict(entry.get("fill_params", d.fill_params if fill == d.fill else {})),
         dilation=int(entry.get("dilation", d.dilation)),
@@ -158,7 +148,7 @@ def _key(spec: DefenceSpec, ctx: BuildContext, extra: str = "") -> str:
 def _neutralized(spec: DefenceSpec, scope: MaskScope, ctx: BuildContext) -> tuple[Neutralized, nn.Module, str]:
     """f o N with this scope and the spec's fill; the model an adaptive attack differentiates; its gradient."""
     fill_params = (
-        _accepted(FILLS.get(spec.fill), {"seed": stage_seed(ctx.config.seed, "noise-fill")}) | spec.fill_params
+        accepted(FILLS.get(spec.fill), {"seed": stage_seed(ctx.config.seed, "noise-fill")}) | spec.fill_params
     )
     fill = make_fill(spec.fill, ctx.fit.images, **fill_params)
     model = Neutralized(ctx.model, scope, fill, spec.dilation)

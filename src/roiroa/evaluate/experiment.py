@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,6 @@ from roiroa.evaluate.run import RunResult, run_experiment
 from roiroa.evaluate.validate import config_from_dict, load_config
 
 
-def _merge(base: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``more`` laid over it, tables merged key by key."""
-    out = copy.deepcopy(base)
-    for key, value in more.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 class Experiment:
     """One experiment: a model, images, and a config; ``run()``, ``defend()`` and ``patches()`` evaluate it.
 
@@ -42,11 +33,10 @@ class Experiment:
         data: the images: a tuple (images (N, C, H, W) in [0, 1], labels (N,)[, class names]), an ImageDataset or
             a torch Dataset of (image, label); None: the config's ``data.source``. Split by class into fitting and
             test images, unless ``fit_data`` gives the fitting images (then every image of ``data`` is tested).
-        config: a :class:`Config`, a path to a .toml/.json config, or a dict of settings. Default: the defaults.
+        config: a :class:`Config`, a path to a .toml/.json config, or a dict of settings laid over the defaults
+            (e.g. ``{"attacks": [{"name": "pgd-linf", "eps": 0.03}], "regions": {"q_roi": 0.3}}``).
         quick: apply the --quick overlay.
         cache: True (the user's cache folder), False (keep nothing on disk) or a folder.
-        **settings: config settings laid over ``config``, e.g. ``attacks=[{"name": "pgd-linf", "eps": 0.03}]``
-            or ``regions={"q_roi": 0.3}``.
     """
 
     def __init__(
@@ -58,20 +48,18 @@ class Experiment:
         config: Config | str | Path | dict[str, Any] | None = None,
         quick: bool = False,
         cache: bool | str | Path = True,
-        **settings: Any,
     ) -> None:
         if model is not None and not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
         self.model, self.data, self.fit_data = model, data, fit_data
-        self.config = self._config(config, quick, settings)
+        self.config = self._config(config, quick)
         self.cache = StageCache.default() if cache is True else StageCache(None if cache is False else Path(cache))
 
     @staticmethod
-    def _config(config: Config | str | Path | dict[str, Any] | None, overlay: bool, settings: dict[str, Any]) -> Config:
+    def _config(config: Config | str | Path | dict[str, Any] | None, overlay: bool) -> Config:
         if isinstance(config, (str, Path)):
             config = load_config(config)
-        base = config.to_dict() if isinstance(config, Config) else config_from_dict(config or {}).to_dict()
-        found = config_from_dict(_merge(base, settings))
+        found = config if isinstance(config, Config) else config_from_dict(config or {})
         return quick(found) if overlay else found
 
     def _arguments(self) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Importance and vulnerability estimators, each ``estimator(model, x, y) -> (N, H, W)``."""
 
+from roiroa.maps.adapters import CaptumAttribution
 from roiroa.maps.baselines import baseline_images, gaussian_blur
 from roiroa.maps.gradcam import GradCAM, GradCAMPlusPlus, last_conv_name
 from roiroa.maps.gradients import IGResult, InputXGradient, IntegratedGradients, reduce_channels
@@ -21,6 +22,7 @@ from roiroa.maps.vulnerability import (
 
 __all__ = [
     "ESTIMATORS",
+    "CaptumAttribution",
     "create_estimator",
     "list_estimators",
     "register_estimator",
