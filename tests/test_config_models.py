@@ -10,13 +10,14 @@ import torch
 
 from roiroa.cli import build_parser, config_from_args
 from roiroa.errors import InputError
-from roiroa.evaluate.config import DataConfig, ModelConfig, RunConfig, config_from_dict
-from roiroa.evaluate.runner import load_splits, prepare_model
+from roiroa.evaluate.config import Config, DataConfig, ModelConfig
+from roiroa.evaluate.prepare import load_configured_model, load_splits
+from roiroa.evaluate.validate import config_from_dict
 from roiroa.models import create_model
 
 
 def test_defaults_keep_the_trained_reference_model():
-    m = RunConfig().model
+    m = Config().model
     assert (m.arch, m.weights, m.normalization, m.mean, m.std, m.trust_code) == (
         "mnist-cnn",
         None,
@@ -25,7 +26,7 @@ def test_defaults_keep_the_trained_reference_model():
         None,
         False,
     )
-    assert RunConfig().data.fit_source is None
+    assert Config().data.fit_source is None
 
 
 @pytest.mark.parametrize(
@@ -70,7 +71,7 @@ def _npz(path, n, seed):
 
 
 def test_fit_source_makes_every_source_image_a_test_image(tmp_path):
-    config = RunConfig(
+    config = Config(
         data=DataConfig(source=_npz(tmp_path / "a.npz", 30, 0), fit_source=_npz(tmp_path / "b.npz", 40, 1), n_fit=20)
     )
     splits = load_splits(config)
@@ -83,13 +84,14 @@ def test_prepare_model_loads_weights_instead_of_training(tmp_path, mnist_splits)
     net = create_model("lenet5").eval()
     torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "w.pt")
     model_config = ModelConfig(arch="lenet5", weights=str(tmp_path / "w.pt"), mean=(0.5,), std=(0.25,))
-    config = dataclasses.replace(RunConfig(), model=model_config)
-    trained = prepare_model(config, mnist_splits, torch.device("cpu"))
+    config = dataclasses.replace(Config(), model=model_config)
+    model, info = load_configured_model(config, mnist_splits, torch.device("cpu"))
+    assert info.source == "weights" and info.normalization == {"preset": "none", "mean": [0.5], "std": [0.25]}
     x = mnist_splits.test.images[:4]
-    torch.testing.assert_close(trained.model(x), net((x - 0.5) / 0.25))
+    torch.testing.assert_close(model(x), net((x - 0.5) / 0.25))
     bad = dataclasses.replace(config, model=dataclasses.replace(model_config, arch="resnet20"))
     with pytest.raises(InputError, match="do not fit the architecture"):
-        prepare_model(bad, mnist_splits, torch.device("cpu"))
+        load_configured_model(bad, mnist_splits, torch.device("cpu"))
 
 
 @pytest.mark.parametrize(

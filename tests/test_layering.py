@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "roiroa"
 
 # The layers, lowest first: a module may import its own layer and the layers below, never above.
 LAYERS = [
-    {"errors", "utils", "validation", "registry", "cache", "filters", "geometry", "results", "version"},
+    {"errors", "utils", "validation", "registry", "cache", "files", "filters", "geometry", "results", "version"},
     {"data"},
     {"models"},
     {"attacks"},
@@ -27,7 +27,7 @@ LAYERS = [
     {"cli", "__init__", "__main__"},
 ]
 # report/ draws from results folders alone: it may import only these (and itself).
-REPORT_MAY_IMPORT = {"errors", "results", "report", "version"}
+REPORT_MAY_IMPORT = {"errors", "files", "results", "report", "version"}
 
 
 def module_name(path: Path) -> str:

@@ -29,7 +29,7 @@ from roiroa.models.loading import (
 )
 from roiroa.models.normalize import Normalized, normalization_values
 from roiroa.models.predict import check_finite_logits
-from roiroa.regions.partition import grid_regions, regions_to_pixels
+from roiroa.geometry import grid_regions, regions_to_pixels
 
 RESNET20 = SHARED_DATA / "models" / "resnet20-12fca82f.th"
 CIFAR_NPZ = SHARED_DATA / "cifar10" / "cifar10_test_1000.npz"

@@ -18,8 +18,6 @@ import errno
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,37 +28,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from roiroa.errors import InputError
+from roiroa.files import atomic_write, cache_dir, hash_json
 from roiroa.version import __version__
 
 log = logging.getLogger(__name__)
-
-
-def cache_dir() -> Path:
-    """The cache folder (created on first use)."""
-    if os.environ.get("ROIROA_CACHE"):
-        root = Path(os.environ["ROIROA_CACHE"])
-    else:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "roiroa"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(
-            f"cannot create the cache folder {root} ({err}): set ROIROA_CACHE to a writable folder."
-        ) from None
-    return root
-
-
-def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(tmp_path)`` and rename the result onto ``path``; nothing is left behind on error."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def hash_tensors(*tensors: torch.Tensor) -> str:
@@ -71,11 +42,6 @@ def hash_tensors(*tensors: torch.Tensor) -> str:
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
-
-
-def hash_json(obj: Any) -> str:
-    """SHA-256 of a JSON-able object with sorted keys, in hex."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 STAGE_VERSION = 2  # bump when a cached stage's code changes its output, so old entries are not reused

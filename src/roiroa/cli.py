@@ -23,6 +23,7 @@ from typing import Any
 from roiroa.errors import InputError
 from roiroa.evaluate.config import Config, quick, to_toml
 from roiroa.evaluate.validate import config_from_dict, load_config
+from roiroa.models.loading import check_weights_file
 from roiroa.version import __version__
 
 COMMANDS = {
@@ -119,6 +120,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     base["data"] |= {k: v for k, v in data.items() if v is not None}
     base["model"] |= {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.items() if v is not None}
     config = config_from_dict(base)
+    if config.model.weights is not None:  # a missing, corrupt or unsafe weights file fails before any work
+        check_weights_file(config.model.weights, config.model.trust_code)
     return quick(config) if args.quick else config
 
 
@@ -138,6 +141,7 @@ def run_command(args: argparse.Namespace) -> int:
     """run, defend or patches: checks, the lock on --out, the work, the folder, the table."""
     from roiroa.cache import StageCache
     from roiroa.report import claim_folder, release, terminal_table, write_folder
+    from roiroa.report.figures import set_figure_cache
     from roiroa.utils import set_progress
 
     config = config_from_args(args)
@@ -145,6 +149,7 @@ def run_command(args: argparse.Namespace) -> int:
     claim = claim_folder(out, args.overwrite, protected_paths(config))
     try:
         set_progress(args.progress)
+        set_figure_cache(args.cache)
         result = commands()[args.command](config, cache=StageCache.default() if args.cache else StageCache(None))
         write_folder(result.folder, out, claim=claim)
     finally:

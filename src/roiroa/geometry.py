@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from skimage.segmentation import slic
 
 from roiroa.validation import check_images, check_number
 
@@ -87,6 +86,8 @@ def slic_labels(x: torch.Tensor, n_segments: int = 49, compactness: float = 0.1,
     check_number("slic_labels", "n_segments", n_segments, low=1, integer=True)
     check_number("slic_labels", "compactness", compactness, low=0.0, low_open=True)
     check_number("slic_labels", "sigma", sigma, low=0.0)
+    from skimage.segmentation import slic  # only superpixel users pay for importing scikit-image
+
     images = x.detach().cpu().double().numpy()
     labels = []
     for img in images:

@@ -1,5 +1,6 @@
 """Attacks with one signature, ``attack(model, x, y, mask=None) -> x_adv``, and a registry by name."""
 
+from roiroa.attacks.adapters import ARTAttack, TorchAttacks
 from roiroa.attacks.base import (
     ATTACKS,
     Attack,
@@ -10,7 +11,6 @@ from roiroa.attacks.base import (
     loss_gradient,
     register_attack,
 )
-from roiroa.attacks.adapters import ARTAttack, TorchAttacks
 from roiroa.attacks.carlini_wagner import CarliniWagnerL2
 from roiroa.attacks.deepfool import DeepFool
 from roiroa.attacks.gradient import FGSM, L1PGD, L2PGD, LinfPGD

@@ -14,8 +14,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
-from scipy import ndimage
 from torch import nn
 
 from roiroa.attacks.gradient import LinfPGD
@@ -36,6 +34,8 @@ def median_smoothing(x: torch.Tensor, size: int = 3) -> torch.Tensor:
     """Median over a size x size window of each channel, scipy.ndimage.median_filter (mode 'reflect'), as ART's
     SpatialSmoothing does; SciPy's C filter is faster here than unfolding in torch."""
     check_number("median_smoothing", "size", size, low=1, integer=True)
+    from scipy import ndimage  # imported where it is used (a cached run never needs it)
+
     out = ndimage.median_filter(x.detach().cpu().numpy(), size=(1, 1, size, size), mode="reflect")
     return torch.from_numpy(out).to(x.device, x.dtype)
 
@@ -44,6 +44,8 @@ def jpeg(x: torch.Tensor, quality: int = 50) -> torch.Tensor:
     """JPEG-compress each image with Pillow at ``quality`` (ART JpegCompression: values * 255 truncated to uint8,
     mode 'RGB' for 3 channels, else each channel as 'L')."""
     check_number("jpeg", "quality", quality, low=1, high=95, integer=True)
+    from PIL import Image
+
     arr = (x.detach().cpu().numpy() * 255).astype(np.uint8)  # truncation, as ART
     out = np.empty_like(arr)
 

@@ -29,10 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.cluster import DBSCAN
-from sklearn.ensemble import IsolationForest
-from sklearn.neighbors import NearestNeighbors
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 from torch.nn import functional as F
 
@@ -169,6 +165,11 @@ class FragmentDetector:
     # -- fit ------------------------------------------------------------------------------------------------
     def fit(self, data: FitData) -> FragmentDetector:
         """Fit on the clean fitting images (and, for the global RoI, their importance maps); returns self."""
+        from sklearn.cluster import DBSCAN  # scikit-learn is imported by the fragment defences only
+        from sklearn.ensemble import IsolationForest
+        from sklearn.neighbors import NearestNeighbors
+        from sklearn.preprocessing import StandardScaler
+
         model, x_fit = data.model, data.images
         check_images(x_fit, "x_fit")
         feats = self.fragment_features(model, x_fit)
@@ -221,6 +222,9 @@ class FragmentDetector:
     # -- detect ---------------------------------------------------------------------------------------------
     def flagged_fragments(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """(N, R) bool: the anomalous fragments of x: (N, C, H, W) in [0, 1]."""
+        from sklearn.cluster import DBSCAN
+        from sklearn.ensemble import IsolationForest
+
         self._check_fitted()
         if tuple(x.shape[1:]) != self._state["image_shape"]:
             raise InputError(

@@ -21,7 +21,6 @@ from typing import Literal, Protocol
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import nn
 
 from roiroa.attacks.gradient import LinfPGD
@@ -322,6 +321,8 @@ def random_blob_mask(mask: torch.Tensor, generator: torch.Generator, tries: int 
     draws is scattered, and any shortfall from overlaps is made up with random free positions, so the count is
     exact. This keeps the spatial spread of the mask while ignoring where it was.
     """
+    from scipy import ndimage
+
     m = mask.cpu().numpy().astype(bool)
     h, w = m.shape
     labels, n = ndimage.label(m, structure=np.ones((3, 3)))

@@ -147,9 +147,7 @@ def _key(spec: DefenceSpec, ctx: BuildContext, extra: str = "") -> str:
 
 def _neutralized(spec: DefenceSpec, scope: MaskScope, ctx: BuildContext) -> tuple[Neutralized, nn.Module, str]:
     """f o N with this scope and the spec's fill; the model an adaptive attack differentiates; its gradient."""
-    fill_params = (
-        accepted(FILLS.get(spec.fill), {"seed": stage_seed(ctx.config.seed, "noise-fill")}) | spec.fill_params
-    )
+    fill_params = accepted(FILLS.get(spec.fill), {"seed": stage_seed(ctx.config.seed, "noise-fill")}) | spec.fill_params
     fill = make_fill(spec.fill, ctx.fit.images, **fill_params)
     model = Neutralized(ctx.model, scope, fill, spec.dilation)
     fixed = isinstance(scope, (GlobalMask, FixedMask))

@@ -18,7 +18,6 @@ from roiroa.evaluate.config import Config, from_dict
 from roiroa.evaluate.defences import parse_defences
 from roiroa.evaluate.maps_stage import importance_spec
 from roiroa.maps.registry import ESTIMATORS, list_importance_estimators, list_vulnerability_estimators
-from roiroa.models.loading import check_weights_file
 from roiroa.models.normalize import normalization_values
 from roiroa.models.registry import list_models
 from roiroa.registry import is_plugin
@@ -88,8 +87,6 @@ def model_errors(config: Config) -> list[str]:
             "config: model.normalization/mean/std describe pretrained weights: give model.weights, or drop them."
         )
     _collect(errors, lambda: resolve_device(config.device))
-    if m.weights is not None:
-        _collect(errors, lambda: check_weights_file(str(m.weights), m.trust_code))
     return errors
 
 

@@ -50,7 +50,7 @@ def channels_last(model: nn.Module) -> Iterator[None]:
     originals = {p: p.data for p in model.parameters() if p.dim() == 4}
     try:
         for param, data in originals.items():
-            param.data = data.contiguous(memory_format=torch.channels_last)
+            param.data = data.to(memory_format=torch.channels_last)
         yield
     finally:
         for param, data in originals.items():

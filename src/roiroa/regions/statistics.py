@@ -7,10 +7,10 @@ for example the correlation of a constant map).
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import bootstrap, rankdata
 
 
 def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -39,6 +39,8 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Spearman rank correlation of the two maps of each image (ties get average ranks, as in SciPy)."""
+    from scipy.stats import rankdata  # scipy.stats is imported where it is used: a cached run never needs it
+
     ra = rankdata(a.flatten(1).detach().cpu().numpy(), axis=1)
     rb = rankdata(b.flatten(1).detach().cpu().numpy(), axis=1)
     return pearson(torch.from_numpy(np.asarray(ra)), torch.from_numpy(np.asarray(rb)))
@@ -116,6 +118,8 @@ def bootstrap_ci(
         over images (``method`` 'BCa' or 'percentile', ``n_resamples`` resamples, seeded); an
         interval of a constant sample is the value itself; NaN where n < 2.
     """
+    from scipy.stats import bootstrap
+
     v = np.asarray(values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values, dtype=np.float64)
     v = v[np.isfinite(v)]
     n = int(v.size)
@@ -132,11 +136,11 @@ def bootstrap_ci(
         method=method,
         confidence_level=confidence,
         vectorized=True,
-        **_rng_keyword(np.random.default_rng(seed)),
+        **_rng_keyword(bootstrap, np.random.default_rng(seed)),
     )
     return out | {"low": float(res.confidence_interval.low), "high": float(res.confidence_interval.high)}
 
 
-def _rng_keyword(rng: np.random.Generator) -> dict[str, np.random.Generator]:
+def _rng_keyword(bootstrap: Any, rng: np.random.Generator) -> dict[str, np.random.Generator]:
     """scipy >= 1.15 names the generator ``rng``; older versions ``random_state``."""
     return {"rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state": rng}

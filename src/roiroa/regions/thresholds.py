@@ -6,7 +6,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from skimage.filters import threshold_otsu
 
 from roiroa.validation import check_choice, check_number
 
@@ -33,6 +32,8 @@ def top_q_mask(maps: torch.Tensor, q: float) -> torch.Tensor:
 
 def otsu_mask(maps: torch.Tensor) -> torch.Tensor:
     """Positions above each map's Otsu threshold (scikit-image); a constant map gives an empty mask."""
+    from skimage.filters import threshold_otsu  # scikit-image is imported where it is used
+
     out = torch.zeros_like(maps, dtype=torch.bool)
     for i, m in enumerate(maps.detach().cpu().numpy()):
         if np.ptp(m) > 0:

@@ -8,17 +8,16 @@ maps.npz alone, drawn as image grids with one colour scale per row and a colour 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
-from roiroa.results import SEGMENT_NAMES  # noqa: E402
+from roiroa.results import SEGMENT_NAMES
 
 SEGMENT_MEANINGS = {
     "S_0": "neither RoI\nnor RoA",
@@ -80,6 +79,9 @@ def image_grid(rows: Sequence[GridRow], title: str, cell: float = 1.25) -> plt.F
     The axes are placed by hand (sizes in inches): matplotlib's automatic layouts cost seconds on
     grids of this many axes.
     """
+    from roiroa.report.figures import pyplot
+
+    plt = pyplot()
     n_cols = max(len(r.columns) for r in rows)
     left, right, top, bottom, title_h, gap = 1.0, 1.1, 0.45, 0.1, 0.22, 0.08
     width = left + n_cols * cell + right
@@ -107,14 +109,6 @@ def image_grid(rows: Sequence[GridRow], title: str, cell: float = 1.25) -> plt.F
             bar.ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=10, y=1 - 0.12 / height, va="top")
     return fig
-
-
-def figure_png(fig: plt.Figure, dpi: int = 80) -> bytes:
-    """The figure as PNG bytes (and closed)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    return buf.getvalue()
 
 
 def _short(name: str, width: int = 14) -> str:

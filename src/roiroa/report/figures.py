@@ -3,19 +3,76 @@ defence table's sweep and sanity check, and the patch evaluation."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import io
+import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
 
+from roiroa.files import atomic_write, cache_dir
+
+FIGURE_VERSION = 1  # bump when a figure's drawing changes, so cached images are drawn again
+_CACHE = {"enabled": True}
 SEGMENT_COLOURS = ["#ffffff", "#1f77b4", "#d62728", "#9467bd"]  # S_0, S_I, S_A, S_IA
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot with the Agg backend, imported when a figure is drawn (a cached figure needs none)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+def set_figure_cache(enabled: bool) -> None:
+    """Keep drawn figures in the cache folder (``ROIROA_CACHE/figures``), keyed by what they show (default on)."""
+    _CACHE["enabled"] = enabled
+
+
+def png_bytes(fig: plt.Figure, dpi: int = 80) -> bytes:
+    """The figure as PNG bytes (and closed)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    pyplot().close(fig)
+    return buf.getvalue()
+
+
+def content_key(*parts: Any) -> str:
+    """SHA-256 of arrays (their dtype, shape and bytes) and JSON-able values."""
+    h = hashlib.sha256(str(FIGURE_VERSION).encode())
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            h.update(f"{part.dtype}{part.shape}".encode())
+            h.update(np.ascontiguousarray(part).tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def cached_png(key: str, draw: Callable[[], bytes]) -> bytes:
+    """The PNG drawn by ``draw()``, kept in the cache folder under ``key``: a figure of the same content is drawn
+    once (drawing is most of the time a warm run spends)."""
+    if not _CACHE["enabled"]:
+        return draw()
+    path = cache_dir() / "figures" / f"{key}.png"
+    if path.is_file():
+        return path.read_bytes()
+    png = draw()
+    try:
+        atomic_write(path, lambda tmp: tmp.write_bytes(png))
+    except OSError:
+        pass  # a figure that cannot be kept is drawn again next time
+    return png
+
+
 SEGMENT_LABELS = ["S_0: neither", "S_I: RoI only (critical, safe)", "S_A: RoA only (neutralized)", "S_IA: RoI and RoA"]
 
 
@@ -48,6 +105,19 @@ def strongest_attack(results: Mapping[str, Any]) -> str:
 def gallery_figure(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attack: str, path: Path) -> None:
     """Per gallery image: input, importance with the RoI, the RoA map with the RoA, the four segments, the image
     attacked by ``attack``, neutralized with the global mask, and with its own S_A (the oracle analysis)."""
+    idx = np.asarray(arrays["gallery_index"])
+    used = [k for k in sorted(arrays) if k.startswith("gallery_") and (k.endswith(f"[{attack}]") or "[" not in k)]
+    parts = [arrays[k][idx] if k in ("importance", "roa_map", "segments", "labels") else arrays[k] for k in used]
+    parts += [np.asarray(arrays[k])[idx] for k in ("importance", "roa_map", "segments", "labels")]
+    key = content_key("gallery", list(classes), attack, used, *parts)
+    path.write_bytes(cached_png(key, lambda: _draw_gallery(arrays, classes, attack)))
+
+
+def _draw_gallery(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attack: str) -> bytes:
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    plt = pyplot()
     idx = np.asarray(arrays["gallery_index"])
     seg = np.asarray(arrays["segments"])[idx]
     roi, roa = (seg == 1) | (seg == 3), (seg == 2) | (seg == 3)
@@ -89,13 +159,13 @@ def gallery_figure(arrays: Mapping[str, np.ndarray], classes: Sequence[str], att
         fig.colorbar(heat, cax=fig.add_axes((0.94, 0.15, 0.012, 0.7))).set_label(
             "map / its maximum (per image)", fontsize=8
         )
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    return png_bytes(fig, dpi=90)
 
 
 def defence_figure(results: Mapping[str, Any], path: Path) -> None:
     """Left: the sweep (clean against adaptive robust accuracy) with its Pareto front and the baselines; right:
     adaptive robust accuracy against eps (the sanity check)."""
+    plt = pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5))
     sweep = results.get("sweep", [])
     for scope in dict.fromkeys(r["scope"] for r in sweep):
@@ -159,6 +229,7 @@ def defence_figure(results: Mapping[str, Any], path: Path) -> None:
 
 def patches_figure(results: Mapping[str, Any], path: Path) -> None:
     """Accuracy against patch area per attack and defence (o non-adaptive, x adaptive)."""
+    plt = pyplot()
     rows = results["table"]
     attacks = {a["label"]: a for a in results["attacks"]}
     names = sorted({a["params"].get("attack", label.split("@")[0]) for label, a in attacks.items()})

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from roiroa.errors import InputError
-from roiroa.report.atlas import attack_atlas, class_atlas, figure_png, segment_atlas
+from roiroa.report.atlas import attack_atlas, class_atlas, segment_atlas
+from roiroa.report.figures import cached_png, content_key, png_bytes
 from roiroa.results import CONSISTENCY_STATISTICS, DELTA_STATISTICS, MAP_STATISTICS
 
 REPORT_NAME = "report.html"
@@ -197,27 +198,32 @@ def atlas_section(folder: Path, results: dict[str, Any]) -> str:
     classes = [str(c) for c in results["dataset"]["classes"]]
     attacks = [a["label"] for a in results["attacks"]]
     strongest = min(results["attacks"], key=lambda a: a["robust_accuracy"])["label"]
+    used = [k for k in sorted(arrays) if not k.startswith(("gallery", "pred"))]
+    key = content_key("atlases", classes, attacks, strongest, used, *(arrays[k] for k in used))
     figures = [
         (
             "Per class",
             f"Mean and standard deviation over the test images of each class of I, A and the perturbation |δ| of "
             f"{e(strongest)} (the strongest attack). One colour scale per row.",
-            class_atlas(arrays, classes, strongest),
+            lambda: class_atlas(arrays, classes, strongest),
         ),
         (
             "Per attack",
             "Mean and standard deviation of A and |δ| for every attack, each map first scaled to unit mean per "
             "image (attacks differ in units): where each attack acts, not how strongly.",
-            attack_atlas(arrays, attacks),
+            lambda: attack_atlas(arrays, attacks),
         ),
         (
             "Segment frequency",
             "For each segment, the share of test images in which a position falls in it (0 to 1, one scale); "
             "the four rows of a column sum to 1 at every position.",
-            segment_atlas(arrays, classes),
+            lambda: segment_atlas(arrays, classes),
         ),
     ]
-    parts = [f"<h3>{t}</h3><p>{text}</p>{png_img(figure_png(fig), t)}" for t, text, fig in figures]
+    parts = [
+        f"<h3>{t}</h3><p>{text}</p>{png_img(cached_png(f'{key}-{i}', lambda draw=draw: png_bytes(draw())), t)}"
+        for i, (t, text, draw) in enumerate(figures)
+    ]
     return "<h2>Atlases</h2>" + "".join(parts)
 
 
