@@ -22,7 +22,7 @@ from typing import Any
 
 from roiroa.errors import InputError
 from roiroa.evaluate.config import Config, quick, to_toml
-from roiroa.evaluate.validate import config_from_dict, load_config
+from roiroa.evaluate.validate import config_from_dict, read_config_dict
 from roiroa.models.loading import check_weights_file
 from roiroa.version import __version__
 
@@ -105,7 +105,10 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The config file (or the defaults) with the command line's overrides and overlay, checked as a whole."""
-    base = load_config(args.config).to_dict() if args.config else Config().to_dict()
+    base = Config().to_dict()
+    for section, value in (read_config_dict(args.config) if args.config else {}).items():
+        both = isinstance(value, dict) and isinstance(base.get(section), dict)
+        base[section] = base[section] | value if both else value
     flags = {"seed": args.seed, "device": args.device}
     data = {"source": args.data, "labels": args.labels}
     model = {

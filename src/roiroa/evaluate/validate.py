@@ -186,8 +186,8 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return config
 
 
-def load_config(path: str | Path) -> Config:
-    """Read a Config from a .toml or .json file."""
+def read_config_dict(path: str | Path) -> dict[str, Any]:
+    """The settings of a .toml or .json config file, not yet checked (the CLI lays its flags over them)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -202,4 +202,9 @@ def load_config(path: str | Path) -> Config:
         raise InputError(f"config {path} is not valid {kind}: {str(err).splitlines()[0]}.") from None
     if not isinstance(data, dict):
         raise InputError(f"config {path} must hold a table of settings at the top level.")
-    return config_from_dict(data)
+    return data
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a Config from a .toml or .json file (every problem reported at once)."""
+    return config_from_dict(read_config_dict(path))
