@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from roiroa.evaluate.runner import load_splits
 from timing import interleaved_seconds
 from torch import nn
 
 from roiroa.attacks import LinfPGD
 from roiroa.attacks.carlini_wagner import margin
 from roiroa.evaluate.config import RunConfig
-from roiroa.evaluate.runner import load_splits
 from roiroa.geometry import grid_regions, regions_to_pixels
 from roiroa.maps import LocalizedAttack, Occlusion, occlusion_drops
 from roiroa.maps.incremental import incremental_model

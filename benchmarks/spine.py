@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 
 import torch
+from roiroa.evaluate.runner import load_splits
 from timing import seconds
 
 from roiroa.attacks import LinfPGD
 from roiroa.evaluate.config import RunConfig
-from roiroa.evaluate.runner import load_splits
 from roiroa.geometry import grid_regions
 from roiroa.maps.occlusion import occlusion_drops
 from roiroa.models.train import TrainingRecipe, load_or_train

@@ -32,9 +32,11 @@ COMMANDS = {
     "patches": "patch attacks against per-input fragment defences and LGS",
 }
 EXAMPLES = {
-    "run": "examples:\n  roiroa run --quick\n  roiroa run --data cifar10_test_1000.npz --model resnet20 --weights resnet20.th --normalization imagenet",
+    "run": "examples:\n  roiroa run --quick\n"
+    "  roiroa run --data cifar10_test_1000.npz --model resnet20 --weights resnet20.th --normalization imagenet",
     "defend": "examples:\n  roiroa defend --quick\n  roiroa defend --config my.toml --out runs/defend --overwrite",
-    "patches": "examples:\n  roiroa patches --quick\n  roiroa patches --data d.npz --model resnet20 --weights w.th --normalization imagenet",
+    "patches": "examples:\n  roiroa patches --quick\n"
+    "  roiroa patches --data d.npz --model resnet20 --weights w.th --normalization imagenet",
 }
 
 

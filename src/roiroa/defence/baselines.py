@@ -143,7 +143,7 @@ class Blur:
 
 def describe_transform(transform: Transform) -> str:
     """'name(param=value, ...)' of a transform dataclass, or its class name."""
-    params = asdict(transform) if is_dataclass(transform) and not isinstance(transform, type) else {}
+    params: dict[str, Any] = asdict(transform) if is_dataclass(transform) and not isinstance(transform, type) else {}
     name = type(transform).__name__
     return f"{name}(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
 

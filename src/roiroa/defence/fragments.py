@@ -171,6 +171,8 @@ class FragmentDetector:
         from sklearn.preprocessing import StandardScaler
 
         model, x_fit = data.model, data.images
+        if model is None or x_fit is None:
+            raise InputError("FragmentDetector is fitted on clean images: give FitData the model and the images.")
         check_images(x_fit, "x_fit")
         feats = self.fragment_features(model, x_fit)
         flat = feats.reshape(-1, feats.shape[-1]).double().cpu().numpy()

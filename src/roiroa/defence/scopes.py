@@ -204,10 +204,12 @@ class PerClassMask:
 
     def fit(self, data: FitData) -> PerClassMask:
         """Fit on the maps and labels of the fitting images; returns self."""
+        if data.labels is None:
+            raise InputError("PerClassMask is fitted on labelled images: give FitData the labels.")
         imp, vul = unit_mean(data.importance), unit_mean(data.vulnerability)
         masks = torch.zeros(data.num_classes, *imp.shape[1:], dtype=torch.bool)
         for k in range(data.num_classes):
-            sel = data.labels == k
+            sel: torch.Tensor = data.labels == k
             if sel.any():
                 mean_maps = imp[sel].mean(0, keepdim=True), vul[sel].mean(0, keepdim=True)
                 masks[k] = s_a_mask(*mean_maps, self.q_roi, self.q_roa, self.threshold)[0]

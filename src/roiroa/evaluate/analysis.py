@@ -135,7 +135,7 @@ def oracle_rows(
     qs: tuple[float, ...],
 ) -> list[OracleRow]:
     """The oracle analysis for every attack of ``maps`` and every RoA fraction in ``qs`` (cached)."""
-    inputs = {"model": model_key, "data": hash_tensors(x, y), "maps": list(maps.keys), "fill": fill_key}
+    inputs: dict[str, Any] = {"model": model_key, "data": hash_tensors(x, y), "maps": list(maps.keys), "fill": fill_key}
     inputs |= {
         "q_roi": config.regions.q_roi,
         "threshold": config.regions.threshold,

@@ -116,16 +116,17 @@ def attack_task(
     attack's label and the chunk's content. ``record`` keeps where the attack's gradients acted (the maps need
     it; an attack through a defence does not).
     """
+    seed = task_seed(seed, purpose, entry.label, chunk.digest)
     inputs = {
         "target": target_key,
         "attack": entry.params,
         "data": chunk.digest,
-        "seed": task_seed(seed, purpose, entry.label, chunk.digest),
+        "seed": seed,
         "fit": hash_tensors(*fit) if fit is not None and fits_first(entry.attack) else None,
         "device": model_device(target).type,
         "record": record,
     }
-    compute = partial(_trace, entry, target, chunk, inputs["seed"], fit, record)
+    compute = partial(_trace, entry, target, chunk, seed, fit, record)
     return Task(cache.key("attack", inputs), compute)
 
 

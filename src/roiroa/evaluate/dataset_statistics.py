@@ -243,7 +243,11 @@ def dataset_statistics(
     ``rerun(purpose)`` gives each attack's vulnerability map from an independent second run ('restart') or on
     a model of another seed ('seed1', ...); without it the consistency across restarts and seeds is skipped.
     """
-    inputs = {"maps": list(maps.keys), "statistics": vars(config.statistics), "regions": vars(config.regions)}
+    inputs: dict[str, Any] = {
+        "maps": list(maps.keys),
+        "statistics": vars(config.statistics),
+        "regions": vars(config.regions),
+    }
     inputs |= {"seed": config.seed, "reruns": rerun is not None, "vulnerability": config.maps.vulnerability}
     flat = cache.tensors(
         cache.key("statistics-per-image", inputs), lambda: flatten(per_image_statistics(images, maps, config, rerun))

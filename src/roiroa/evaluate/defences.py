@@ -19,7 +19,7 @@ from torch import nn
 from roiroa.cache import hash_json
 from roiroa.defence.adaptive import EOT
 from roiroa.defence.baselines import BASELINES, Preprocessed, describe_transform
-from roiroa.defence.fills import FILLS, describe_fill, is_random, make_fill
+from roiroa.defence.fills import FILLS, Fill, is_random, make_fill
 from roiroa.defence.neutralizer import Neutralized
 from roiroa.defence.scopes import SCOPES, EqualAreaControl, FitData, FixedMask, GlobalMask, MaskScope, random_blob_mask
 from roiroa.errors import InputError
@@ -145,10 +145,15 @@ def _key(spec: DefenceSpec, ctx: BuildContext, extra: str = "") -> str:
     return hash_json({"spec": spec.identity(), "model": ctx.model_key, "fit": ctx.fit_key, "extra": extra})
 
 
+def spec_fill(spec: DefenceSpec, ctx: BuildContext) -> Fill:
+    """The spec's fill, fitted on the fitting images where it is fitted (a noise fill seeded by the run)."""
+    fill_params = accepted(FILLS.get(spec.fill), {"seed": stage_seed(ctx.config.seed, "noise-fill")}) | spec.fill_params
+    return make_fill(spec.fill, ctx.fit.images, **fill_params)
+
+
 def _neutralized(spec: DefenceSpec, scope: MaskScope, ctx: BuildContext) -> tuple[Neutralized, nn.Module, str]:
     """f o N with this scope and the spec's fill; the model an adaptive attack differentiates; its gradient."""
-    fill_params = accepted(FILLS.get(spec.fill), {"seed": stage_seed(ctx.config.seed, "noise-fill")}) | spec.fill_params
-    fill = make_fill(spec.fill, ctx.fit.images, **fill_params)
+    fill = spec_fill(spec, ctx)
     model = Neutralized(ctx.model, scope, fill, spec.dilation)
     fixed = isinstance(scope, (GlobalMask, FixedMask))
     gradient = "exact (fixed mask)" if fixed else "BPDA (mask choice held fixed)"
@@ -212,8 +217,3 @@ def build_defences(spec: DefenceSpec, ctx: BuildContext, controls: str | None = 
     words = f"PGD-{d.adv_steps} eps={d.adv_eps:g}, {d.adv_epochs} epochs (Madry et al. 2018)"
     adv = ctx.adv_model()
     return [Defence(spec.label, "baseline", words, adv, adv, "exact", _key(spec, ctx, hash_json(words)))]
-
-
-def fill_label(spec: DefenceSpec, ctx: BuildContext) -> str:
-    """The spec's fill as tables show it, e.g. 'blur(2)'."""
-    return describe_fill(make_fill(spec.fill, ctx.fit.images, **spec.fill_params))

@@ -27,6 +27,7 @@ from roiroa.evaluate.defences import (
     none_defence,
     parse_defence,
     parse_defences,
+    spec_fill,
 )
 from roiroa.evaluate.grid import Cell, CellResult, Defence, finite_mean, standard_cells, table_rows
 from roiroa.evaluate.maps_stage import compute_maps
@@ -162,19 +163,10 @@ def beside_the_table(
     c, e = prepared.config, prepared.config.evaluation
     with timings("oracle"):
         maps = compute_maps(prepared.model, prepared.model_key, test, [first], c, cache)
-        glob = build_defences(parse_defence("global", c), ctx, None)[0]
-        fill = glob.model.fill  # type: ignore[union-attr]
+        glob = parse_defence("global", c)
+        fill, key = spec_fill(glob, ctx), build_defences(glob, ctx, None)[0].key
         oracle = oracle_rows(
-            prepared.model,
-            prepared.model_key,
-            test.images,
-            test.labels,
-            maps,
-            fill,
-            glob.key,
-            c,
-            cache,
-            (c.regions.q_roa,),
+            prepared.model, prepared.model_key, test.images, test.labels, maps, fill, key, c, cache, (c.regions.q_roa,)
         )
     with timings("sweep"):
         specs = sweep_specs(c)
@@ -182,8 +174,8 @@ def beside_the_table(
         sweep_results = run_grid(prepared, cache, swept, [first], standard_cells(swept, [first]), test)
     with timings("sanity"):
         n = min(e.n_sanity, len(test))
-        spec = next(s for s in e.attacks if attack_entry(s, c.batch_size).label == first.label)
-        sanity = sanity_rows(prepared, cache, defences, spec, test.subset(torch.arange(n)))
+        first_spec = next(s for s in e.attacks if attack_entry(s, c.batch_size).label == first.label)
+        sanity = sanity_rows(prepared, cache, defences, first_spec, test.subset(torch.arange(n)))
     return {"n_sanity": n, "oracle": oracle, "sweep": sweep_rows(specs, swept, first, sweep_results), "sanity": sanity}
 
 

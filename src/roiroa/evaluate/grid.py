@@ -128,7 +128,9 @@ def _judge(
     defence: Defence, x: torch.Tensor, y: torch.Tensor, patch: torch.Tensor | None, batch_size: int
 ) -> dict[str, torch.Tensor]:
     """correct (N,), area (N,) and detection_iou (N,) of the defence on x: (N, C, H, W)."""
-    reset_fill(getattr(defence.model, "fill", None))  # a random fill draws the same numbers for every cell
+    fill = getattr(defence.model, "fill", None)
+    if fill is not None:
+        reset_fill(fill)  # a random fill draws the same numbers for every cell
     pred, m = decisions(defence.model, x, batch_size)
     correct = pred == y.cpu()
     nan = torch.full((len(x),), float("nan"))

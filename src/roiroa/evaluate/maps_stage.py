@@ -69,7 +69,7 @@ def _importance(model: nn.Module, chunk: Chunk, config: Config) -> dict[str, tor
 
 def importance_task(cache: StageCache, model: nn.Module, model_key: str, chunk: Chunk, config: Config) -> Task:
     name, kwargs = importance_spec(config)
-    inputs = {"model": model_key, "data": chunk.digest, "importance": name, "params": kwargs}
+    inputs: dict[str, Any] = {"model": model_key, "data": chunk.digest, "importance": name, "params": kwargs}
     inputs |= {"saliency_batch_size": config.batch_size, "device": model_device(model).type}
     return Task(cache.key("maps", inputs), partial(_importance, model, chunk, config))
 
@@ -85,7 +85,7 @@ def _estimated_roa(model: nn.Module, chunk: Chunk, config: Config, seed: int) ->
 def estimator_task(cache: StageCache, model: nn.Module, model_key: str, chunk: Chunk, config: Config) -> Task:
     m = config.maps
     seed = task_seed(config.seed, "vulnerability-estimator", chunk.digest)
-    inputs = {"model": model_key, "data": chunk.digest, "estimator": m.vulnerability_estimator}
+    inputs: dict[str, Any] = {"model": model_key, "data": chunk.digest, "estimator": m.vulnerability_estimator}
     inputs |= {"params": m.vulnerability_params, "seed": seed, "device": model_device(model).type}
     return Task(cache.key("roa-estimator", inputs), partial(_estimated_roa, model, chunk, config, seed))
 

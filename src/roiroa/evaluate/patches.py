@@ -64,7 +64,8 @@ def patch_defences(config: Config, ctx: BuildContext) -> list[Defence]:
 
 
 def patch_cells(config: Config, defences: list[Defence], attacks: list[tuple[float, AttackEntry]]) -> list[Cell]:
-    """Clean and non-adaptive for every defence and attack at ``areas``; adaptive for ``adaptive`` at ``adaptive_areas``."""
+    """Clean and non-adaptive for every defence and attack at ``areas``; adaptive for the defences of ``adaptive``
+    at ``adaptive_areas``."""
     p = config.patches
     cells = [Cell(d.name, "clean") for d in defences]
     for area, a in attacks:
@@ -80,11 +81,11 @@ def patch_rows(defences: list[Defence], attacks: list[AttackEntry], results: dic
     rows = [r for r in table_rows(defences, attacks, results) if r.setting != "worst-case"]
     for d in defences:
         for a in attacks:
-            if sum(c.defence == d.name and c.attack == a.label for c in results) > 1:
-                flags = worst_case(results, d.name, a.label)
+            flags = worst_case(results, d.name, a.label)
+            if flags is not None and sum(c.defence == d.name and c.attack == a.label for c in results) > 1:
                 rows.append(
                     grid_row(d, "worst-case", a.label, "per image: robust only if every setting above failed", flags)
-                )  # type: ignore[arg-type]
+                )
     return rows
 
 

@@ -20,7 +20,14 @@ from roiroa.evaluate.analysis import attack_summary, oracle_masks, oracle_rows, 
 from roiroa.evaluate.attacking import AttackEntry, attack_entries
 from roiroa.evaluate.config import Config
 from roiroa.evaluate.dataset_statistics import PerImage, dataset_statistics
-from roiroa.evaluate.defences import BuildContext, build_defences, none_defence, parse_defence, parse_defences
+from roiroa.evaluate.defences import (
+    BuildContext,
+    build_defences,
+    none_defence,
+    parse_defence,
+    parse_defences,
+    spec_fill,
+)
 from roiroa.evaluate.grid import Defence, standard_cells, table_rows
 from roiroa.evaluate.maps_stage import MapSet, attack_maps, compute_maps, vulnerability_maps
 from roiroa.evaluate.outputs import CommandResult, build_context, dataset_info, flag_table, header, model_info, run_grid
@@ -294,18 +301,10 @@ def run_experiment(
         tables = defence_tables(prepared, ctx, attacks, cache)
     with timings("oracle"):
         glob, test = tables.global_defence, prepared.splits.test
-        fill = glob.model.fill  # type: ignore[union-attr]
+        fill = spec_fill(parse_defence("global", config), ctx)
+        qs = config.defence.oracle_q
         oracle = oracle_rows(
-            prepared.model,
-            prepared.model_key,
-            test.images,
-            test.labels,
-            found.maps,
-            fill,
-            glob.key,
-            config,
-            cache,
-            config.defence.oracle_q,
+            prepared.model, prepared.model_key, test.images, test.labels, found.maps, fill, glob.key, config, cache, qs
         )
     results = results_of(prepared, attacks, found, tables, oracle, timings)
     folder = folder_of(prepared, attacks, found, tables, results)

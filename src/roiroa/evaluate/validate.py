@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,23 +65,25 @@ def field_errors(config: Config) -> list[str]:
         if "low" in meta and value is not None:
             for v in value if isinstance(value, tuple) else (value,):
                 bounds = {"low": meta["low"], "high": meta["high"], "low_open": meta["open_low"]}
-                _collect(errors, lambda v=v, b=bounds, n=name: check_number("config", n, v, **b))
+                _collect(errors, partial(check_number, "config", name, v, **bounds))
         if "registry" in meta and value is not None and not is_plugin(value):
             names = REGISTRIES[meta["registry"]]()
             if value not in names:
                 errors.append(
-                    f"config: '{name}' must be one of {', '.join(names)} (or user code package.module:callable); got {value!r}."
+                    f"config: '{name}' must be one of {', '.join(names)} (or user code package.module:callable); "
+                    f"got {value!r}."
                 )
     return errors
 
 
 def model_errors(config: Config) -> list[str]:
     """Normalization and user-code architectures go with pretrained weights; the device exists."""
-    m, errors = config.model, []
+    m, errors = config.model, list[str]()
     _collect(errors, lambda: normalization_values(m.normalization, m.mean, m.std), "model")
     if m.weights is None and is_plugin(m.arch):
         errors.append(
-            f"config: model.arch {m.arch!r} is user code: give its weights (model.weights, --weights); roiroa trains registered architectures only."
+            f"config: model.arch {m.arch!r} is user code: give its weights (model.weights, --weights); "
+            "roiroa trains registered architectures only."
         )
     if m.weights is None and (m.normalization != "none" or m.mean is not None):
         errors.append(
@@ -122,7 +125,8 @@ def limit_errors(specs: tuple[dict[str, Any], ...], where: str, config: Config) 
             value = spec.get(key) if isinstance(spec, dict) else None
             if isinstance(value, int) and value > top:
                 errors.append(
-                    f"config: {where}[{i}].{key} = {value} is above limits.{name} ({top}): lower it, or raise limits.{name}."
+                    f"config: {where}[{i}].{key} = {value} is above limits.{name} ({top}): "
+                    f"lower it, or raise limits.{name}."
                 )
     return errors
 
@@ -140,7 +144,7 @@ def component_errors(config: Config, defences: bool = True) -> list[str]:
         if not specs:
             errors.append(f"config: '{where}' is empty; give at least one attack, e.g. {{name = 'pgd-linf'}}.")
             continue
-        entries = _collect(errors, lambda specs=specs: attack_entries(specs, config.batch_size), where)
+        entries = _collect(errors, partial(attack_entries, specs, config.batch_size), where)
         errors += limit_errors(specs, where, config)
         if where == "evaluation.attacks" and entries and all(a.gradient_free for a in entries):
             errors.append(
@@ -162,10 +166,11 @@ def component_errors(config: Config, defences: bool = True) -> list[str]:
     for name in e.sweep_scopes:
         if name not in SCOPES.names():
             errors.append(
-                f"config: evaluation.sweep_scopes: {name!r} is not a mask scope; choose from {', '.join(SCOPES.names())}."
+                f"config: evaluation.sweep_scopes: {name!r} is not a mask scope; "
+                f"choose from {', '.join(SCOPES.names())}."
             )
     for name in e.sweep_fills:
-        _collect(errors, lambda name=name: FILLS.get(name), "evaluation.sweep_fills")
+        _collect(errors, partial(FILLS.get, name), "evaluation.sweep_fills")
     _collect(errors, lambda: FILLS.create(config.defence.fill, **config.defence.fill_params), "defence.fill")
     return errors
 

@@ -88,7 +88,8 @@ def _check_place(out: Path, overwrite: bool, protected: Sequence[Path]) -> None:
             raise InputError(f"output folder {out} is not empty: choose another --out or pass --overwrite.")
         if not (out / MARKER).is_file():
             raise InputError(
-                f"output folder {out} was not written by roiroa: --overwrite replaces only roiroa's results folders; choose another --out."
+                f"output folder {out} was not written by roiroa: --overwrite replaces only roiroa's results folders; "
+                "choose another --out."
             )
 
 

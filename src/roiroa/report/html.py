@@ -13,7 +13,8 @@ import html
 import json
 import os
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,8 @@ def setup_section(config: dict[str, Any], results: dict[str, Any]) -> str:
         + table(["", ""], rows, left=2)
         + "<p>Attacks:</p>"
         + attacks
-        + f"<details><summary>config.json (repeat with <code>roiroa {e(results['command'])} --config config.json</code>)"
+        + f"<details><summary>config.json (repeat with <code>roiroa {e(results['command'])} "
+        + "--config config.json</code>)"
         + f"</summary><pre>{e(json.dumps(config, indent=2))}</pre></details>"
     )
 
@@ -186,6 +188,10 @@ def gallery_section(folder: Path, results: dict[str, Any]) -> str:
     return "<h2>Gallery of examples</h2>" + intro + png_img(path.read_bytes(), "examples: input, RoI, RoA, segments")
 
 
+def _draw_png(draw: Callable[[], Any]) -> bytes:
+    return png_bytes(draw())
+
+
 def atlas_section(folder: Path, results: dict[str, Any]) -> str:
     path = folder / "maps.npz"
     if not path.exists():
@@ -220,10 +226,10 @@ def atlas_section(folder: Path, results: dict[str, Any]) -> str:
             lambda: segment_atlas(arrays, classes),
         ),
     ]
-    parts = [
-        f"<h3>{t}</h3><p>{text}</p>{png_img(cached_png(f'{key}-{i}', lambda draw=draw: png_bytes(draw())), t)}"
-        for i, (t, text, draw) in enumerate(figures)
-    ]
+    parts = []
+    for i, (title, words, draw) in enumerate(figures):
+        image = cached_png(f"{key}-{i}", partial(_draw_png, draw))
+        parts.append(f"<h3>{title}</h3><p>{words}</p>{png_img(image, title)}")
     return "<h2>Atlases</h2>" + "".join(parts)
 
 
@@ -339,7 +345,8 @@ def run_defence_section(results: dict[str, Any]) -> str:
         ]
     if results.get("oracle"):
         parts += [
-            "<h3>Oracle analysis</h3><p>Each image's own S_A from the known attack: it needs the attack, so it is an analysis, not a defence.</p>",
+            "<h3>Oracle analysis</h3><p>Each image's own S_A from the known attack: it needs the attack, so it is an "
+            "analysis, not a defence.</p>",
             oracle_table(results["oracle"]),
         ]
     return "".join(parts)
@@ -388,7 +395,10 @@ def patches_section(folder: Path, results: dict[str, Any]) -> str:
 def files_section(folder: Path, results: dict[str, Any], shown: str) -> str:
     names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     timings = ", ".join(f"{e(k)} {v:.1f} s" for k, v in results.get("timings", {}).items())
-    return f'<h3>Files and timings</h3><p>Folder: <code>{e(shown)}</code>: {e(", ".join(names))}</p><p class="note">time per stage: {timings}</p>'
+    return (
+        f"<h3>Files and timings</h3><p>Folder: <code>{e(shown)}</code>: {e(', '.join(names))}</p>"
+        f'<p class="note">time per stage: {timings}</p>'
+    )
 
 
 def folder_sections(folder: Path, shown: str) -> str:

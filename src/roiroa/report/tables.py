@@ -108,8 +108,9 @@ def run_table(results: dict[str, Any]) -> str:
         get = lambda d, s, label=label: by.get((d, s, label), {}).get("accuracy")  # noqa: E731
         nonadapt = "gradient-free" if adapt == "gradient-free" else "non-adaptive"
         lines.append(
-            f"{label:<14}{pct(get('none', nonadapt)):>8}{pct(get('global', nonadapt)):>8}{pct(get('global', adapt)):>11}"
-            f"{pct(get('random[global]', nonadapt)):>8}{pct(get('random[global]', adapt)):>11}{pct(oracle.get(label)):>9}  {pct(area)}"
+            f"{label:<14}{pct(get('none', nonadapt)):>8}{pct(get('global', nonadapt)):>8}"
+            f"{pct(get('global', adapt)):>11}{pct(get('random[global]', nonadapt)):>8}"
+            f"{pct(get('random[global]', adapt)):>11}{pct(oracle.get(label)):>9}  {pct(area)}"
         )
     lines += short_lines(results.get("defence_short", []), [a["label"] for a in results["attacks"]])
     stats = results.get("statistics", {}).get("per_attack", {}).get("all", {})
@@ -119,7 +120,8 @@ def run_table(results: dict[str, Any]) -> str:
         "robust accuracy: f = undefended; f∘N = global-mask neutralization, attack crafted on f (non-adaptive)",
         "or through f∘N (adapt); random = a random mask of the same area; *oracle = each image's own S_A",
         f"from the known perturbation at q_roa={q} (an analysis that knows the attack, not a defence).",
-        f"RoI vs RoA: IoU {_num(get_mean('iou'))}, Pearson {_num(get_mean('pearson'))}, Spearman {_num(get_mean('spearman'))} (means over images)",
+        f"RoI vs RoA: IoU {_num(get_mean('iou'))}, Pearson {_num(get_mean('pearson'))}, "
+        f"Spearman {_num(get_mean('spearman'))} (means over images)",
         f"time: {sum(results['timings'].values()):.1f} s",
     ]
     return "\n".join(lines)
@@ -188,17 +190,21 @@ def defend_table(results: dict[str, Any]) -> str:
         ),
     ]
     lines += [
-        "n-ad: crafted on f, evaluated on the defence; adapt: crafted through the defence; worst: robust to every attack."
+        "n-ad: crafted on f, evaluated on the defence; adapt: crafted through the defence; "
+        "worst: robust to every attack."
     ]
     for r in results.get("oracle", []):
         lines.append(
-            f"oracle (an analysis that knows the attack, not a defence): {r['attack']} q_roa={r['q_roa']}: {pct(r['accuracy'])} (area {pct(r['area']).strip()}; random mask of the same area {pct(r['random_mask_accuracy']).strip()})"
+            f"oracle (an analysis that knows the attack, not a defence): {r['attack']} q_roa={r['q_roa']}: "
+            f"{pct(r['accuracy'])} (area {pct(r['area']).strip()}; "
+            f"random mask of the same area {pct(r['random_mask_accuracy']).strip()})"
         )
     lines += sanity_lines(results)
     front = [r for r in results.get("sweep", []) if r["pareto"]]
     lines += ["", f"sweep: {len(results.get('sweep', []))} mask settings; Pareto front on (clean, adaptive):"]
     lines += [
-        f"  {r['scope']:<17} {r['threshold']:<6} q_roa={r['q_roa']} dil={r['dilation']} fill={r['fill']:<14} area {pct(r['area'])} clean {pct(r['clean_accuracy'])} adaptive {pct(r['adaptive_accuracy'])}"
+        f"  {r['scope']:<17} {r['threshold']:<6} q_roa={r['q_roa']} dil={r['dilation']} fill={r['fill']:<14} "
+        f"area {pct(r['area'])} clean {pct(r['clean_accuracy'])} adaptive {pct(r['adaptive_accuracy'])}"
         for r in front
     ]
     lines.append(f"time: {sum(results['timings'].values()):.0f} s")
