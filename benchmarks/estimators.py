@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from roiroa.evaluate.runner import load_splits
 from timing import interleaved_seconds
 from torch import nn
 
 from roiroa.attacks import LinfPGD
 from roiroa.attacks.carlini_wagner import margin
-from roiroa.evaluate.config import RunConfig
+from roiroa.evaluate.config import Config
+from roiroa.evaluate.prepare import load_splits
 from roiroa.geometry import grid_regions, regions_to_pixels
 from roiroa.maps import LocalizedAttack, Occlusion, occlusion_drops
 from roiroa.maps.incremental import incremental_model
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     set_progress(False)
-    splits = load_splits(RunConfig())
+    splits = load_splits(Config())
     mnist = load_or_train("mnist-cnn", splits.train, TrainingRecipe(), 0, torch.device("cpu")).model
     xm, ym = splits.test.images[: args.images], splits.test.labels[: args.images]
     resnet, xc, yc, source = cifar_resnet20(args.images)

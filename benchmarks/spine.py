@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-from roiroa.evaluate.runner import load_splits
 from timing import seconds
 
 from roiroa.attacks import LinfPGD
-from roiroa.evaluate.config import RunConfig
+from roiroa.evaluate.config import Config
+from roiroa.evaluate.prepare import load_splits
 from roiroa.geometry import grid_regions
 from roiroa.maps.occlusion import occlusion_drops
 from roiroa.models.train import TrainingRecipe, load_or_train
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256)
     args = parser.parse_args()
     set_progress(False)
-    splits = load_splits(RunConfig())
+    splits = load_splits(Config())
     model = load_or_train("mnist-cnn", splits.train, TrainingRecipe(), 0, torch.device("cpu")).model
     x, y = splits.test.images[: args.images], splits.test.labels[: args.images]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(x)} MNIST test images\n")
