@@ -17,6 +17,8 @@ from art.attacks.evasion import CarliniL2Method, ProjectedGradientDescentPyTorch
 from art.attacks.evasion import DeepFool as ArtDeepFool  # noqa: E402
 from art.estimators.classification import PyTorchClassifier  # noqa: E402
 
+pytestmark = pytest.mark.numeric
+
 
 @pytest.fixture(scope="module")
 def clf(mnist_model: nn.Module) -> PyTorchClassifier:
@@ -27,7 +29,7 @@ def clf(mnist_model: nn.Module) -> PyTorchClassifier:
 
 def success_rate(model: nn.Module, x_adv, y: torch.Tensor) -> float:
     with torch.no_grad():
-        return float((model(torch.as_tensor(x_adv)).argmax(1) != y).float().mean())
+        return float((model(torch.as_tensor(x_adv)).argmax(1) != y).double().mean())  # k / n, not rounded to float32
 
 
 def test_pgd_l1_equals_art_norm_1(mnist_model, mnist_batch, clf):
@@ -37,10 +39,17 @@ def test_pgd_l1_equals_art_norm_1(mnist_model, mnist_batch, clf):
     ref = ProjectedGradientDescentPyTorch(
         clf, norm=1, eps=12.0, eps_step=1.0, max_iter=30, num_random_init=0, batch_size=64, verbose=False
     ).generate(x.numpy(), y.numpy())
-    assert np.abs(ours.numpy() - ref).max() < 1e-5
-    assert abs(success_rate(mnist_model, ours, y) - success_rate(mnist_model, ref, y)) <= 0.02
+    # Each step moves the one pixel of largest |grad|; where the two largest are within rounding (sqrt(A) eps32 ~ 5e-6
+    # relative) another may be chosen and that image takes another path. So: all but one image agree to rounding
+    # (bound: a step of 1.0 rescaled onto the ball, a few ulps of 1: 1e-5), and the success rates within that image.
+    diff = np.abs(ours.numpy() - ref).reshape(64, -1).max(1)
+    assert (diff >= 1e-5).sum() <= 1, f"max differences {np.sort(diff)[-3:]}"
+    assert abs(success_rate(mnist_model, ours, y) - success_rate(mnist_model, ref, y)) <= 1 / 64
     changed = ((ours - x).abs() > 0).flatten(1).sum(1)
-    assert changed.max() <= 30 and changed.float().mean() > 3  # sparse: at most one position per step
+    # sparse: at most one position per step; and more than one on average (~3 measured: a step that would push a
+    # pixel past 0 or 1 is clipped, and the same pixel stays the largest, so the attack often stalls early)
+    assert changed.max() <= 30 and changed.float().mean() > 1.5
+    # bound: <= 30 non-zero terms of the L1 norm, in the projection and here: 2 * 30 * 6e-8 * 12 = 4.3e-5 < 1e-4
     assert (ours - x).flatten(1).abs().sum(1).max() <= 12.0 + 1e-4
 
 
@@ -55,7 +64,9 @@ def test_pgd_restarts_match_art_num_random_init(mnist_model, mnist_splits, clf):
     ).generate(x.numpy(), y.numpy())
     ours_rate, ref_rate = success_rate(mnist_model, ours, y), success_rate(mnist_model, ref, y)
     assert 0.05 < ref_rate < 0.95  # a budget where restarts matter
-    assert abs(ours_rate - ref_rate) <= 0.02
+    # not rounding: the two draw other random starts. Over 8 seeds each count of fooled images varied by 0.5 (std;
+    # ~4 of the 100 images are fooled by some starts only), so their difference by ~0.7: 3 images is > 4 std.
+    assert abs(ours_rate - ref_rate) <= 0.03 + 1e-9  # 3 of 100 (+1e-9: k / 100 is not exact in binary)
     assert LinfPGD(restarts=3).params()["restarts"] == 3
 
 
@@ -65,8 +76,13 @@ def test_deepfool_equals_art(mnist_model, mnist_batch, clf):
         pred = mnist_model(x).argmax(1)
     ours = DeepFool(steps=50, overshoot=0.02)(mnist_model, x, pred)  # ART moves away from the prediction
     ref = ArtDeepFool(clf, max_iter=50, epsilon=0.02, batch_size=32, verbose=False).generate(x.numpy())
-    assert np.abs(ours.numpy() - ref).max() < 1e-4
-    assert abs(success_rate(mnist_model, ours, pred) - success_rate(mnist_model, ref, pred)) <= 0.02
+    # Each step heads for the nearest other class (argmin of the linearised distances); where two are within
+    # rounding another may be chosen and that image takes another path. So: all but one image agree (bound: a few
+    # steps (2-4 on these digits) of L2 size <= ~2, each with a relative rounding ~sqrt(A) eps32 = 5e-6, times
+    # 1.02: < 5e-5 < 1e-4), and the success rates within that image (1 of 32).
+    diff = np.abs(ours.numpy() - ref).reshape(32, -1).max(1)
+    assert (diff >= 1e-4).sum() <= 1, f"max differences {np.sort(diff)[-3:]}"
+    assert abs(success_rate(mnist_model, ours, pred) - success_rate(mnist_model, ref, pred)) <= 1 / 32
     assert success_rate(mnist_model, ours, pred) > 0.9
 
 
@@ -78,7 +94,10 @@ def test_carlini_wagner_matches_art_success_with_smaller_perturbations(mnist_mod
         clf, binary_search_steps=1, max_iter=10, initial_const=100.0, learning_rate=0.1, batch_size=64, verbose=False
     ).generate(x.numpy(), y.numpy())
     ours_rate, ref_rate = success_rate(mnist_model, ours, y), success_rate(mnist_model, ref, y)
-    assert abs(ours_rate - ref_rate) <= 0.02
+    # not rounding: two optimisers (Adam, 50 steps, binary search; ART: 10 steps at c = 100) each miss a few of the
+    # hardest images, and which depends on the model trained on this machine: measured 1-2 images apart with
+    # AVX-512, AVX2 and portable kernels; allow 3 (4.7 points). An attack that fails would be > 10 apart.
+    assert abs(ours_rate - ref_rate) <= 3 / 64
     assert ours_rate > 0.9
     fooled = (mnist_model(ours).argmax(1) != y) & (mnist_model(torch.from_numpy(ref)).argmax(1) != y)
     l2_ours = (ours - x).flatten(1).norm(dim=1)[fooled].mean()

@@ -13,14 +13,20 @@ art = pytest.importorskip("art", reason="ART (adversarial-robustness-toolbox) is
 from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescentPyTorch  # noqa: E402
 from art.estimators.classification import PyTorchClassifier  # noqa: E402
 
+pytestmark = pytest.mark.numeric
+
 
 def assert_same_images(ours: np.ndarray, ref: np.ndarray) -> None:
     """Equal to float rounding. A confident digit's cross-entropy gradient is ~1e-7, so the L2 step
     g / ||g|| can amplify rounding (thread scheduling of the backward pass) on a handful of pixels;
     an algorithmic difference would move most pixels by up to a step."""
-    diff = np.abs(ours - ref)
-    assert diff.max() < 1e-3, f"max difference {diff.max()}"
-    assert (diff > 1e-5).mean() < 1e-3, f"{(diff > 1e-5).mean():.2%} of pixels differ by more than 1e-5"
+    diff = np.abs(ours - ref).reshape(len(ours), -1)
+    # One image may take another path: a sign step whose gradient component is within rounding of 0 flips, or an L2
+    # step on a digit whose loss is ~1e-7 (its direction resolved to ~6e-8 / loss only) points elsewhere. So: all
+    # but one image agree to 1e-3 (bound: 10 steps of 0.3 with relative direction errors <= 1e-4 on the others),
+    # and at most one image's worth of pixels (1.6%) differs by more than rounding (1e-5).
+    assert (diff.max(1) >= 1e-3).sum() <= 1, f"max differences {np.sort(diff.max(1))[-3:]}"
+    assert (diff > 1e-5).mean() < 0.02, f"{(diff > 1e-5).mean():.2%} of pixels differ by more than 1e-5"
 
 
 def art_classifier(model: nn.Module, shape: tuple[int, int, int], classes: int) -> PyTorchClassifier:
@@ -46,7 +52,9 @@ def test_fgsm_equals_art(mnist_model, mnist_batch, clf):
     x, y = mnist_batch
     ours = FGSM(eps=0.1)(mnist_model, x, y)
     ref = FastGradientMethod(clf, norm=np.inf, eps=0.1, batch_size=64).generate(x.numpy(), y.numpy())
-    assert np.abs(ours.numpy() - ref).max() < 1e-6
+    # bound: the same gradient's signs; a component within rounding of 0 (~1e-5 of them) may flip and move that pixel
+    # by 2 eps; elsewhere (x + eps) clipped rounds alike (< 1e-6)
+    assert (np.abs(ours.numpy() - ref) > 1e-6).mean() < 1e-3
     assert (ours != x).float().mean() > 0.1  # the attack changed something
 
 
@@ -60,11 +68,11 @@ def test_pgd_equals_art(mnist_model, mnist_batch, clf, norm, eps, step):
     ours = cls(eps=eps, steps=10, step_size=step, random_start=False)(mnist_model, x, y)
     ref = art_pgd(clf, np.inf if norm == "linf" else 2, eps, step, 10).generate(x.numpy(), y.numpy())
     assert_same_images(ours.numpy(), ref)
-    # Both reach the same (low) accuracy on this batch.
+    # Both reach the same (low) accuracy on this batch, within the one image that may take another path.
     with torch.no_grad():
-        acc_ours = (mnist_model(ours).argmax(1) == y).float().mean()
-        acc_ref = (mnist_model(torch.from_numpy(ref)).argmax(1) == y).float().mean()
-    assert acc_ours == acc_ref and acc_ours < 0.5
+        correct_ours = int((mnist_model(ours).argmax(1) == y).sum())
+        correct_ref = int((mnist_model(torch.from_numpy(ref)).argmax(1) == y).sum())
+    assert abs(correct_ours - correct_ref) <= 1 and correct_ours < 32
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -81,4 +89,4 @@ def test_masked_pgd_equals_art_mask(mnist_model, mnist_batch, clf, norm):
     )
     assert_same_images(ours.numpy(), ref)
     outside = (ours - x)[(mask == 0).expand_as(x)]
-    assert outside.abs().max() == 0
+    assert outside.abs().max() == 0  # exact: the step is multiplied by 0 there, and x + 0 is x

@@ -4,22 +4,32 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from roiroa.attacks import FGSM, L2PGD, LinfPGD, create_attack, list_attacks
 from roiroa.errors import InputError
 from roiroa.maps import Saliency
 from roiroa.models import TrainingRecipe, accuracy, load_or_train, random_shift
 
+# float32 rounding: MnistCNN's logits and input gradients summed in another order (batch size) differ by
+# ~sqrt(A) * EPS32 of their scale, A = 9 + 144 + 1568 + 64 = 1785 terms along a logit's path (tests/test_maps.py).
+EPS32 = torch.finfo(torch.float32).eps
+MNIST_TERMS = 1785
+
 # --------------------------------------------------------------------------------------------- model
 
 
+@pytest.mark.numeric
 def test_reference_model_accuracy(mnist_model, mnist_splits):
     test = mnist_splits.test
     assert len(test) == 1000
+    # not rounding: the model is trained on each machine, whose kernels round differently, so its weights differ;
+    # it reaches ~0.98 (0.977-0.98 measured with AVX-512, AVX2 and portable kernels): 0.97 leaves ~8 images
     assert accuracy(mnist_model, test.images, test.labels) >= 0.97
 
 
@@ -158,10 +168,15 @@ def within_budget(attack, x, x_adv):
     if not hasattr(attack, "eps"):  # unbounded minimal-perturbation attacks (CW-L2, DeepFool)
         return True
     if attack.norm == "l1":
+        # bound: <= steps (20) non-zero terms summed in the projection and here: 2 * 20 * 6e-8 * eps (10) = 2.4e-5
         return bool((delta.flatten(1).abs().sum(dim=1) <= attack.eps + 1e-4).all())
     if attack.norm == "linf":
+        # bound: (x + delta) - x rounds by <= half an ulp of 1.0 (6e-8) < 1e-6
         return float(delta.abs().max()) <= attack.eps + 1e-6
-    return bool((delta.flatten(1).norm(dim=1) <= attack.eps + 1e-5).all())
+    # bound: the norm of 784 float32 squares, in the projection and here: 2 * 784 * 6e-8 = 9.4e-5 relative worst
+    # case (typically 2 * sqrt(784) * 6e-8 = 3.4e-6), plus (x + delta) - x, <= 1 ulp per pixel: sqrt(784) * 1.2e-7
+    n = x[0].numel()
+    return bool((delta.flatten(1).norm(dim=1) <= attack.eps * (1 + n * EPS32) + math.sqrt(n) * EPS32).all())
 
 
 def test_registry_names():
@@ -170,6 +185,7 @@ def test_registry_names():
     assert all(n.startswith("pgd-") for n in list_attacks("pgd-*"))
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("name", list_attacks())
 def test_attack_properties(mnist_model, mnist_batch, name):
     x, y = mnist_batch
@@ -180,7 +196,12 @@ def test_attack_properties(mnist_model, mnist_batch, name):
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     assert within_budget(attack, x, x_adv)
-    assert accuracy(mnist_model, x_adv, y) < accuracy(mnist_model, x, y)
+    # Every attack raises the loss. The accuracy need not fall: the model is trained on each machine, and the weak
+    # pgd-square fools 0 or 1 of these 64 images depending on the machine's model (its mean loss still rises 2.5x).
+    with torch.no_grad():
+        loss, loss_adv = (F.cross_entropy(mnist_model(t), y) for t in (x, x_adv))
+    assert loss_adv > loss
+    assert accuracy(mnist_model, x_adv, y) <= accuracy(mnist_model, x, y)
     assert result.grad_map.shape == (64, 28, 28)
     assert (result.grad_map >= 0).all() and result.grad_map.sum() > 0
     assert attack(mnist_model, x[:4], y[:4]).shape == (4, 1, 28, 28)
@@ -213,18 +234,32 @@ def test_attack_mask(mnist_model, mnist_batch, name):
         attack(mnist_model, x, y, mask=torch.ones(1, 28, 28))
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("attack", [FGSM(eps=0.1), LinfPGD(eps=0.1, steps=5, random_start=False)])
 def test_attack_batch_size_invariance(mnist_model, mnist_batch, attack):
-    """Sign steps: the images do not depend on how the batch is chunked (the loss is a sum)."""
+    """Sign steps: the images do not depend on how the batch is chunked (the loss is a sum), except where a
+    gradient component is within rounding of 0: in another batch its sign, so that pixel's step, may flip."""
     x, y = mnist_batch
     big = attack.run(mnist_model, x, y)
     one = dataclasses.replace(attack, batch_size=1).run(mnist_model, x, y)
-    assert torch.equal(one.x_adv, big.x_adv)
-    assert torch.allclose(one.grad_map, big.grad_map, atol=1e-5, rtol=1e-5)
+    # Flips need |component| <= ~sqrt(A) eps32 (5e-6) of the gradient: measured ~1 pixel-step in 1e5; a flipped
+    # step may steer that image's later steps, so allow up to 1% of the pixels (one image is 1.6%).
+    assert (one.x_adv != big.x_adv).float().mean() <= 0.01
+    assert within_budget(attack, x, one.x_adv) and one.x_adv.min() >= 0 and one.x_adv.max() <= 1
+    same = (one.x_adv == big.x_adv).flatten(1).all(1)  # images on the same path (FGSM: one step, from x)
+    assert same.sum() >= 60
+    # bound: gradients summed in batches of another size, sqrt(A) eps32 of their scale, in each run; the
+    # cross-entropy's true-class term 1 - p_y is resolved to 6e-8 only, another eps32 of it. A ReLU or max-pool
+    # input within rounding of its kink may switch, though, and move that image's gradient near it by the unit's
+    # share (measured once: 3e-5 = 4e-6 of the largest entry): so 99%, not all, entries. A loss averaged over the
+    # batch instead of summed would scale every map by the batch size.
+    bound = 2 * math.sqrt(MNIST_TERMS) * EPS32 * float(big.grad_map.max())
+    assert ((one.grad_map - big.grad_map)[same].abs() < bound).float().mean() >= 0.99
     three = dataclasses.replace(attack, batch_size=3).run(mnist_model, x, y)
-    assert torch.equal(three.x_adv, big.x_adv)
+    assert (three.x_adv != big.x_adv).float().mean() <= 0.01  # as above
 
 
+@pytest.mark.numeric
 def test_l2_attack_batch_size_invariance_up_to_rounding(mnist_model, mnist_batch):
     """L2 steps divide by ||grad||, which is ~1e-6 on confidently classified digits, so float
     rounding of batched convolutions is amplified; the images agree closely, not bit for bit."""
@@ -232,9 +267,26 @@ def test_l2_attack_batch_size_invariance_up_to_rounding(mnist_model, mnist_batch
     attack = L2PGD(eps=1.5, steps=5, step_size=0.3, random_start=False)
     big = attack.run(mnist_model, x, y)
     one = dataclasses.replace(attack, batch_size=1).run(mnist_model, x, y)
-    assert (one.x_adv - big.x_adv).abs().max() < 1e-3
+    with torch.no_grad():
+        loss = F.cross_entropy(mnist_model(x), y, reduction="none")
+    # The cross-entropy gradient's true-class term 1 - p_y (~ the loss when small) is resolved to 6e-8 only, so
+    # the step g / ||g|| has a relative error ~6e-8 / loss: pure rounding below a loss of ~1e-6. Where the loss is
+    # >= 1e-3 (it grows along the attack): <= 6e-5 + sqrt(A) eps32 (5e-6) per step, in each run, over 5 steps of
+    # 0.3: bound 2 * 5 * 0.3 * 6.5e-5 = 2e-4 per pixel (a ReLU switching at its kink in one run moves a gradient by
+    # ~1e-5 of it: inside).
+    resolved = loss >= 1e-3
+    assert resolved.sum() >= 8  # 26 and 27 of the 64 with the models trained under AVX-512 and portable kernels
+    assert (one.x_adv - big.x_adv)[resolved].abs().max() < 2e-4
+    # The others may step elsewhere: both stay in the ball and the box, and fool about as many images (~5 have
+    # losses in 1e-8..1e-5, where the first step is mostly rounding; each may or may not end fooled).
+    for result in (one, big):
+        assert within_budget(attack, x, result.x_adv) and result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+    with torch.no_grad():
+        correct_one, correct_big = ((mnist_model(r.x_adv).argmax(1) == y).sum() for r in (one, big))
+    assert abs(int(correct_one) - int(correct_big)) <= 2
 
 
+@pytest.mark.numeric
 def test_restarts_keep_the_first_success(mnist_model, mnist_batch):
     x, y = mnist_batch
     eps = 0.06
@@ -243,16 +295,18 @@ def test_restarts_keep_the_first_success(mnist_model, mnist_batch):
     torch.manual_seed(123)
     result = LinfPGD(eps=eps, steps=5, restarts=3).run(mnist_model, x, y)
     best = result.x_adv
-    assert float((best - x).abs().max()) <= eps + 1e-6
+    assert float((best - x).abs().max()) <= eps + 1e-6  # bound: (x + delta) - x rounds by <= 6e-8
     assert best.min() >= 0 and best.max() <= 1
     with torch.no_grad():
         fooled_first = mnist_model(first).argmax(1) != y
         fooled_best = mnist_model(best).argmax(1) != y
     assert 0 < fooled_first.sum() < 64  # the test needs both kinds of image
     assert (fooled_best | ~fooled_first).all()  # fooled by the first restart -> stays fooled
-    assert torch.equal(best[fooled_first], first[fooled_first])  # and keeps the first restart's image
+    # and keeps the first restart's image: the same seed, batch and kernels in one process, so bit for bit
+    assert torch.equal(best[fooled_first], first[fooled_first])
     assert fooled_best.sum() >= fooled_first.sum()
-    # The gradient map sums over all three restarts.
+    # The gradient map sums over all three restarts. Exact: the first restart repeats `single` bit for bit, and
+    # adding non-negative maps never lowers a float32 sum (1e-5 is slack).
     torch.manual_seed(123)
     single = LinfPGD(eps=eps, steps=5, restarts=1).run(mnist_model, x, y)
     assert (result.grad_map >= single.grad_map - 1e-5).all()

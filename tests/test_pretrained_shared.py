@@ -37,6 +37,7 @@ def cifar1000():
     return load_dataset(str(CIFAR_NPZ))
 
 
+@pytest.mark.numeric
 @needs_resnet20
 @pytest.mark.parametrize(("preset", "expected"), [("imagenet", 0.912), ("cifar10", 0.907)])
 def test_resnet20_pretrained_accuracy_on_cifar10_sample(cifar1000, preset, expected):
@@ -45,7 +46,10 @@ def test_resnet20_pretrained_accuracy_on_cifar10_sample(cifar1000, preset, expec
     )
     acc = accuracy(model, cifar1000.images, cifar1000.labels, batch_size=500)
     assert acc >= 0.89
-    assert acc == pytest.approx(expected, abs=0.0015)  # measured: 912/1000 and 907/1000 correct
+    # measured: 912/1000 and 907/1000 correct. Fixed weights, so only inference rounds differently elsewhere: an
+    # image flips only if its top-two logit margin is below the logits' rounding (sqrt(5771) eps32 |z| = 4e-4 for
+    # |z| < 45; ~1e-5 measured); the smallest margin is 1.7e-3, and the bound allows one image anyway.
+    assert acc == pytest.approx(expected, abs=0.0015)
 
 
 @needs_resnet20
@@ -54,10 +58,12 @@ def test_resnet20_without_its_normalization_is_much_worse(cifar1000):
     assert accuracy(model, cifar1000.images, cifar1000.labels, batch_size=500) < 0.6
 
 
+@pytest.mark.numeric
 @needs_lenet
 def test_lenet5_pretrained_accuracy_on_mnist_t10k():
     data = read_idx(MNIST / "t10k-images-idx3-ubyte.gz", MNIST / "t10k-labels-idx1-ubyte.gz")
     model = load_model("lenet5", LENET5, image_shape=(1, 28, 28), num_classes=10)
+    # measured 0.9889; fixed weights, and no top-two logit margin is below 1e-2 (rounding: ~1e-5): 89 images to spare
     assert accuracy(model, data.images, data.labels, batch_size=500) >= 0.98
 
 

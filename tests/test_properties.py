@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -130,6 +131,7 @@ def attack_cases(draw):
     return create_attack(name, **kwargs), MODELS[c], x, y, mask, draw(st.integers(0, 100))
 
 
+@pytest.mark.numeric
 @settings(max_examples=30, deadline=None)
 @given(case=attack_cases())
 def test_attacks_never_leave_the_eps_ball_or_the_unit_box(case):
@@ -143,6 +145,9 @@ def test_attacks_never_leave_the_eps_ball_or_the_unit_box(case):
     if attack.norm == "linf":
         assert float(delta.abs().max()) <= attack.eps + 2e-7
     else:
-        assert float(delta.flatten(1).norm(dim=1).max()) <= attack.eps * (1 + 1e-5) + 2e-7 * 6 * math.sqrt(3)
+        # and the L2 norm of n = C * 36 float32 squares, in the projection and here: 2 * n * 6e-8 relative, worst
+        # case (1.3e-5 for n = 108); the ulps add up to sqrt(n) * 1.2e-7
+        n = x[0].numel()
+        assert float(delta.flatten(1).norm(dim=1).max()) <= attack.eps * (1 + n * 1.2e-7) + 1.2e-7 * math.sqrt(n)
     if mask is not None:
         assert (delta * (1 - mask) == 0).all()  # nothing changes outside the mask

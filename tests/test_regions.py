@@ -110,6 +110,7 @@ def test_segments_partition_every_image(data, q_roi, q_roa, swap):
     assert torch.equal(seg.s_a | seg.s_ia, seg.roa)
     fr = seg.fractions()
     assert list(fr) == list(SEGMENT_NAMES)
+    # float64 counts / P summed over 4 segments: a few ulps of 1 (1e-16), far inside allclose's 1e-5
     assert torch.allclose(sum(fr.values()), torch.ones(shape[0], dtype=torch.float64))
 
 
@@ -197,12 +198,15 @@ def correlation_maps():
     return a, b
 
 
+@pytest.mark.numeric
 def test_pearson_and_spearman_equal_scipy():
     a, b = correlation_maps()
     p, s = pearson(a, b), spearman(a, b)
     assert p.shape == (4,) and s.shape == (4,)
     for i in range(4):
         x, y = a[i].flatten().double().numpy(), b[i].flatten().double().numpy()
+        # bound: float64 sums of 81 terms in another order; by Cauchy-Schwarz the error of r stays below
+        # ~2 * 81 * 1.1e-16 = 2e-14 (worst case), so 1e-10 leaves room for SciPy's own formula
         assert abs(float(p[i]) - stats.pearsonr(x, y)[0]) < 1e-10
         assert abs(float(s[i]) - stats.spearmanr(x, y)[0]) < 1e-10
     assert s[3] == pytest.approx(-1.0)

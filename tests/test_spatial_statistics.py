@@ -30,6 +30,8 @@ from roiroa.regions.statistics import (
     shuffle_positions,
 )
 
+pytestmark = pytest.mark.numeric  # float64 statistics against dense formulas, enumeration and SciPy
+
 
 def dense_weights(h: int, w: int, contiguity: str) -> np.ndarray:
     """The P x P binary contiguity matrix, built position by position (the textbook definition)."""
@@ -64,12 +66,14 @@ def blob(size: int = 28, sigma: float = 5.0) -> torch.Tensor:
 
 @pytest.mark.parametrize("shape", [(8, 8), (7, 5), (28, 28)])
 def test_checkerboard_rook_is_minus_one(shape):
+    # bound: float64 sums of <= 2 * 784 products of one sign (no cancellation): 1568 * 1.1e-16 = 1.7e-13 relative
     assert morans_i(checkerboard(*shape)[None]).item() == pytest.approx(-1.0, abs=1e-12)
 
 
 def test_checkerboard_queen_matches_dense_and_is_not_minus_one():
     cb = checkerboard(6, 6)
     value = morans_i(cb[None], "queen").item()
+    # bound: float64, 36 positions: sums of <= 4 * 36 terms ~0.25 in another order, 144 * 1.1e-16 * (P / S0 <= 1)
     assert value == pytest.approx(dense_moran(cb.numpy(), dense_weights(6, 6, "queen")), abs=1e-12)
     assert -0.5 < value < 0.0  # diagonal neighbours agree, edge neighbours disagree
 
@@ -89,16 +93,18 @@ def test_morans_i_equals_the_dense_formula(contiguity, shape):
     weights = dense_weights(*shape, contiguity)
     got = morans_i(maps, contiguity)
     want = [dense_moran(m.numpy(), weights) for m in maps]
-    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-14)
-    # leading dimensions of any shape (images x permutations)
-    np.testing.assert_allclose(morans_i(maps.view(2, 2, *shape), contiguity).flatten().numpy(), want, rtol=1e-12)
+    # bound: float64 sums of <= 4 * 36 products z_i z_j in another order, relative to sum z^2:
+    # 144 * 1.1e-16 * P max(z^2) / sum(z^2) (<= 12 for these maps) = 1.9e-13 absolute, worst case
+    assert np.abs(got.numpy() - want).max() < 1e-12
+    # leading dimensions of any shape (images x permutations): the same sums
+    assert np.abs(morans_i(maps.view(2, 2, *shape), contiguity).flatten().numpy() - want).max() < 1e-12
 
 
 @pytest.mark.parametrize("contiguity", ["rook", "queen"])
 def test_weight_sums_match_the_dense_matrix(contiguity):
     w = dense_weights(4, 6, contiguity)
     s0, s1, s2 = weight_sums(4, 6, contiguity)
-    assert s0 == w.sum()
+    assert s0 == w.sum()  # integers in float64: exact (as are s1 and s2; approx is slack)
     assert s1 == pytest.approx(0.5 * ((w + w.T) ** 2).sum())
     assert s2 == pytest.approx(((w.sum(0) + w.sum(1)) ** 2).sum())
 
@@ -118,7 +124,11 @@ def test_randomization_moments_equal_full_enumeration(contiguity):
     perms = torch.tensor(list(itertools.permutations(range(8))))
     all_i = morans_i(m.flatten()[perms].view(-1, 2, 4), contiguity)
     expected, var = morans_i_moments(m[None], contiguity)
+    # bound: float64 mean of 40320 values |I| < 1 by pairwise summation: ~log2(40320) = 16 roundings each,
+    # 16 * 1.1e-16 = 1.8e-15 < 1e-12
     assert expected.item() == pytest.approx(all_i.mean().item(), abs=1e-12)
+    # bound: the variance (0.02-0.07) is a mean of squared deviations: relative error ~16 * 1.1e-16 plus the
+    # mean's, amplified by mean^2 / var (< 1): < 1e-14 relative, 1e-9 is slack
     assert var.item() == pytest.approx(all_i.var(unbiased=False).item(), rel=1e-9)
 
 
@@ -129,9 +139,12 @@ def test_permutation_test_agrees_with_the_randomization_z_score():
     analytic = moran_z(maps)
     assert test.z[0] > 10 and test.z[1] < -10  # clustered, dispersed
     assert test.p[0] == pytest.approx(1 / 2001) and test.p[1] == pytest.approx(1 / 2001)
+    # not rounding: the z of 2000 permutations estimates the randomization mean and variance, the variance to
+    # ~sqrt(2 / 2000) = 3% (relative std): 10% is > 3 std
     np.testing.assert_allclose(test.z.numpy(), analytic.numpy(), rtol=0.1)
     assert abs(test.z[2].item()) < 4 and test.p[2] > 0.001
-    # reproducible with the same generator, in chunks of any size
+    # reproducible with the same generator, in chunks of any size: the same permutations, float64 sums of 2000
+    # values in another order (2000 * 1.1e-16 = 2e-13 relative), inside assert_close's float64 rtol 1e-7
     again = moran_permutation_test(maps, permutations=2000, generator=torch.Generator().manual_seed(1), chunk=1)
     torch.testing.assert_close(test.z, again.z)
 
@@ -139,6 +152,8 @@ def test_permutation_test_agrees_with_the_randomization_z_score():
 def test_noise_z_scores_are_standard_normal():
     gen = torch.Generator().manual_seed(2)
     z = moran_z(torch.rand(400, 20, 20, generator=gen))
+    # not rounding: 400 z-scores: their mean has std 1 / sqrt(400) = 0.05, their std ~1 / sqrt(800) = 0.035, so
+    # 0.15 is > 3 std (seeded: these very draws on every machine)
     assert abs(z.mean().item()) < 0.15 and 0.85 < z.std().item() < 1.15
 
 
@@ -205,6 +220,7 @@ def test_shuffle_positions_is_a_seeded_permutation_per_image():
         torch.testing.assert_close(m.flatten().sort().values, s.flatten().sort().values)
     # the shuffled map has no spatial structure left: a blob becomes noise
     shuffled_blob = shuffle_positions(blob(20, 3.0)[None].repeat(50, 1, 1), gen)
+    # not rounding: I of a shuffled 20 x 20 map has mean -1/399 and std ~1/20, so the mean of 50 has std 0.007
     assert abs(morans_i(shuffled_blob).mean().item()) < 0.05
 
 
@@ -219,6 +235,7 @@ def test_bootstrap_ci_equals_scipy(method):
     ref = stats.bootstrap(
         (values,), np.mean, n_resamples=999, method=method, rng=np.random.default_rng(7), vectorized=True
     )
+    # bound: the same SciPy call with the same generator: equal up to float64 ulps (1e-16)
     assert got["low"] == pytest.approx(ref.confidence_interval.low, rel=1e-12)
     assert got["high"] == pytest.approx(ref.confidence_interval.high, rel=1e-12)
     assert got["mean"] == pytest.approx(values.mean()) and got["n"] == 150
@@ -232,6 +249,8 @@ def test_bootstrap_ci_covers_the_true_mean_about_95_percent():
     for i in range(100):
         ci = bootstrap_ci(rng.exponential(1.0, size=60), seed=i, n_resamples=500, method="percentile")
         hits += ci["low"] <= 1.0 <= ci["high"]
+    # not rounding: ~Binomial(100, 0.95) (percentile intervals of n = 60 undercover a little): std 2.2, 85 is
+    # 4.5 std below (seeded: these very samples on every machine)
     assert 85 <= hits <= 100
 
 
