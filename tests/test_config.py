@@ -23,6 +23,7 @@ from roiroa.evaluate.validate import config_errors, config_from_dict, load_confi
 def validate(config: Config) -> None:
     assert config_errors(config) == []
 
+
 # A config that differs from the defaults in every section.
 CUSTOM = {
     "seed": 3,
@@ -240,14 +241,29 @@ BAD = {
     "unknown fill": ({"defence": {"fill": "plaid"}}, r"'defence\.fill' must be one of blur, lowrank, mean.*'plaid'"),
     "reserved attack label": ({"attacks": [{"name": "fgsm", "label": "clean"}]}, r"label 'clean' is reserved"),
     "label all": ({"attacks": [{"name": "fgsm", "label": "all"}]}, r"label 'all' is reserved"),
-    "steps above the limit": ({"attacks": [{"name": "pgd-linf", "steps": 10**9}]}, r"attacks\[0\]\.steps = 1000000000 is above limits\.max_steps \(10000\)"),
-    "unknown defence": ({"evaluation": {"defences": ["global", "moat"]}}, r"evaluation\.defences: unknown defence 'moat'"),
+    "steps above the limit": (
+        {"attacks": [{"name": "pgd-linf", "steps": 10**9}]},
+        r"attacks\[0\]\.steps = 1000000000 is above limits\.max_steps \(10000\)",
+    ),
+    "unknown defence": (
+        {"evaluation": {"defences": ["global", "moat"]}},
+        r"evaluation\.defences: unknown defence 'moat'",
+    ),
     "bad scope parameter": ({"evaluation": {"defences": [{"name": "per_input", "probe_eps": 2}]}}, r"probe_eps"),
     "run_defences not defined": ({"evaluation": {"run_defences": ["nope"]}}, r"run_defences names 'nope'"),
-    "unknown sweep scope": ({"evaluation": {"sweep_scopes": ["median"]}}, r"sweep_scopes: 'median' is not a mask scope"),
+    "unknown sweep scope": (
+        {"evaluation": {"sweep_scopes": ["median"]}},
+        r"sweep_scopes: 'median' is not a mask scope",
+    ),
     "patch adaptive not defined": ({"patches": {"adaptive": ["x"]}}, r"patches\.adaptive names 'x'"),
-    "literal normalization": ({"model": {"normalization": "mnist"}}, r"'model\.normalization' must be one of 'none', 'cifar10', 'imagenet'"),
-    "no gradient attack to evaluate": ({"evaluation": {"attacks": [{"name": "square"}]}}, r"evaluation\.attacks.*gradient attack"),
+    "literal normalization": (
+        {"model": {"normalization": "mnist"}},
+        r"'model\.normalization' must be one of 'none', 'cifar10', 'imagenet'",
+    ),
+    "no gradient attack to evaluate": (
+        {"evaluation": {"attacks": [{"name": "square"}]}},
+        r"evaluation\.attacks.*gradient attack",
+    ),
 }
 
 
@@ -260,7 +276,9 @@ def test_bad_config_raises(case):
 
 def test_every_error_is_reported_at_once_one_line_each():
     with pytest.raises(InputError) as info:
-        config_from_dict({"seed": -1, "sede": 2, "regions": {"q_roa": 2.0}, "attacks": [{"name": "fgsm", "label": "all"}]})
+        config_from_dict(
+            {"seed": -1, "sede": 2, "regions": {"q_roa": 2.0}, "attacks": [{"name": "fgsm", "label": "all"}]}
+        )
     lines = str(info.value).splitlines()
     assert len(lines) == 4, lines
     assert any("unknown key 'sede'" in line for line in lines)

@@ -295,3 +295,15 @@ def test_grid_flags_are_the_defences_decisions(mnist_model, mnist_splits, mnist_
     for r in rows.values():
         assert r.ci_low <= r.accuracy <= r.ci_high and r.n_images == len(x)
     assert rows[("none", "clean")].area is None and rows[("global", "clean")].area == pytest.approx(gm.area_)
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize(("correct", "n"), [(0, 10), (3, 10), (10, 10), (87, 100), (1, 1000), (999, 1000)])
+def test_wilson_interval_equals_scipy(correct, n):
+    from scipy.stats import binomtest
+
+    from roiroa.evaluate.grid import interval
+
+    ci = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+    # bound: the closed form and SciPy's evaluate the same square roots in float64: ~1e-15, not 1e-12
+    assert interval(correct, n) == pytest.approx((ci.low, ci.high), abs=1e-12)

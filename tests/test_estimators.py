@@ -364,10 +364,15 @@ def test_every_estimator_registered_and_callable(mnist_model, small):
 
 
 def test_config_chooses_estimators_by_name(mnist_model, small):
-    from roiroa.evaluate.config import RunConfig, config_from_dict
-    from roiroa.evaluate.runner import importance_estimator
+    from roiroa.evaluate.config import Config
+    from roiroa.evaluate.maps_stage import importance_spec
+    from roiroa.evaluate.validate import config_from_dict
 
-    default = importance_estimator(RunConfig())
+    def importance_estimator(config):
+        name, kwargs = importance_spec(config)
+        return create_estimator(name, **kwargs)
+
+    default = importance_estimator(Config())
     assert default == Occlusion(window=4, stride=2, baseline=0.0, batch_size=256)  # today's run, unchanged
     cfg = config_from_dict(
         {

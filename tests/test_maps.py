@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from roiroa.attacks import FGSM, L2PGD, AttackResult, LinfPGD
+from roiroa.attacks import FGSM, L2PGD, LinfPGD
 from roiroa.errors import InputError
 from roiroa.maps import (
     Occlusion,
@@ -22,6 +22,7 @@ from roiroa.maps import (
     perturbation_map,
     unit_mean,
 )
+from roiroa.maps.recorder import AttackTrace
 from roiroa.regions import grid_regions, window_starts
 
 pytestmark = [
@@ -265,8 +266,11 @@ def test_attack_vulnerability_auto_source():
     x = torch.rand(2, 1, 4, 4, generator=gen) * 0.5
     x_adv = x + 0.1 * torch.rand(2, 1, 4, 4, generator=gen)
     grad_map = torch.rand(2, 4, 4, generator=gen)
-    res = AttackResult(x_adv, grad_map)
+    res = AttackTrace(x_adv, grad_map, gradient_calls=3)
     assert torch.equal(attack_vulnerability(x, res, "linf"), grad_map)
+    # a gradient-free attack (no gradient reached the input) is read from its perturbation even in L-inf
+    free = AttackTrace(x_adv, torch.zeros(2, 4, 4), gradient_calls=0)
+    assert torch.equal(attack_vulnerability(x, free, "linf"), perturbation_map(x, x_adv))
     assert torch.equal(attack_vulnerability(x, res, "l2"), perturbation_map(x, x_adv))
     assert torch.equal(attack_vulnerability(x, res, "l2", source="gradient"), grad_map)
     assert torch.equal(attack_vulnerability(x, res, "linf", source="perturbation"), perturbation_map(x, x_adv))

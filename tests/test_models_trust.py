@@ -13,6 +13,7 @@ from torch import nn
 
 from conftest import SHARED_DATA
 from roiroa.errors import InputError
+from roiroa.geometry import grid_regions, regions_to_pixels
 from roiroa.maps import Occlusion
 from roiroa.maps.incremental import IncrementalModel, cached_incremental_model, forget_engine
 from roiroa.maps.occlusion import occlusion_drops
@@ -29,7 +30,6 @@ from roiroa.models.loading import (
 )
 from roiroa.models.normalize import Normalized, normalization_values
 from roiroa.models.predict import check_finite_logits
-from roiroa.geometry import grid_regions, regions_to_pixels
 
 RESNET20 = SHARED_DATA / "models" / "resnet20-12fca82f.th"
 CIFAR_NPZ = SHARED_DATA / "cifar10" / "cifar10_test_1000.npz"

@@ -278,7 +278,8 @@ def test_statistics_config_is_checked(section):
 
 
 def test_statistics_config_defaults_and_round_trip():
-    from roiroa.evaluate.config import RunConfig, config_from_dict
+    from roiroa.evaluate.config import Config as RunConfig
+    from roiroa.evaluate.validate import config_from_dict
 
     config = config_from_dict({"statistics": {"ci_method": "percentile", "seed_models": 2}})
     assert config.statistics.ci_method == "percentile" and config.statistics.seed_models == 2

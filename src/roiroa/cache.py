@@ -73,7 +73,7 @@ class StageCache:
         return cls(cache_dir() / "stages")
 
     def key(self, stage: str, inputs: dict[str, Any]) -> str:
-        """The entry name of ``stage`` for these inputs (JSON-able), e.g. ``attacks-3f2a...``."""
+        """The entry name of ``stage`` for these inputs (JSON-able), e.g. ``attack-3f2a...``."""
         version = {"stage_version": STAGE_VERSION, "roiroa": __version__}
         return f"{stage}-{hash_json({'stage': stage, 'inputs': inputs, **version})[:24]}"
 

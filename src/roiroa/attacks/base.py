@@ -243,7 +243,10 @@ def attack_params(attack: Attack) -> dict[str, Any]:
     its dataclass fields or its repr), with the keys 'attack' and 'norm'."""
     if callable(getattr(attack, "params", None)):
         return dict(attack.params())  # type: ignore[attr-defined]
-    fields = asdict(attack) if is_dataclass(attack) and not isinstance(attack, type) else {"repr": repr(attack)}
+    if is_dataclass(attack) and not isinstance(attack, type):
+        fields = asdict(attack)
+    else:  # its attributes (a repr could hold a memory address, which would never match a cached result)
+        fields = {k: v for k, v in sorted(vars(attack).items()) if not k.startswith("_")}
     return {"attack": type(attack).__name__, "norm": attack.norm, **fields}
 
 

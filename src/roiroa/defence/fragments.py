@@ -4,7 +4,7 @@ Fragmentation -> features -> isolation -> RoA minus RoI -> fill:
 
 1. the image is cut into k x k fragments with a stride (:func:`roiroa.geometry.grid_regions`);
 2. each fragment gets features (:data:`FEATURES`): pixel statistics ('mean', 'std'), high-frequency
-   energy ('highfreq', mean |Laplacian|), the loss-gradient magnitude of the predicted class ('gradient'),
+   energy ('highfreq', mean |Laplacian|), the gradient saliency of the predicted class ('gradient'),
    and the response to a small probe attack ('probe', the probe PGD's accumulated gradient); the last two
    are divided by their image mean, so they measure concentration, not scale;
 3. anomalous fragments are isolated by an ``IsolationForest`` or ``DBSCAN`` (scikit-learn) fitted on the
@@ -219,7 +219,7 @@ class FragmentDetector:
 
     def _check_fitted(self) -> None:
         if not self._state:
-            raise InputError("FragmentDetector is not fitted yet: call fit(model, x_fit, y_fit) first.")
+            raise InputError("FragmentDetector is not fitted yet: call fit(FitData(model, x_fit, y_fit, K)) first.")
 
     # -- detect ---------------------------------------------------------------------------------------------
     def flagged_fragments(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:

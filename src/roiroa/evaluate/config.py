@@ -273,8 +273,9 @@ class PatchesConfig:
 class LimitsConfig:
     """Upper bounds that stop a mistyped value before it runs for days; raise them here when you mean it.
 
-    max_steps: attack steps, iterations or queries. max_restarts: random restarts. max_image_side: the
-    height and width of images. max_windows: occlusion or localized-attack windows per image.
+    max_steps: steps, iterations or queries of the attacks in ``attacks``, ``evaluation.attacks`` and
+    ``patches.attacks``. max_restarts: their random restarts. max_image_side: the height and width of images.
+    max_windows: occlusion windows per image.
     """
 
     max_steps: int = bounded(10_000, 1)
@@ -421,7 +422,7 @@ def quick(config: Config) -> Config:
         sweep_dilation=e.sweep_dilation[:1],
         sweep_fills=tuple(f for f in e.sweep_fills if f in ("zero", "noise")),
         n_sanity=min(e.n_sanity, 20),
-        sanity_eps=(0.05, 0.3, 1.0),
+        sanity_eps=tuple(sorted({e.sanity_eps[0], e.sanity_eps[len(e.sanity_eps) // 2], e.sanity_eps[-1]})),
         run_images=min(e.run_images, 40),
     )
     d, p = config.defence, config.patches

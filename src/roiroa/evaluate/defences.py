@@ -64,8 +64,10 @@ def _factory(name: str) -> Callable[..., Any]:
     return SCOPES.get(name) if name in SCOPES.names() or is_plugin(name) else BASELINES.get(name)
 
 
-def spec_kind(name: str) -> SpecKind:
-    """'scope', 'transform' or 'adv_training' for a defence name (user code: a scope if it has ``masks``)."""
+def spec_kind(name: str, params: dict[str, Any] | None = None) -> SpecKind:
+    """'scope', 'transform' or 'adv_training' for a defence name (user code: a scope if the object it makes with
+    ``params`` has ``masks``)."""
+    params = params or {}
     if name == ADV_TRAINING:
         return "adv_training"
     if name in SCOPES.names():
@@ -73,7 +75,7 @@ def spec_kind(name: str) -> SpecKind:
     if name in BASELINES.names():
         return "transform"
     if is_plugin(name):
-        return "scope" if hasattr(SCOPES.create(name), "masks") else "transform"
+        return "scope" if hasattr(SCOPES.create(name, **params), "masks") else "transform"
     known = ", ".join([*SCOPES.names(), *BASELINES.names(), ADV_TRAINING])
     raise InputError(f"unknown defence {name!r}; choose one of: {known}, or user code package.module:callable.")
 
@@ -93,8 +95,8 @@ def parse_defence(entry: Any, config: Config, patches: bool = False) -> DefenceS
     entry = {"name": entry} if isinstance(entry, str) else entry
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise InputError(f"a defence entry is a name or a table with a 'name'; got {entry!r}.")
-    name, kind = entry["name"], spec_kind(entry["name"])
     given = {k: v for k, v in entry.items() if k not in META_KEYS}
+    name, kind = entry["name"], spec_kind(entry["name"], given)
     d = config.defence
     fill = str(entry.get("fill", d.fill))
     spec = DefenceSpec(

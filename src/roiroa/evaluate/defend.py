@@ -175,7 +175,8 @@ def beside_the_table(
     with timings("sanity"):
         n = min(e.n_sanity, len(test))
         first_spec = next(s for s in e.attacks if attack_entry(s, c.batch_size).label == first.label)
-        sanity = sanity_rows(prepared, cache, defences, first_spec, test.subset(torch.arange(n)))
+        subset = sample_per_class(test, n, stage_seed(c.seed, "sanity"))  # every class, as the table
+        sanity = sanity_rows(prepared, cache, defences, first_spec, subset)
     return {"n_sanity": n, "oracle": oracle, "sweep": sweep_rows(specs, swept, first, sweep_results), "sanity": sanity}
 
 

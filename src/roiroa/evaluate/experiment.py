@@ -36,7 +36,8 @@ class Experiment:
         config: a :class:`Config`, a path to a .toml/.json config, or a dict of settings laid over the defaults
             (e.g. ``{"attacks": [{"name": "pgd-linf", "eps": 0.03}], "regions": {"q_roi": 0.3}}``).
         quick: apply the --quick overlay.
-        cache: True (the user's cache folder), False (keep nothing on disk) or a folder.
+        cache: True (the user's cache folder, ``$ROIROA_CACHE``), False (keep no result on disk) or a cache
+            folder (its ``stages/``, as the command line's).
     """
 
     def __init__(
@@ -53,7 +54,8 @@ class Experiment:
             raise InputError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
         self.model, self.data, self.fit_data = model, data, fit_data
         self.config = self._config(config, quick)
-        self.cache = StageCache.default() if cache is True else StageCache(None if cache is False else Path(cache))
+        folder = None if cache is False else (Path(cache) / "stages" if cache is not True else None)
+        self.cache = StageCache.default() if cache is True else StageCache(folder)
 
     @staticmethod
     def _config(config: Config | str | Path | dict[str, Any] | None, overlay: bool) -> Config:

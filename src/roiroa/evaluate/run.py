@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from roiroa.cache import StageCache
-from roiroa.data.dataset import ImageDataset
+from roiroa.data.dataset import ImageDataset, sample_per_class
 from roiroa.defence.neutralizer import Neutralized, neutralize
 from roiroa.evaluate.analysis import attack_summary, oracle_masks, oracle_rows, segment_summary, segments_of
 from roiroa.evaluate.attacking import AttackEntry, attack_entries
@@ -38,6 +38,7 @@ from roiroa.models.predict import check_finite_logits, predict, predict_logits
 from roiroa.models.train import load_or_train
 from roiroa.regions.segments import Segments
 from roiroa.results import ALL, ResultsFolder, to_json
+from roiroa.utils import stage_seed
 
 
 @dataclass
@@ -97,11 +98,12 @@ def defence_tables(
     n = min(c.evaluation.run_images, len(test))
     short_rows: list[Any] = []
     if n:
-        chosen = [s for s in parse_defences(c.evaluation.defences, c) if s.label in c.evaluation.run_defences]
+        wanted = set(c.evaluation.run_defences) - {"global"}  # the global mask has the full table above
+        chosen = [s for s in parse_defences(c.evaluation.defences, c) if s.label in wanted]
         short = [none_defence(ctx)] + [
             d for s in chosen for d in build_defences(s, ctx) if not d.name.startswith("random_blobs")
         ]
-        first = test.subset(torch.arange(n))
+        first = sample_per_class(test, n, stage_seed(c.seed, "short-table"))
         short_results = run_grid(prepared, cache, short, attacks, standard_cells(short, attacks), first)
         short_rows = table_rows(short, attacks, short_results)
         flags += [row for row in flag_table(short_results, first)[1] if row["defence"] != "none"]

@@ -15,7 +15,7 @@ from roiroa.defence.fills import FILLS
 from roiroa.defence.scopes import SCOPES
 from roiroa.errors import InputError
 from roiroa.evaluate.attacking import attack_entries
-from roiroa.evaluate.config import Config, from_dict
+from roiroa.evaluate.config import Config, from_dict, quick
 from roiroa.evaluate.defences import parse_defences
 from roiroa.evaluate.maps_stage import importance_spec
 from roiroa.maps.registry import ESTIMATORS, list_importance_estimators, list_vulnerability_estimators
@@ -188,7 +188,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     errors += config_errors(config)
     if errors:
         raise InputError("\n".join(errors))
-    return config
+    return quick(config) if config.quick else config  # a config that says quick = true gets the overlay (idempotent)
 
 
 def read_config_dict(path: str | Path) -> dict[str, Any]:

@@ -76,12 +76,21 @@ class AttackTrace:
     gradient_calls: int
 
 
-def record_attack(attack: Any, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64) -> AttackTrace:
-    """Run ``attack(model, x, y)`` on batches of ``batch_size`` images and record its gradients.
+def record_attack(
+    attack: Any,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 64,
+    mask: torch.Tensor | None = None,
+) -> AttackTrace:
+    """Run ``attack(model, x, y[, mask])`` on batches of ``batch_size`` images and record its gradients.
 
     Args:
-        attack: any callable ``attack(model, x, y) -> x_adv``.
+        attack: any callable ``attack(model, x, y, mask=None) -> x_adv``.
         model: f, logits (N, K); x: (N, C, H, W) in [0, 1]; y: (N,) labels.
+        batch_size: images per call of the attack (one recorder each).
+        mask: optional (N or 1, 1, H, W) in {0, 1}, where the attack may act (passed on to it).
 
     Returns:
         an :class:`AttackTrace` with tensors on x's device.
@@ -91,7 +100,9 @@ def record_attack(attack: Any, model: nn.Module, x: torch.Tensor, y: torch.Tenso
     for s in batch_slices(len(x), batch_size):
         xb, yb = x[s].to(device), y[s].to(device)
         recorder = GradientRecorder(model, xb)
-        images.append(attack(recorder, xb, yb).detach().to(x.device))
+        where = None if mask is None else (mask if len(mask) == 1 else mask[s]).to(device)
+        x_adv = attack(recorder, xb, yb) if where is None else attack(recorder, xb, yb, mask=where)
+        images.append(x_adv.detach().to(x.device))
         maps.append(recorder.total.to(x.device))
         calls += recorder.calls
     return AttackTrace(torch.cat(images), torch.cat(maps), calls)
