@@ -305,8 +305,7 @@ def test_adversarial_training_hook_sees_every_batch():
 # --------------------------------------------------------------------------------------------- Square
 
 
-@pytest.mark.numeric
-def test_square_success_rate_matches_art(one_thread):
+def test_square_success_rate_matches_art(one_thread):  # statistical, and 5 s: not rerun with -m numeric
     from art.attacks.evasion import SquareAttack as ArtSquare
     from art.estimators.classification import PyTorchClassifier
 
