@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -14,23 +13,24 @@ from torch import nn
 
 from roiroa.attacks import LinfPGD, SquareAttack, create_attack
 from roiroa.attacks.base import loss_gradient
+from roiroa.cache import StageCache, model_hash
 from roiroa.data.dataset import ImageDataset
-from roiroa.defence import Neutralizer
+from roiroa.defence import FitData, Neutralized
 from roiroa.defence.adaptive import EOT, bpda
 from roiroa.defence.baselines import BASELINES, AdversarialTraining, Preprocessed, bit_depth, jpeg, median_smoothing
 from roiroa.defence.fills import make_fill
 from roiroa.defence.scopes import (
     EqualAreaControl,
-    FixedScope,
+    FixedMask,
     PerClassMask,
     PerInputMask,
-    ScopedNeutralizer,
     dilate,
     random_blob_mask,
 )
 from roiroa.errors import InputError
-from roiroa.evaluate.config import DefendConfig, RunConfig
-from roiroa.evaluate.defend import Entry, evaluate_entry, pareto_front
+from roiroa.evaluate.attacking import attack_entries
+from roiroa.evaluate.defend import pareto_front
+from roiroa.evaluate.grid import Cell, Defence, GridContext, evaluate_grid, standard_cells
 from roiroa.filters import gaussian_blur
 from roiroa.maps import Saliency
 from roiroa.models.predict import predict
@@ -116,7 +116,7 @@ def test_random_blob_mask_keeps_count_and_blobs():
 
 def test_equal_area_control_matches_counts(mnist_model, batch):
     x, _ = batch
-    scope = PerInputMask(probe=LinfPGD(eps=0.1, steps=2, random_start=False))
+    scope = PerInputMask(probe_eps=0.1, probe_steps=2)
     masks = scope.masks(mnist_model, x)
     control = EqualAreaControl(scope, seed=1).masks(mnist_model, x)
     assert torch.equal(masks.flatten(1).sum(1), control.flatten(1).sum(1))
@@ -129,7 +129,7 @@ def test_per_class_mask_fits_each_class():
     gen = torch.Generator().manual_seed(0)
     imp, vul = torch.rand(20, 8, 8, generator=gen), torch.rand(20, 8, 8, generator=gen)
     labels = torch.arange(20) % 3
-    pc = PerClassMask(0.25, 0.25).fit(imp, vul, labels, 4)
+    pc = PerClassMask(0.25, 0.25).fit(FitData(None, None, labels, 4, importance=imp, vulnerability=vul))
     assert pc.masks_.shape == (4, 8, 8)
     assert not pc.masks_[3].any()  # no images of class 3: nothing blocked
     assert all(0 < int(pc.masks_[k].sum()) <= 16 for k in range(3))
@@ -145,22 +145,29 @@ def test_per_class_mask_fits_each_class():
 # --------------------------------------------------------------------------------------------- known answers
 
 
+def grid_accuracies(model, defended, x, y):
+    """Every cell's accuracy of one defence on (x, y) under PGD (2 steps) and Square (5 queries)."""
+    defences = [Defence("d", "scope", "", defended, defended, "exact", f"d:{id(defended)}")]
+    attacks = attack_entries(({"name": "pgd-linf", "steps": 2}, {"name": "square", "queries": 5}), 64)
+    context = GridContext(model, model_hash(model), StageCache(None), 0)
+    results = evaluate_grid(context, defences, attacks, standard_cells(defences, attacks), x, y, 1024)
+    return {(c.setting, c.attack): float(r.correct.double().mean()) for c, r in results.items()}, results
+
+
 def test_mask_covering_everything_gives_a_constant_prediction(mnist_model, batch):
     x, y = batch
-    defended = ScopedNeutralizer(mnist_model, FixedScope(torch.ones(28, 28, dtype=torch.bool)), make_fill("zero"))
+    defended = Neutralized(mnist_model, FixedMask(torch.ones(28, 28, dtype=torch.bool)), make_fill("zero"))
     pred = predict(defended, x)
     assert (pred == pred[0]).all()  # the input no longer matters
     assert pred[0] == predict(mnist_model, torch.zeros(1, 1, 28, 28))[0]
-    entry = Entry("all", "scope", "", defended, defended, "exact")
-    config = dataclasses.replace(RunConfig(), defend=DefendConfig(steps=2, square_queries=5))
-    rows = {r["setting"]: r["accuracy"] for r in evaluate_entry(entry, x, y, x, config)["rows"]}
+    rows, _ = grid_accuracies(mnist_model, defended, x, y)
     chance = float((y == pred[0]).double().mean())  # the share of the one predicted class
     assert rows == {k: pytest.approx(chance) for k in rows}  # no attack can change a constant
 
 
 def test_empty_mask_gives_exactly_the_undefended_numbers(mnist_model, batch):
     x, y = batch
-    defended = ScopedNeutralizer(mnist_model, FixedScope(torch.zeros(28, 28, dtype=torch.bool)), make_fill("mean", x))
+    defended = Neutralized(mnist_model, FixedMask(torch.zeros(28, 28, dtype=torch.bool)), make_fill("mean", x))
     assert torch.equal(defended(x), mnist_model(x))
     attack = LinfPGD(eps=0.15, steps=3)
     seed_all(0)
@@ -168,12 +175,11 @@ def test_empty_mask_gives_exactly_the_undefended_numbers(mnist_model, batch):
     seed_all(0)
     b = attack(mnist_model, x, y)
     assert torch.equal(a, b)
-    config = dataclasses.replace(RunConfig(), defend=DefendConfig(steps=2, square_queries=5))
-    # the same kind and name, so both get the same attacks and seeds; only the model differs
-    none = evaluate_entry(Entry("same", "scope", "", mnist_model, mnist_model, "exact"), x, y, b, config)
-    empty = evaluate_entry(Entry("same", "scope", "", defended, defended, "exact"), x, y, b, config)
-    assert [r["accuracy"] for r in none["rows"]] == [r["accuracy"] for r in empty["rows"]]
-    assert empty["rows"][0]["area"] == 0.0
+    # the same attacks with the same seeds: only the model differs
+    none, _ = grid_accuracies(mnist_model, mnist_model, x, y)
+    empty, results = grid_accuracies(mnist_model, defended, x, y)
+    assert none == empty
+    assert float(results[Cell("d", "clean")].area.max()) == 0.0
 
 
 # --------------------------------------------------------------------------------------------- BPDA and EOT
@@ -206,13 +212,13 @@ def test_per_input_mask_choice_is_bpda(mnist_model, batch):
     x, y = batch
     x = x[:8]
     y = y[:8]
-    scope = PerInputMask(probe=LinfPGD(eps=0.1, steps=2, random_start=False))
-    defended = ScopedNeutralizer(mnist_model, scope, make_fill("zero"))
+    scope = PerInputMask(probe_eps=0.1, probe_steps=2)
+    defended = Neutralized(mnist_model, scope, make_fill("zero"))
     g = loss_gradient(defended, x, y)
     masks = defended.masks(x)
     assert masks.any() and g.abs().sum() > 0
     expected = torch.cat(
-        [loss_gradient(Neutralizer(mnist_model, masks[i]), x[i : i + 1], y[i : i + 1]) for i in range(8)]
+        [loss_gradient(Neutralized(mnist_model, FixedMask(masks[i])), x[i : i + 1], y[i : i + 1]) for i in range(8)]
     )
     # the gradient of f o N with the mask held fixed; bound: one image at a time against a batch of 8. The loss
     # gradient is J^T (p - e_y), J the logit gradients (<= max|saliency|) and |p - e_y| <= 2: its rounding is
@@ -227,8 +233,8 @@ def test_eot_gradient_is_the_mean_over_draws(mnist_model, batch):
     x, y = batch
     x, y = x[:4], y[:4]
     fill = make_fill("noise", seed=5)
-    defended = ScopedNeutralizer(
-        mnist_model, FixedScope(torch.rand(28, 28, generator=torch.Generator().manual_seed(0)) > 0.7), fill
+    defended = Neutralized(
+        mnist_model, FixedMask(torch.rand(28, 28, generator=torch.Generator().manual_seed(0)) > 0.7), fill
     )
 
     def grad(model):
@@ -274,7 +280,7 @@ def test_baseline_registry_and_gradients(mnist_model, batch):
     x, y = batch
     for name in ("bit_depth", "median", "jpeg", "blur"):
         b = BASELINES.create(name)
-        out = b.transform(x)
+        out = b(x)
         assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
         assert loss_gradient(Preprocessed(mnist_model, b), x, y).abs().sum() > 0
     with pytest.raises(InputError):
@@ -360,9 +366,9 @@ def test_defend_cli_bad_input(tmp_path, capsys):
     from roiroa.cli import main
 
     bad = tmp_path / "c.toml"
-    bad.write_text("[defend]\nfill = 'plaid'\n")
+    bad.write_text("[defence]\nfill = 'plaid'\n")
     assert main(["defend", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
-    assert "defend.fill" in capsys.readouterr().err
+    assert "defence.fill" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
@@ -372,30 +378,23 @@ def test_defend_quick_end_to_end(tmp_path, mnist_model):
 
     cfg = tmp_path / "c.toml"
     cfg.write_text(
-        "[data]\nn_fit = 40\n[defend]\nn_test = 12\nsweep_q_roa = [0.1]\nsweep_fills = ['zero']\n"
+        "[data]\nn_fit = 40\n[evaluation]\nn_test = 12\nsweep_q_roa = [0.1]\nsweep_fills = ['zero']\n"
         "n_sanity = 6\nsanity_eps = [0.05, 1.0]\n"
     )
     out = tmp_path / "d"
     assert main(["defend", "--quick", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "defence.csv", "defence.json", "defence.png"]
-    summary = json.loads((out / "defence.json").read_text())
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert names == ["config.json", "defence.png", "flags.csv", "metrics.csv", "report.html", "results.json"]
+    summary = json.loads((out / "results.json").read_text())
     names = {r["defence"] for r in summary["table"]}
-    assert {
-        "none",
-        "global",
-        "per_class",
-        "per_input",
-        "oracle",
-        "bit_depth",
-        "median",
-        "jpeg",
-        "blur",
-        "adv_training",
-    } <= names
-    assert all(r["attack"] for r in summary["table"])  # every number has its attack
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in summary["table"])
-    none = {r["setting"]: r["accuracy"] for r in summary["table"] if r["defence"] == "none"}
-    assert none["non-adaptive"] == none["adaptive"]  # on f the two are the same attack
+    expected = {"none", "global", "random[global]", "random_blobs[global]", "per_class", "per_input"}
+    expected |= {"per_input[shift]"}
+    assert expected | {"bit_depth", "median", "jpeg", "blur", "adv_training"} <= names
+    assert summary["oracle"] and summary["oracle"][0]["n_images"] == 12
+    assert all(r["attack_params"] for r in summary["table"])  # every number has its attack
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["n_images"] == 12 for r in summary["table"])
+    none = {(r["setting"], r["attack"]): r["accuracy"] for r in summary["table"] if r["defence"] == "none"}
+    assert none[("non-adaptive", "pgd-linf")] == none[("adaptive", "pgd-linf")]  # on f the same attack
     assert any(r["pareto"] for r in summary["sweep"])
     for r in summary["sanity"]:
-        assert r["accuracy"][-1] <= r["accuracy"][0]
+        assert r["accuracy"][-1] <= r["accuracy"][0] and r["n_images"] == 6
