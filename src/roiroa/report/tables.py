@@ -137,7 +137,7 @@ def short_lines(rows: list[dict[str, Any]], attacks: list[str]) -> list[str]:
         return []
     by = cells(rows)
     n = rows[0]["n_images"]
-    lines = ["", f"other defences (first {n} test images; `roiroa defend` has the full table):"]
+    lines = ["", f"other defences ({n} test images, the classes balanced; `roiroa defend` has the full table):"]
     lines.append(f"{'defence:attack':<26}{'clean':>8}{'non-adapt':>11}{'adaptive':>10}{'worst':>8}  area")
     names = list(dict.fromkeys(r["defence"] for r in rows if r["defence"] != "none"))
     for d in names:
@@ -167,7 +167,7 @@ def defend_table(results: dict[str, Any]) -> str:
     )
     lines = [
         f"defence table: {results['n_test']} test images, seed {results['seed']}",
-        f"{'defence':<22}{'kind':<9}{'area':>7}{'clean':>8}{head}{'worst':>8}{'95% CI':>16}",
+        f"{'defence':<26}{'kind':<9}{'area':>7}{'clean':>8}{head}{'worst':>8}{'95% CI':>16}",
     ]
     for d in names:
         clean = by.get((d, "clean", "none"), {})
