@@ -6,6 +6,7 @@ with that preset, and with the CIFAR-10 statistics (the issue's wording), which 
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -96,10 +97,12 @@ steps = 2
     out = tmp_path / "out"
     assert main(["run", "--config", str(config), "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["model"]["pretrained"] is True and results["model"]["name"] == "resnet20"
+    assert results["model"]["source"] == "weights" and results["model"]["name"] == "resnet20"
     assert results["model"]["normalization"]["mean"] == [0.485, 0.456, 0.406]
     assert results["dataset"]["classes"][:2] == ["airplane", "automobile"]
     assert results["dataset"]["n_test"] == 10 and results["dataset"]["n_fit"] == 10
     assert results["model"]["test_accuracy"] >= 0.7  # 10 images: loose; the exact check is above
-    header = (out / "per_image.csv").read_text().splitlines()[0].split(",")
-    assert "class" in header and "pred_class[clean]" in header
+    rows = list(csv.DictReader((out / "per_image.csv").open()))
+    clean = [r for r in rows if r["attack"] == "clean"]
+    assert len(clean) == 10 and {r["class"] for r in clean} <= set(results["dataset"]["classes"])
+    assert {r["predicted_class"] for r in clean} <= set(results["dataset"]["classes"])

@@ -271,7 +271,7 @@ def test_bootstrap_ci_edge_cases():
     [{"ci_method": "bogus"}, {"contiguity": "bishop"}, {"bootstrap": 10}, {"seed_models": -1}, {"restarts": "no"}],
 )
 def test_statistics_config_is_checked(section):
-    from roiroa.evaluate.config import config_from_dict
+    from roiroa.evaluate.validate import config_from_dict
 
     with pytest.raises(InputError):
         config_from_dict({"statistics": section})
