@@ -22,6 +22,19 @@ SHARED = Path(os.environ.get("ROIROA_SHARED", Path(__file__).resolve().parents[1
 SHARED_DATA = SHARED / "data"
 
 
+# The files of a `roiroa run` results folder (besides hidden ones), sorted.
+RUN_FILES = [
+    "config.json",
+    "examples.png",
+    "flags.csv",
+    "maps.npz",
+    "metrics.csv",
+    "per_image.csv",
+    "report.html",
+    "results.json",
+]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every test uses a fresh cache folder of this session, never the user's ~/.cache."""

@@ -14,21 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import RUN_FILES
 from roiroa.cli import main
 from roiroa.evaluate.config import Config, quick
 from roiroa.evaluate.validate import load_config
 from roiroa.results import schema
-
-RUN_FILES = [
-    "config.json",
-    "examples.png",
-    "flags.csv",
-    "maps.npz",
-    "metrics.csv",
-    "per_image.csv",
-    "report.html",
-    "results.json",
-]
 
 
 def check_results(path: Path) -> dict:

@@ -36,11 +36,9 @@ from roiroa.maps import Saliency
 from roiroa.models.predict import predict
 from roiroa.models.train import TrainingRecipe, train_classifier
 from roiroa.utils import seed_all
+from rounding import EPS32, MNIST_TERMS
 
-# float32 rounding (as in tests/test_maps.py): MnistCNN's input gradients summed in another order (batch size)
-# differ by ~sqrt(A) * EPS32 * max|grad|, A = 9 + 144 + 1568 + 64 = 1785 terms along a logit's path.
-EPS32 = torch.finfo(torch.float32).eps
-MNIST_TERMS = 1785
+# float32 rounding bounds (MnistCNN's input gradients summed in another order): tests/rounding.py
 
 
 @pytest.fixture(scope="module")

@@ -27,28 +27,14 @@ from roiroa.maps import (
     list_estimators,
 )
 from roiroa.regions import grid_regions, label_regions, slic_labels
+from rounding import EPS32, MNIST_TERMS, RGB_TERMS, drop_rounding, logit_rounding
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients:UserWarning"),
     pytest.mark.numeric,
 ]
 
-# float32 rounding (as in tests/test_maps.py): logits summed in another order differ by ~sqrt(A) * EPS32 times the
-# terms' scale (max|z|, or 1 where the logits cancel to less), A = the terms summed along a logit's path: MnistCNN
-# 9 + 144 + 1568 + 64 = 1785, TinyRGBNet 27 + 512 = 539. Gradients: ~sqrt(A) * EPS32 * max|grad|.
-EPS32 = torch.finfo(torch.float32).eps
-MNIST_TERMS, RGB_TERMS = 1785, 539
-
-
-def logit_rounding(z_max: float, terms: int) -> float:
-    """max|dz| of logits (|z| <= z_max) summed over `terms` terms in another order."""
-    return math.sqrt(terms) * EPS32 * max(1.0, z_max)
-
-
-def drop_rounding(z_max: float, terms: int, classes: int) -> float:
-    """A softmax-probability drop: each probability moves by <= max|dz| / 2 and rounds by itself (classes + 2 ulps
-    of <= 1/2), as does the difference (tests/test_maps.py)."""
-    return logit_rounding(z_max, terms) + (classes + 3) * EPS32
+# float32 rounding bounds: tests/rounding.py
 
 
 captum_attr = pytest.importorskip("captum.attr", reason="Captum is a test dependency (reference implementation)")

@@ -24,31 +24,14 @@ from roiroa.maps import (
 )
 from roiroa.maps.recorder import AttackTrace
 from roiroa.regions import grid_regions, window_starts
+from rounding import EPS32, MNIST_TERMS, RGB_TERMS, drop_rounding
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients:UserWarning"),
     pytest.mark.numeric,
 ]
 
-# float32 rounding: logits summed in another order (batch, memory layout) differ by a random walk of per-term
-# roundings, ~sqrt(A) * EPS32 times the terms' scale, A = the terms summed along a logit's path (fan-ins): MnistCNN
-# 9 + 144 + 1568 + 64 = 1785, TinyRGBNet 27 + 512 = 539. The scale is max|logit|, or 1 where the logits cancel to
-# less (TinyRGBNet: |z| ~ 0.2 from terms of O(1)); measured: 1-3 * EPS32 * that. Gradients sum the same products
-# transposed: ~sqrt(A) * EPS32 * max|grad|.
-EPS32 = torch.finfo(torch.float32).eps
-MNIST_TERMS, RGB_TERMS = 1785, 539
-
-
-def logit_rounding(z_max: float, terms: int) -> float:
-    """max|dz| of logits (|z| <= z_max) summed over `terms` terms in another order."""
-    return math.sqrt(terms) * EPS32 * max(1.0, z_max)
-
-
-def drop_rounding(z_max: float, terms: int, classes: int) -> float:
-    """A softmax-probability drop p_y(x) - p_y(x'): each probability moves by <= max|dz| / 2 (dp_y = p_y (dz_y -
-    sum_k p_k dz_k) <= 2 p_y (1 - p_y) max|dz|), and rounds by itself (exp, a sum of `classes`, a division: classes
-    + 2 ulps of <= 1/2, EPS32 / 2 each), as does the difference."""
-    return logit_rounding(z_max, terms) + (classes + 3) * EPS32
+# float32 rounding bounds: tests/rounding.py
 
 
 captum_attr = pytest.importorskip("captum.attr", reason="Captum is a test dependency (reference implementation)")

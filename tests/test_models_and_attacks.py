@@ -15,11 +15,9 @@ from roiroa.attacks import FGSM, L2PGD, LinfPGD, create_attack, list_attacks
 from roiroa.errors import InputError
 from roiroa.maps import Saliency, record_attack
 from roiroa.models import TrainingRecipe, accuracy, load_or_train, random_shift
+from rounding import EPS32, MNIST_TERMS
 
-# float32 rounding: MnistCNN's logits and input gradients summed in another order (batch size) differ by
-# ~sqrt(A) * EPS32 of their scale, A = 9 + 144 + 1568 + 64 = 1785 terms along a logit's path (tests/test_maps.py).
-EPS32 = torch.finfo(torch.float32).eps
-MNIST_TERMS = 1785
+# float32 rounding bounds (MnistCNN's logits and gradients in another order): tests/rounding.py
 
 # --------------------------------------------------------------------------------------------- model
 

@@ -18,20 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import RUN_FILES
 from roiroa.cli import main
 from roiroa.report.atlas import group_mean_std, segment_frequency
 from roiroa.report.html import CSP, render_report
-
-RUN_FILES = [
-    "config.json",
-    "examples.png",
-    "flags.csv",
-    "maps.npz",
-    "metrics.csv",
-    "per_image.csv",
-    "report.html",
-    "results.json",
-]
 
 EVIL = "<script>alert(1)</script>"
 CLASSES = [EVIL, "one & <b>only</b>", 'two "quoted" $\\foo$']
