@@ -1,6 +1,7 @@
 """Attacks with one signature, ``attack(model, x, y, mask=None) -> x_adv``, and a registry by name."""
 
 from roiroa.attacks.adapters import ARTAttack, TorchAttacks
+from roiroa.attacks.apgd import APGDCE, APGDCEL2, APGDDLR, APGDDLRL2
 from roiroa.attacks.base import (
     ATTACKS,
     Attack,
@@ -18,6 +19,10 @@ from roiroa.attacks.patch import LocalizedPatch, PatchResult, SquarePGD, Univers
 from roiroa.attacks.square import SquareAttack
 
 __all__ = [
+    "APGDCE",
+    "APGDCEL2",
+    "APGDDLR",
+    "APGDDLRL2",
     "ATTACKS",
     "ARTAttack",
     "TorchAttacks",

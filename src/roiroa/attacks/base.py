@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from roiroa.attacks.losses import check_loss, loss_and_gradient
 from roiroa.errors import InputError
 from roiroa.registry import Registry
 from roiroa.utils import batch_slices, model_device, progress
@@ -152,8 +153,10 @@ class AttackCalls:
 class GradientAttack(AttackCalls):
     """Base of the gradient attacks; concrete attacks are dataclasses that set the hyperparameters.
 
-    Subclasses define the fields ``eps``, ``steps``, ``random_start``, ``restarts``, ``batch_size``
-    (fields or class constants), the class constant ``norm``, and ``step_size_value()``.
+    Subclasses define the fields ``eps``, ``steps``, ``random_start``, ``restarts``, ``batch_size``, ``loss``
+    ('ce', 'margin' or 'dlr') and ``best_iterate`` (fields or class constants), the class constant ``norm``, and
+    ``step_size_value()``. With ``best_iterate`` an image keeps the first iterate that fooled the attacked
+    model (checked on the logits of every step's forward pass), else the last iterate.
     """
 
     name: ClassVar[str]
@@ -163,6 +166,8 @@ class GradientAttack(AttackCalls):
     random_start: bool
     restarts: int
     batch_size: int
+    loss: str
+    best_iterate: bool
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -172,6 +177,8 @@ class GradientAttack(AttackCalls):
         check_number(owner, "batch_size", self.batch_size, low=1, integer=True)
         check_number(owner, "step_size", self.step_size_value(), low=0.0, low_open=True)
         check_bool(owner, "random_start", self.random_start)
+        check_bool(owner, "best_iterate", self.best_iterate)
+        check_loss(owner, self.loss)
 
     def step_size_value(self) -> float:
         """The absolute step size used at every step."""
@@ -205,10 +212,16 @@ class GradientAttack(AttackCalls):
         if self.random_start:
             x_adv = (x + keep(random_start(x, self.eps, self.norm))).clamp(0.0, 1.0)
         step = self.step_size_value()
+        best, found = x_adv.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for _ in range(self.steps):
-            grad = keep(loss_gradient(model, x_adv, y))
-            x_adv = (x_adv + step * normalize_step(grad, self.norm)).clamp(0.0, 1.0)
+            logits, _, grad = loss_and_gradient(model, x_adv, y, self.loss)
+            if self.best_iterate:  # the iterate this forward pass saw, kept where it first fooled the model
+                new = (logits.argmax(1) != y) & ~found
+                best, found = torch.where(new.view(-1, 1, 1, 1), x_adv, best), found | new
+            x_adv = (x_adv + step * normalize_step(keep(grad), self.norm)).clamp(0.0, 1.0)
             x_adv = x + project(x_adv - x, self.eps, self.norm)
+        if self.best_iterate:
+            x_adv = torch.where(found.view(-1, 1, 1, 1), best, x_adv)
         return x_adv.detach()
 
 

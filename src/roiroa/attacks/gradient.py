@@ -26,6 +26,8 @@ class FGSM(GradientAttack):
     steps: ClassVar[int] = 1  # type: ignore[misc]
     random_start: ClassVar[bool] = False  # type: ignore[misc]
     restarts: ClassVar[int] = 1  # type: ignore[misc]
+    loss: ClassVar[str] = "ce"  # type: ignore[misc]
+    best_iterate: ClassVar[bool] = False  # type: ignore[misc]
     eps: float = 0.15
     batch_size: int = 64
 
@@ -42,6 +44,8 @@ class _PGD(GradientAttack):
     step_size: float | None = None
     random_start: bool = True
     restarts: int = 1
+    loss: str = "ce"
+    best_iterate: bool = False
     batch_size: int = 64
 
     def step_size_value(self) -> float:
@@ -60,6 +64,9 @@ class LinfPGD(_PGD):
         step_size: absolute step; None means 2.5 * eps / steps.
         random_start: start from a uniform point of the ball. Default True.
         restarts: random restarts; an image keeps the first restart that fools the model. Default 1.
+        loss: the objective raised: 'ce' (cross-entropy), 'margin' (CW) or 'dlr'. Default 'ce'.
+        best_iterate: an image counts as broken if any iterate fooled the model (that iterate is returned);
+            False returns the last iterate, as ART does. Default False.
         batch_size: images per chunk. Default 64.
     """
 
@@ -75,7 +82,7 @@ class L2PGD(_PGD):
 
     Args:
         eps: L2 budget > 0 over the whole image (28x28 MNIST: 2.0 is a strong attack). Default 2.0.
-        steps, step_size, random_start, restarts, batch_size: as in :class:`LinfPGD`.
+        steps, step_size, random_start, restarts, loss, best_iterate, batch_size: as in :class:`LinfPGD`.
     """
 
     name: ClassVar[str] = "pgd-l2"
@@ -96,7 +103,7 @@ class L1PGD(_PGD):
         steps: gradient steps (= the most positions changed). Default 20.
         step_size: absolute step; None means 2.5 * eps / steps.
         random_start: start from a random point of the L1 ball (ART's random_sphere). Default False.
-        restarts, batch_size: as in :class:`LinfPGD`.
+        restarts, loss, best_iterate, batch_size: as in :class:`LinfPGD`.
     """
 
     name: ClassVar[str] = "pgd-l1"
