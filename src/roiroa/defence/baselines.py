@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from roiroa.attacks.gradient import LinfPGD
-from roiroa.defence.adaptive import bpda
+from roiroa.defence.adaptive import box_mean, bpda, soft_bit_depth
+from roiroa.errors import InputError
 from roiroa.filters import gaussian_blur
 from roiroa.registry import Registry
 from roiroa.validation import check_number
@@ -95,6 +96,10 @@ class BitDepth:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return bit_depth(x, self.bits)
 
+    def surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        """The smooth surrogate of BPDA: sigmoid steps at the rounding thresholds, 0.1 level wide."""
+        return soft_bit_depth(x, self.bits, 0.1)
+
 
 @BASELINES.register("median")
 @dataclass(frozen=True)
@@ -110,6 +115,10 @@ class MedianSmoothing:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return median_smoothing(x, self.size)
 
+    def surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        """The smooth surrogate of BPDA: the mean over the same window."""
+        return box_mean(x, self.size)
+
 
 @BASELINES.register("jpeg")
 @dataclass(frozen=True)
@@ -124,6 +133,10 @@ class Jpeg:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return jpeg(x, self.quality)
+
+    def surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        """The smooth surrogate of BPDA: a Gaussian blur of 0.5 pixel (JPEG drops high frequencies)."""
+        return blur(x, 0.5)
 
 
 @BASELINES.register("blur")
@@ -141,6 +154,11 @@ class Blur:
         return blur(x, self.sigma)
 
 
+def has_surrogate(transform: Transform) -> bool:
+    """True for a transform without its own gradient that offers a smooth ``surrogate(x)`` for BPDA."""
+    return not getattr(transform, "differentiable", False) and callable(getattr(transform, "surrogate", None))
+
+
 def describe_transform(transform: Transform) -> str:
     """'name(param=value, ...)' of a transform dataclass, or its class name."""
     params: dict[str, Any] = asdict(transform) if is_dataclass(transform) and not isinstance(transform, type) else {}
@@ -151,22 +169,30 @@ def describe_transform(transform: Transform) -> str:
 class Preprocessed(nn.Module):
     """f o T: an input transformation, then the classifier: the one preprocessed-model class.
 
-    The backward pass is exact for a differentiable transform (``transform.differentiable``) and BPDA (identity)
-    otherwise, so an attack crafted through this module is the adaptive attack on the baseline.
+    The backward pass is exact for a differentiable transform (``transform.differentiable``) and BPDA otherwise:
+    with the identity, or (``backward='surrogate'``) with the transform's smooth ``surrogate(x)``, so an attack
+    crafted through this module is the adaptive attack on the baseline.
 
     Args:
         model: f, logits (N, K) from (N, C, H, W) in [0, 1].
         transform: a :class:`Transform` (e.g. ``BASELINES.create('jpeg', quality=50)``).
+        backward: 'identity' (default) or 'surrogate' (needs ``transform.surrogate``).
     """
 
-    def __init__(self, model: nn.Module, transform: Transform) -> None:
+    def __init__(self, model: nn.Module, transform: Transform, backward: str = "identity") -> None:
         super().__init__()
-        self.model, self.transform = model, transform
+        if backward not in ("identity", "surrogate") or (backward == "surrogate" and not has_surrogate(transform)):
+            raise InputError(
+                f"backward must be 'identity' or, for a transform with a surrogate, 'surrogate'; got {backward!r}."
+            )
+        self.model, self.transform, self.backward = model, transform, backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) in [0, 1] -> logits (N, K) of f(T(x))."""
-        exact = bool(getattr(self.transform, "differentiable", False))
-        return self.model(self.transform(x) if exact else bpda(x, self.transform))
+        if getattr(self.transform, "differentiable", False):
+            return self.model(self.transform(x))
+        surrogate = self.transform.surrogate if self.backward == "surrogate" else None  # type: ignore[attr-defined]
+        return self.model(bpda(x, self.transform, surrogate))
 
     def masks(self, x: torch.Tensor) -> torch.Tensor | None:
         """(N, H, W) bool: the positions the transform acts on, where it says (``transform.flagged``), else None."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from roiroa.attacks.base import attack_parameters
+from roiroa.attacks.suite import default_suite_specs, quick_suite_specs
 from roiroa.models.train import TrainingRecipe
 
 
@@ -180,8 +181,17 @@ def default_defences() -> tuple[Any, ...]:
 
 
 def default_evaluation_attacks() -> tuple[dict[str, Any], ...]:
-    """PGD L-infinity (eps 0.15, 20 steps; non-adaptive and adaptive) and Square (100 queries, on the defence)."""
-    return ({"name": "pgd-linf", "eps": 0.15, "steps": 20}, {"name": "square", "eps": 0.15, "queries": 100})
+    """The default attack suite at L-infinity eps 0.15: PGD (100 steps x 2 restarts, best iterate) with the
+    cross-entropy and the margin loss, APGD-CE, APGD-DLR (100 steps) and Square (5,000 queries); see
+    :func:`roiroa.attacks.suite.default_suite_specs`."""
+    return default_suite_specs(0.15)
+
+
+def suite_name(attacks: tuple[dict[str, Any], ...], quick: bool) -> str:
+    """'default', 'quick' (the --quick overlay's small suite) or 'custom' (the user's own list)."""
+    if attacks == default_evaluation_attacks():
+        return "default"
+    return "quick" if quick and attacks == quick_suite_specs(0.15) else "custom"
 
 
 @dataclass(frozen=True)
@@ -407,7 +417,8 @@ def _quick_defence(entry: Any) -> Any:
 
 def quick(config: Config) -> Config:
     """The --quick overlay: ``run`` on at most 200 test and 200 fitting images with at most 10 attack steps;
-    ``defend`` on 40 images with 5 steps, 20 queries and a small sweep; ``patches`` on 50 images, 20 steps."""
+    ``defend`` on 40 images with the quick attack suite (or the user's attacks capped at 5 steps and 20
+    queries) and a small sweep; ``patches`` on 50 images, 20 steps."""
     data = dataclasses.replace(
         config.data,
         max_test=min(config.data.max_test or QUICK_TEST_IMAGES, QUICK_TEST_IMAGES),
@@ -417,7 +428,7 @@ def quick(config: Config) -> Config:
     evaluation = dataclasses.replace(
         e,
         n_test=min(e.n_test, 40),
-        attacks=capped(e.attacks, 5, 20),
+        attacks=quick_suite_specs(0.15) if e.attacks == default_evaluation_attacks() else capped(e.attacks, 5, 20),
         sweep_q_roa=e.sweep_q_roa[:2],
         sweep_dilation=e.sweep_dilation[:1],
         sweep_fills=tuple(f for f in e.sweep_fills if f in ("zero", "noise")),

@@ -17,14 +17,14 @@ import torch
 from torch import nn
 
 from roiroa.cache import hash_json
-from roiroa.defence.adaptive import EOT
-from roiroa.defence.baselines import BASELINES, Preprocessed, describe_transform
+from roiroa.defence.adaptive import EOT, StraightThrough
+from roiroa.defence.baselines import BASELINES, Preprocessed, describe_transform, has_surrogate
 from roiroa.defence.fills import FILLS, Fill, is_random, make_fill
 from roiroa.defence.neutralizer import Neutralized
 from roiroa.defence.scopes import SCOPES, EqualAreaControl, FitData, FixedMask, GlobalMask, MaskScope, random_blob_mask
 from roiroa.errors import InputError
 from roiroa.evaluate.config import Config
-from roiroa.evaluate.grid import Defence
+from roiroa.evaluate.grid import AdaptiveVariant, Defence
 from roiroa.registry import accepted, is_plugin
 from roiroa.utils import stage_seed
 
@@ -165,6 +165,18 @@ def _neutralized(spec: DefenceSpec, scope: MaskScope, ctx: BuildContext) -> tupl
     return model, model, gradient
 
 
+def straight_through(model: Neutralized, ctx: BuildContext) -> tuple[AdaptiveVariant, ...]:
+    """The second adaptive attack on an input-dependent mask: the mask recomputed at every step, the gradient
+    straight through the fill (as if nothing were blocked), with EOT over a random fill."""
+    words = "straight-through: mask recomputed at x, the fill passed as the identity backward"
+    if is_random(model.fill):
+        draws = ctx.config.defence.eot_draws
+        return (
+            AdaptiveVariant("straight-through", EOT(StraightThrough(model), draws), f"{words} + EOT({draws} draws)"),
+        )
+    return (AdaptiveVariant("straight-through", StraightThrough(model), words),)
+
+
 def scope_defences(spec: DefenceSpec, ctx: BuildContext, controls: str | None) -> list[Defence]:
     """The fitted scope as f o N, and (``controls`` 'pixels' or 'block') its equal-area random control; a global
     mask also gets its blobs moved at random."""
@@ -172,7 +184,12 @@ def scope_defences(spec: DefenceSpec, ctx: BuildContext, controls: str | None) -
     if callable(getattr(scope, "fit", None)):
         scope = scope.fit(ctx.fit)  # type: ignore[attr-defined]
     model, attack_model, gradient = _neutralized(spec, scope, ctx)
-    out = [Defence(spec.label, "scope", spec.describe(), model, attack_model, gradient, _key(spec, ctx))]
+    variants = straight_through(model, ctx) if not isinstance(scope, (GlobalMask, FixedMask)) else ()
+    out = [
+        Defence(
+            spec.label, "scope", spec.describe(), model, attack_model, gradient, _key(spec, ctx), None, {}, variants
+        )
+    ]
     if controls is None:
         return out
     seed = stage_seed(ctx.config.seed, f"control:{spec.label}")
@@ -212,7 +229,10 @@ def build_defences(spec: DefenceSpec, ctx: BuildContext, controls: str | None = 
         transform = BASELINES.create(spec.name, **spec.params)
         model = Preprocessed(ctx.model, transform)
         gradient = "exact" if getattr(transform, "differentiable", False) else "BPDA (identity backward)"
-        return [Defence(spec.label, "baseline", describe_transform(transform), model, model, gradient, _key(spec, ctx))]
+        smooth = Preprocessed(ctx.model, transform, "surrogate") if has_surrogate(transform) else None
+        variants = () if smooth is None else (AdaptiveVariant("surrogate", smooth, "BPDA (smooth surrogate backward)"),)
+        words, key = describe_transform(transform), _key(spec, ctx)
+        return [Defence(spec.label, "baseline", words, model, model, gradient, key, None, {}, variants)]
     if ctx.adv_model is None:
         return []
     d = ctx.config.defence

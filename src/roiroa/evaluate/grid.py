@@ -4,7 +4,8 @@ Every command's robustness numbers come from here. A cell is (defence, setting, 
 - 'clean': the defended model on the clean images;
 - 'non-adaptive': the attack crafted on the undefended model f, evaluated on the defence (the post-hoc setting);
 - 'adaptive': the attack crafted through the defence end to end (exact gradients, BPDA, EOT as the defence
-  says), evaluated on the defence;
+  says), evaluated on the defence; a defence may name further adaptive variants (another backward pass: a
+  smooth surrogate, straight-through through the fill), each its own cell, labelled 'attack[variant]';
 - 'gradient-free': a score-based attack (Square) run on the defence as it is.
 An image counts as robust in a cell only if the defence classifies the clean image and the attacked image
 correctly (RobustBench's convention). Each cell is a cached task per chunk of images; accuracy, its 95% Wilson
@@ -38,6 +39,16 @@ Kind = Literal["none", "scope", "control", "baseline", "analysis"]
 
 
 @dataclass(frozen=True)
+class AdaptiveVariant:
+    """Another way to attack a defence end to end: name (in the cell's label 'attack[name]'), the model a gradient
+    attack differentiates (its forward pass is the defence's), and its gradient, in words."""
+
+    name: str
+    attack_model: nn.Module
+    gradient: str
+
+
+@dataclass(frozen=True)
 class Defence:
     """One defended model of a grid.
 
@@ -46,7 +57,8 @@ class Defence:
     adaptive attack differentiates (an EOT wrapper for a random defence); gradient: how the adaptive attack
     gets its gradient, in words; key: the defence's content identity for the cache; control_of: the scope a
     control copies the area of; adaptive_params: hyperparameters an adaptive attack adds against this defence
-    where the attack takes them (e.g. the penalty weight on a detector's anomaly score).
+    where the attack takes them (e.g. the penalty weight on a detector's anomaly score); variants: further
+    adaptive attacks (each gradient attack is also crafted through every variant's attack model).
     """
 
     name: str
@@ -58,15 +70,24 @@ class Defence:
     key: str
     control_of: str | None = None
     adaptive_params: dict[str, Any] = field(default_factory=dict)
+    variants: tuple[AdaptiveVariant, ...] = ()
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One cell of the grid: a defence, a setting and an attack label (None for 'clean')."""
+    """One cell of the grid: a defence, a setting, an attack label (None for 'clean') and, for an adaptive cell
+    through one of the defence's variants, the variant's name."""
 
     defence: str
     setting: Setting
     attack: str | None = None
+    variant: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The attack as tables name it: 'none' for clean, 'attack[variant]' through a variant."""
+        attack = self.attack or "none"
+        return attack if self.variant is None else f"{attack}[{self.variant}]"
 
 
 @dataclass(frozen=True)
@@ -99,6 +120,8 @@ def standard_cells(defences: Sequence[Defence], attacks: Sequence[AttackEntry]) 
         for a in attacks:
             settings: tuple[Setting, ...] = ("gradient-free",) if a.gradient_free else ("non-adaptive", "adaptive")
             cells += [Cell(d.name, s, a.label) for s in settings]
+            if not a.gradient_free:
+                cells += [Cell(d.name, "adaptive", a.label, v.name) for v in d.variants]
     return cells
 
 
@@ -156,6 +179,9 @@ def _attacked_images(
     """The attack task's tensors for this cell: crafted on f, through the defence, or on it."""
     if cell.setting == "non-adaptive" or defence.kind == "none":
         target, key = context.model, context.model_key
+    elif cell.setting == "adaptive" and cell.variant is not None:
+        target, key = _variant(defence, cell.variant).attack_model, f"{defence.key}:attack_model:{cell.variant}"
+        entry = with_params(entry, defence.adaptive_params)
     elif cell.setting == "adaptive":
         target, key = defence.attack_model, f"{defence.key}:attack_model"
         entry = with_params(entry, defence.adaptive_params)
@@ -165,6 +191,10 @@ def _attacked_images(
         context.cache, entry, target, key, chunk, context.seed, context.fit, record=target is context.model
     )
     return context.cache.tensors(task.key, task.compute)
+
+
+def _variant(defence: Defence, name: str) -> AdaptiveVariant:
+    return next(v for v in defence.variants if v.name == name)
 
 
 def _cell_chunk(
@@ -193,6 +223,7 @@ def _cell_task(
     clean: torch.Tensor | None,
 ) -> Task:
     inputs: dict[str, Any] = {"defence": defence.key, "setting": cell.setting, "data": chunk.digest}
+    inputs |= {"variant": cell.variant} if cell.variant is not None else {}
     inputs |= {"model": context.model_key, "seed": context.seed, "attack": entry.params if entry else None}
     compute = partial(_cell_chunk, context, defence, cell, entry, chunk, clean)
     return Task(context.cache.key("cell", inputs), compute)
@@ -252,6 +283,19 @@ def worst_case(results: dict[Cell, CellResult], defence: str, attack: str | None
     return torch.stack(flags).all(0) if flags else None
 
 
+def grid_flags(results: dict[Cell, CellResult]) -> dict[str, torch.Tensor]:
+    """The per-image flags of a grid, for paired tests (McNemar) across cells: 'defence|setting|attack' -> (N,) bool,
+    True where the image is robust in that cell (the defence classifies the clean image and the attacked one
+    correctly; for 'clean' cells, the clean image); and per defence 'defence|worst-case|all', robust to every
+    attacked cell. An image is broken in a cell exactly where its flag is False."""
+    flags = {f"{c.defence}|{c.setting}|{c.label}": r.correct.bool() for c, r in results.items()}
+    for defence in dict.fromkeys(c.defence for c in results):
+        worst = worst_case(results, defence)
+        if worst is not None:
+            flags[f"{defence}|worst-case|{ALL}"] = worst.bool()
+    return flags
+
+
 def finite_mean(values: torch.Tensor) -> float | None:
     """The mean of the finite values of a (N,) tensor, or None when there is none."""
     finite = values[torch.isfinite(values)]
@@ -285,16 +329,17 @@ def grid_row(
     )
 
 
-def attack_description(entry: AttackEntry | None, setting: str, defence: Defence) -> str:
+def attack_description(entry: AttackEntry | None, setting: str, defence: Defence, variant: str | None = None) -> str:
     """How the attack of a cell was run, in words: its parameters and where it was crafted."""
     if entry is None:
         return "none"
     if setting == "adaptive":
         entry = with_params(entry, defence.adaptive_params)
     params = " ".join(f"{k}={v}" for k, v in entry.params.items() if k not in ("batch_size", "attack", "norm"))
+    gradient = defence.gradient if variant is None else _variant(defence, variant).gradient
     where = {
         "non-adaptive": "crafted on f, evaluated on the defence",
-        "adaptive": f"crafted through the defence ({defence.gradient})",
+        "adaptive": f"crafted through the defence ({gradient})",
         "gradient-free": "run on the defence (no gradients)",
     }[setting]
     return f"{entry.params.get('attack', entry.label)} {params}; {where}"
@@ -310,11 +355,8 @@ def table_rows(
         for cell, r in results.items():
             if cell.defence == d.name:
                 entry = by_label.get(cell.attack or "")
-                rows.append(
-                    grid_row(
-                        d, cell.setting, cell.attack or "none", attack_description(entry, cell.setting, d), r.correct, r
-                    )
-                )
+                words = attack_description(entry, cell.setting, d, cell.variant)
+                rows.append(grid_row(d, cell.setting, cell.label, words, r.correct, r))
         worst = worst_case(results, d.name)
         if worst is not None:
             rows.append(grid_row(d, "worst-case", ALL, "per image: robust only if every attack above failed", worst))

@@ -18,7 +18,7 @@ from roiroa.defence.baselines import AdversarialTraining
 from roiroa.defence.scopes import FitData
 from roiroa.evaluate.attacking import AttackEntry
 from roiroa.evaluate.defences import BuildContext
-from roiroa.evaluate.grid import Cell, CellResult, Defence, GridContext, evaluate_grid
+from roiroa.evaluate.grid import Cell, CellResult, Defence, GridContext, evaluate_grid, grid_flags
 from roiroa.evaluate.maps_stage import compute_maps
 from roiroa.evaluate.prepare import Prepared
 from roiroa.evaluate.tasks import Timings
@@ -87,22 +87,17 @@ def run_grid(
 
 
 def flag_table(results: dict[Cell, CellResult], data: ImageDataset) -> tuple[list[str], list[dict[str, Any]]]:
-    """flags.csv: one row per image and cell, with plain columns (image, index, label, defence, setting,
-    attack, correct): the per-image flags every accuracy in the tables is the mean of."""
+    """flags.csv: one row per image and cell (and per defence its worst case: setting 'worst-case', attack 'all'),
+    with plain columns (image, index, label, defence, setting, attack, correct): the per-image flags every accuracy
+    in the tables is the mean of; 'correct' 0 is an image the cell's attack broke (see :func:`grid_flags`)."""
     columns = ["image", "index", "label", "defence", "setting", "attack", "correct"]
     rows = []
     index, labels = data.index.tolist(), data.labels.tolist()
-    for cell, r in results.items():
-        for i, ok in enumerate(r.correct.tolist()):
-            rows.append(
-                dict(
-                    zip(
-                        columns,
-                        (i, index[i], labels[i], cell.defence, cell.setting, cell.attack or "none", int(ok)),
-                        strict=True,
-                    )
-                )
-            )
+    for key, flags in grid_flags(results).items():
+        defence, setting, attack = key.split("|", 2)
+        for i, ok in enumerate(flags.tolist()):
+            values = (i, index[i], labels[i], defence, setting, attack, int(ok))
+            rows.append(dict(zip(columns, values, strict=True)))
     return columns, rows
 
 

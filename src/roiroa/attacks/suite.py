@@ -1,0 +1,131 @@
+"""An attack suite: several attacks run on the same images, an image broken if any attack broke it.
+
+The suite states its budget (norm, eps, steps x restarts, queries, loss of every attack) so that every number
+computed with it can say what it survived. The robustness grid (:mod:`roiroa.evaluate.grid`) runs a suite's
+attacks as its cells; :meth:`AttackSuite.run` is the same on one model, for library use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from roiroa.attacks.base import attack_params, resolve_attack
+from roiroa.errors import InputError
+
+
+def default_suite_specs(eps: float = 0.15, queries: int = 5000) -> tuple[dict[str, Any], ...]:
+    """PGD (100 steps x 2 restarts, best iterate) with cross-entropy and with the CW margin, APGD-CE and APGD-DLR
+    (100 steps), and Square (``queries`` queries), all L-infinity at ``eps``."""
+    pgd = {"name": "pgd-linf", "eps": eps, "steps": 100, "restarts": 2, "step_size": eps / 15, "best_iterate": True}
+    return (
+        pgd | {"label": "pgd-ce", "loss": "ce"},
+        pgd | {"label": "pgd-margin", "loss": "margin"},
+        {"name": "apgd-ce", "eps": eps, "steps": 100},
+        {"name": "apgd-dlr", "eps": eps, "steps": 100},
+        {"name": "square", "eps": eps, "queries": queries},
+    )
+
+
+def quick_suite_specs(eps: float = 0.15) -> tuple[dict[str, Any], ...]:
+    """The --quick suite: PGD with the margin loss (5 steps, best iterate) and Square (20 queries): a smoke test,
+    not a number to publish."""
+    return (
+        {"name": "pgd-linf", "eps": eps, "steps": 5, "loss": "margin", "best_iterate": True},
+        {"name": "square", "eps": eps, "queries": 20},
+    )
+
+
+_BUDGET_KEYS = ("eps", "steps", "restarts", "queries", "loss", "best_iterate", "step_size")
+
+
+def budget_of(label: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The budget of one attack from its parameters: label, attack, norm and the keys it has among eps, steps,
+    restarts, queries, loss, best_iterate, step_size."""
+    return {"label": label, "attack": params.get("attack"), "norm": params.get("norm")} | {
+        k: params[k] for k in _BUDGET_KEYS if k in params
+    }
+
+
+def describe_budget(budget: dict[str, Any]) -> str:
+    """One attack's budget in words, e.g. 'pgd-ce: pgd-linf linf eps=0.15, 100 steps x 2 restarts, loss ce, best
+    iterate'."""
+    parts = [f"{budget['attack']} {budget['norm']} eps={budget.get('eps', '-')}"]
+    if "steps" in budget:
+        parts.append(f"{budget['steps']} steps x {budget.get('restarts', 1)} restarts")
+    if "queries" in budget:
+        parts.append(f"{budget['queries']} queries x {budget.get('restarts', 1)} restarts")
+    if "loss" in budget:
+        parts.append(f"loss {budget['loss']}")
+    if budget.get("best_iterate"):
+        parts.append("best iterate")
+    return f"{budget['label']}: " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    """Per-image results of a suite on one model.
+
+    robust: attack label -> (N,) bool, True where the model classifies the clean image and that attack's image
+    correctly; worst: (N,) bool, robust to every attack (the per-image worst case); budget: each attack's budget.
+    """
+
+    robust: dict[str, torch.Tensor]
+    worst: torch.Tensor
+    budget: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class AttackSuite:
+    """A named list of attacks (specs {name, label?, hyperparameters...} as in the config, or instances).
+
+    Args:
+        name: how outputs call the suite ('default', 'quick', 'custom').
+        specs: the attacks; labels (a spec's 'label', else its 'name') must be distinct.
+
+    Example:
+        >>> result = AttackSuite('default', default_suite_specs(0.1)).run(model, x, y)
+        >>> float(result.worst.double().mean())  # worst-case robust accuracy
+    """
+
+    name: str
+    specs: tuple[Any, ...] = field(default_factory=default_suite_specs)
+
+    def labelled(self) -> list[tuple[str, Any]]:
+        """(label, attack instance) of every spec, in order."""
+        out = []
+        for spec in self.specs:
+            attack = resolve_attack(spec)
+            label = spec.get("label", spec["name"]) if isinstance(spec, dict) else type(attack).__name__
+            out.append((str(label), attack))
+        if len({label for label, _ in out}) != len(out):
+            raise InputError(f"two attacks of the suite {self.name!r} share a label; give each a distinct 'label'.")
+        return out
+
+    def budget(self) -> list[dict[str, Any]]:
+        """Every attack's budget (see :func:`budget_of`)."""
+        return [budget_of(label, attack_params(attack)) for label, attack in self.labelled()]
+
+    def run(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack_model: nn.Module | None = None
+    ) -> SuiteResult:
+        """Run every attack on ``attack_model`` (default ``model``), judge on ``model``.
+
+        Args:
+            model: the defended model that decides, logits (N, K); attack_model: what gradient attacks
+                differentiate (e.g. a BPDA or EOT wrapper of ``model``); gradient-free attacks query ``model``.
+            x: (N, C, H, W) in [0, 1]; y: (N,) int64.
+        """
+        with torch.no_grad():
+            clean = model(x).argmax(1) == y
+        robust = {}
+        for label, attack in self.labelled():
+            target = model if getattr(attack, "gradient_free", False) or attack_model is None else attack_model
+            x_adv = attack(target, x, y)
+            with torch.no_grad():
+                robust[label] = clean & (model(x_adv).argmax(1) == y)
+        worst = torch.stack(list(robust.values())).all(0)
+        return SuiteResult(robust, worst, self.budget())
