@@ -126,7 +126,8 @@ class OracleRow:
 
 @dataclass(frozen=True)
 class SweepRow:
-    """One mask setting of the sweep: clean, non-adaptive and adaptive accuracy, area, Pareto membership."""
+    """One mask setting of the sweep: clean, non-adaptive and adaptive accuracy, area, the per-image worst case over
+    its attacked cells, and membership of the Pareto front on (clean, worst case)."""
 
     scope: str
     threshold: str
@@ -141,6 +142,23 @@ class SweepRow:
     attack: str
     n_images: int
     pareto: bool = False
+    worst_case_accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One sanity check of an evaluation's attacks (Carlini et al. 2019): its defence, the check's name, whether it
+    passed, and what was measured, in words.
+
+    check: 'falls with eps', 'about 0 unbounded', 'worst case <= every attack', 'converged' (more steps and restarts
+    do not lower robust accuracy below the interval) or 'no gradient masking' (gradient-free and transfer attacks
+    not stronger than the gradient attacks through the defence).
+    """
+
+    defence: str
+    check: str
+    passed: bool
+    detail: str
 
 
 @dataclass(frozen=True)

@@ -166,8 +166,8 @@ class GradientAttack(AttackCalls):
     random_start: bool
     restarts: int
     batch_size: int
-    loss: str
-    best_iterate: bool
+    loss: str = "ce"  # a subclass without these fields raises the cross-entropy and keeps the last iterate
+    best_iterate: bool = False
 
     def __post_init__(self) -> None:
         owner = type(self).__name__

@@ -9,16 +9,18 @@ parameters with its Pareto front, and the check that adaptive robust accuracy fa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
+from roiroa.attacks.suite import budget_of, describe_budget
 from roiroa.cache import StageCache
 from roiroa.data.dataset import ImageDataset, sample_per_class
 from roiroa.evaluate.analysis import oracle_rows
 from roiroa.evaluate.attacking import AttackEntry, attack_entries, attack_entry
-from roiroa.evaluate.config import Config
+from roiroa.evaluate.config import Config, suite_name
 from roiroa.evaluate.defences import (
     BuildContext,
     DefenceSpec,
@@ -28,12 +30,28 @@ from roiroa.evaluate.defences import (
     parse_defences,
     spec_fill,
 )
-from roiroa.evaluate.grid import Cell, CellResult, Defence, finite_mean, standard_cells, table_rows
+from roiroa.evaluate.grid import (
+    Cell,
+    CellResult,
+    Defence,
+    finite_mean,
+    grid_flags,
+    standard_cells,
+    table_rows,
+    worst_case,
+)
 from roiroa.evaluate.maps_stage import compute_maps
 from roiroa.evaluate.outputs import CommandResult, build_context, dataset_info, flag_table, header, model_info, run_grid
 from roiroa.evaluate.prepare import DataLike, Prepared, prepare
+from roiroa.evaluate.sanity import (
+    convergence_entries,
+    convergence_verdicts,
+    eps_verdicts,
+    masking_verdicts,
+    worst_verdicts,
+)
 from roiroa.evaluate.tasks import Timings
-from roiroa.results import ResultsFolder, SanityRow, SweepRow, to_json
+from roiroa.results import ResultsFolder, SanityRow, SweepRow, Verdict, to_json
 from roiroa.utils import stage_seed
 
 
@@ -43,6 +61,10 @@ class DefendResult(CommandResult):
 
     prepared: Prepared
     folder: ResultsFolder
+    flags: dict[str, torch.Tensor] = field(default_factory=dict)
+    """The table's per-image flags, 'defence|setting|attack' -> (N,) bool, True where the image is robust in that
+    cell, with 'defence|worst-case|all' per defence (see :func:`roiroa.evaluate.grid.grid_flags`); the same as
+    flags.csv, for paired tests."""
 
 
 def sweep_specs(config: Config) -> list[DefenceSpec]:
@@ -68,8 +90,9 @@ def sweep_specs(config: Config) -> list[DefenceSpec]:
 def sweep_rows(
     specs: list[DefenceSpec], defences: list[Defence], attack: AttackEntry, results: dict[Cell, CellResult]
 ) -> list[SweepRow]:
-    """One row per mask setting: clean, non-adaptive and adaptive accuracy, area; the Pareto front on
-    (clean, adaptive)."""
+    """One row per mask setting: clean, non-adaptive and adaptive accuracy, area, and the per-image worst case over
+    its attacked cells (non-adaptive, adaptive and every adaptive variant); the Pareto front on (clean, worst case):
+    a setting only the weaker adaptive attack fails on is not on the front."""
     rows = []
     for spec, d in zip(specs, defences, strict=True):
         flags = {
@@ -80,6 +103,7 @@ def sweep_rows(
         scope = spec.name if p.get("roa", "probe") == "probe" else f"{spec.name}[shift]"
         q_roa = p.get("q_roa") if p.get("threshold") == "top_q" else None
         acc = {s: float(r.correct.double().mean()) for s, r in flags.items()}
+        worst = worst_case(results, d.name)
         where = f"{attack.label}: non-adaptive crafted on f; adaptive through the defence ({d.gradient})"
         rows.append(
             SweepRow(
@@ -95,9 +119,10 @@ def sweep_rows(
                 acc["adaptive"],
                 where,
                 len(flags["clean"].correct),
+                worst_case_accuracy=None if worst is None else float(worst.double().mean()),
             )
         )
-    front = pareto_front([(r.clean_accuracy, r.adaptive_accuracy) for r in rows])
+    front = pareto_front([(r.clean_accuracy, r.worst_case_accuracy or 0.0) for r in rows])
     return [SweepRow(**{**r.__dict__, "pareto": p}) for r, p in zip(rows, front, strict=True)]
 
 
@@ -115,7 +140,8 @@ def sanity_rows(
     """Adaptive robust accuracy against eps for every defence but the controls: it must fall, and reach ~0."""
     c = prepared.config
     eps = c.evaluation.sanity_eps
-    attacks = [attack_entry(attack | {"eps": e, "label": f"eps={e:g}"}, c.batch_size) for e in eps]
+    scaled = {k: v for k, v in attack.items() if k != "step_size"}  # the attack's default step, scaled with eps
+    attacks = [attack_entry(scaled | {"eps": e, "label": f"eps={e:g}"}, c.batch_size) for e in eps]
     chosen = [d for d in defences if d.kind != "control"]
     cells = [Cell(d.name, "adaptive", a.label) for d in chosen for a in attacks]
     results = run_grid(prepared, cache, chosen, attacks, cells, data)
@@ -176,7 +202,38 @@ def beside_the_table(
         first_spec = next(s for s in e.attacks if attack_entry(s, c.batch_size).label == first.label)
         subset = sample_per_class(test, n, stage_seed(c.seed, "sanity"))  # every class, as the table
         sanity = sanity_rows(prepared, cache, defences, first_spec, subset)
-    return {"n_sanity": n, "oracle": oracle, "sweep": sweep_rows(specs, swept, first, sweep_results), "sanity": sanity}
+        converged = convergence_check(prepared, cache, defences, first_spec, subset)
+    sweep = sweep_rows(specs, swept, first, sweep_results)
+    return {
+        "n_sanity": n,
+        "oracle": oracle,
+        "sweep": sweep,
+        "sanity": sanity,
+        "verdicts": eps_verdicts(sanity) + converged,
+    }
+
+
+def convergence_check(
+    prepared: Prepared, cache: StageCache, defences: list[Defence], spec: dict[str, Any], data: ImageDataset
+) -> list[Verdict]:
+    """The first gradient attack through every defence but the controls, as run and with twice the steps and twice
+    the restarts, on the sanity images: the 'converged' verdicts."""
+    pair = convergence_entries(spec, prepared.config.batch_size)
+    chosen = [d for d in defences if d.kind != "control"]
+    cells = [Cell(d.name, "adaptive", a.label) for d in chosen for a in pair]
+    return convergence_verdicts(chosen, pair, run_grid(prepared, cache, chosen, list(pair), cells, data))
+
+
+def suite_info(config: Config, attacks: list[AttackEntry]) -> dict[str, Any]:
+    """The attack suite of the table: its name ('default', 'quick', 'custom'), every attack's budget, in data and
+    in words, and what the worst case means."""
+    budget = [budget_of(a.label, a.params) for a in attacks]
+    name = suite_name(config.evaluation.attacks, config.quick)
+    words = [describe_budget(b) for b in budget]
+    if name == "quick":
+        words.append("--quick: a small suite for a smoke test; its robust accuracies overstate robustness")
+    worst = "per image: robust only if every attack, crafted on f, through the defence and its variants, failed"
+    return {"name": name, "budget": budget, "description": words, "worst_case": worst}
 
 
 def run_defend(
@@ -207,13 +264,15 @@ def run_defend(
             "model": model_info(prepared, float(results[Cell("none", "clean")].correct.double().mean())),
             "attacks": [{"label": a.label, "params": a.params, "gradient_free": a.gradient_free} for a in attacks],
             "n_test": len(test),
+            "suite": suite_info(config, attacks),
             "table": table_rows(defences, attacks, results),
             "notes": notes(config, defences),
         }
         | more
     )
+    summary["verdicts"] = worst_verdicts(defences, results) + masking_verdicts(defences, results) + more["verdicts"]
     folder = ResultsFolder("defend", to_json(summary), config.to_dict(), {"flags.csv": flag_table(results, test)})
-    return DefendResult(prepared, folder)
+    return DefendResult(prepared, folder, grid_flags(results))
 
 
 def notes(config: Config, defences: list[Defence]) -> list[str]:

@@ -148,10 +148,25 @@ class CommandResult:
         """The terminal table of the results."""
         from roiroa.report.tables import terminal_table
 
-        return terminal_table(self.results)
+        return "\n".join([terminal_table(self.results), *suite_lines(self.results)])
 
     def write(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write the results folder ``out`` (results.json, CSV tables, figures, report.html) and return it."""
         from roiroa.report.folder import write_folder
 
         return write_folder(self.folder, out, overwrite)
+
+
+def suite_lines(results: dict[str, Any]) -> list[str]:
+    """The attack suite's budget and the sanity verdicts, for the terminal (where results.json has them)."""
+    lines = []
+    if "suite" in results:
+        suite = results["suite"]
+        lines += ["", f"attack suite '{suite['name']}' (worst case: {suite['worst_case']}):"]
+        lines += [f"  {words}" for words in suite["description"]]
+    verdicts = results.get("verdicts", [])
+    if verdicts:
+        failed = [v for v in verdicts if not v["passed"]]
+        lines += ["", f"sanity verdicts: {len(verdicts) - len(failed)} of {len(verdicts)} checks passed"]
+        lines += [f"  FAILED {v['defence']}: {v['check']}: {v['detail']}" for v in failed]
+    return lines
