@@ -74,6 +74,10 @@ class StraightThrough(nn.Module):
             blocked = torch.where(m > 0, d.fill(x, m).expand_as(x), x)  # type: ignore[operator]
         return d.model(x + (blocked - x).detach())  # type: ignore[operator]
 
+    def penalty(self, x: torch.Tensor) -> torch.Tensor:
+        """(N,) the defence's differentiable anomaly surrogate (a fragment detector's), for adaptive patch attacks."""
+        return self.defended.penalty(x)  # type: ignore[operator]
+
 
 def soft_bit_depth(x: torch.Tensor, bits: int, temperature: float = 0.05) -> torch.Tensor:
     """A smooth surrogate of rounding to 2**bits levels: a sum of sigmoid steps at the rounding thresholds.

@@ -64,15 +64,18 @@ def patch_defences(config: Config, ctx: BuildContext) -> list[Defence]:
 
 
 def patch_cells(config: Config, defences: list[Defence], attacks: list[tuple[float, AttackEntry]]) -> list[Cell]:
-    """Clean and non-adaptive for every defence and attack at ``areas``; adaptive for the defences of ``adaptive``
-    at ``adaptive_areas``."""
+    """Clean and non-adaptive for every defence and attack at ``areas``; adaptive (through the defence and through
+    each of its variants, e.g. straight through the fill with the detector's penalty) for the defences of
+    ``adaptive`` at ``adaptive_areas``."""
     p = config.patches
     cells = [Cell(d.name, "clean") for d in defences]
     for area, a in attacks:
         if area in p.areas:
             cells += [Cell(d.name, "non-adaptive", a.label) for d in defences]
         if area in p.adaptive_areas:
-            cells += [Cell(d.name, "adaptive", a.label) for d in defences if d.name in p.adaptive]
+            chosen = [d for d in defences if d.name in p.adaptive]
+            cells += [Cell(d.name, "adaptive", a.label) for d in chosen]
+            cells += [Cell(d.name, "adaptive", a.label, v.name) for d in chosen for v in d.variants]
     return cells
 
 
