@@ -2,8 +2,8 @@
 and the per-image worst case, each with its 95% Wilson interval.
 
 The default: the per-input mask of ``roiroa defend`` (probe eps 0.1, 5 steps) at L-infinity eps 0.15 on 100 test
-images (10 per class), beside the undefended model (and, with --control, the mask's equal-area random control). The goal of
-issue 16: a worst case of at most 3% on the per-input mask. Runs go through the stage cache.
+images (10 per class), beside the undefended model (and, with --control, the mask's equal-area random control).
+The goal of issue 16: a worst case of at most 3% on the per-input mask. Runs go through the stage cache.
 
     python benchmarks/adaptive_audit.py [--defence per_input] [--eps 0.15] [--n 100]
     python benchmarks/adaptive_audit.py --defence bit_depth --bits 1 --eps 0.3
