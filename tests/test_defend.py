@@ -371,7 +371,7 @@ def test_defend_cli_bad_input(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_defend_quick_end_to_end(tmp_path, mnist_model):
+def test_defend_quick_end_to_end(tmp_path, mnist_model, capsys):
     from roiroa.cli import main
 
     cfg = tmp_path / "c.toml"
@@ -396,3 +396,17 @@ def test_defend_quick_end_to_end(tmp_path, mnist_model):
     assert any(r["pareto"] for r in summary["sweep"])
     for r in summary["sanity"]:
         assert r["accuracy"][-1] <= r["accuracy"][0] and r["n_images"] == 6
+    # the suite states its budget and the sanity verdicts, in results.json (by the schema) and on the terminal
+    import jsonschema
+
+    from roiroa.results import schema
+
+    jsonschema.validate(summary, schema())
+    assert summary["suite"]["name"] == "quick" and any("--quick" in w for w in summary["suite"]["description"])
+    checks = {v["check"] for v in summary["verdicts"]}
+    assert {"falls with eps", "about 0 unbounded", "worst case <= every attack", "converged"} <= checks
+    assert all(v["passed"] for v in summary["verdicts"] if v["check"] == "worst case <= every attack")
+    assert any(r["attack"] == "pgd-linf[straight-through]" for r in summary["table"] if r["defence"] == "per_input")
+    assert any(r["attack"] == "pgd-linf[surrogate]" for r in summary["table"] if r["defence"] == "bit_depth")
+    printed = capsys.readouterr().out
+    assert "attack suite 'quick'" in printed and "sanity verdicts:" in printed

@@ -162,6 +162,7 @@ def central_mask():
 
 # Fewer iterations for the optimisation attacks, so that these tests stay fast.
 QUICK_KWARGS = {"cw-l2": {"steps": 20, "binary_search_steps": 2}, "deepfool": {"steps": 20}}
+QUICK_KWARGS |= {name: {"steps": 10} for name in ("apgd-ce", "apgd-dlr", "apgd-ce-l2", "apgd-dlr-l2")}
 
 
 def within_budget(attack, x, x_adv):
