@@ -202,8 +202,10 @@ class EvaluationConfig:
     defences: names or {name, label?, fill?, dilation?, parameters...} of mask scopes ('global', 'per_class',
         'per_input', 'fragments' or user code), input transformations ('bit_depth', 'median', 'jpeg', 'blur',
         'lgs') and 'adv_training'. Every scope gets its equal-area random control when ``controls`` is true.
-    attacks: {name, label?, hyperparameters...}: a gradient attack is crafted on f (non-adaptive) and through
-        each defence (adaptive); a gradient-free one ('square') runs on the defence.
+    attacks: the attack suite, {name, label?, hyperparameters...} each (default: PGD-CE and PGD-margin 100 steps x
+        2 restarts with the best iterate, APGD-CE, APGD-DLR, Square 5,000 queries): a gradient attack is crafted on
+        f (non-adaptive), through each defence and through each of its adaptive variants (adaptive); a
+        gradient-free one ('square') runs on the defence; the worst case per image is over all of them.
     sweep_scopes, sweep_q_roa, sweep_dilation, sweep_fills: the mask parameter sweep (clean, non-adaptive and
         adaptive accuracy with the first attack), with its Pareto front.
     n_sanity, sanity_eps: images and L-inf budgets of the check that adaptive robust accuracy falls with eps.
