@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from roiroa.errors import InputError
-from roiroa.report import plots
 from roiroa.report.atlas import attack_atlas, class_atlas, segment_atlas
 from roiroa.report.figures import cached_png, content_key, png_bytes
 from roiroa.report.markup import CSP, CSS, ci_text, e, num, pct, png_img, table
+from roiroa.report.plots import class_figure, eps_figure, pareto_figure, per_image_figure, tradeoff_figure
 from roiroa.report.summary import verdict_section, wrap_verdict
 from roiroa.results import CONSISTENCY_STATISTICS, DELTA_STATISTICS, MAP_STATISTICS
 
@@ -367,10 +367,10 @@ def figures_section(folder: Path, results: dict[str, Any]) -> str:
     rows = _per_image_rows(folder)
     per_class = (results.get("statistics") or {}).get("per_class")
     candidates = [
-        ("eps", results.get("sanity"), plots.eps_figure, EPS_WORDS),
-        ("area", results.get("oracle") or results.get("sweep"), plots.tradeoff_figure, AREA_WORDS),
-        ("pareto", results.get("sweep"), plots.pareto_figure, PARETO_WORDS),
-        ("class", per_class, plots.class_figure, CLASS_WORDS),
+        ("eps", results.get("sanity"), eps_figure, EPS_WORDS),
+        ("area", results.get("oracle") or results.get("sweep"), tradeoff_figure, AREA_WORDS),
+        ("pareto", results.get("sweep"), pareto_figure, PARETO_WORDS),
+        ("class", per_class, class_figure, CLASS_WORDS),
     ]
     parts = []
     for name, data, draw, words in candidates:
@@ -379,7 +379,7 @@ def figures_section(folder: Path, results: dict[str, Any]) -> str:
             parts.append(f"<p>{words}</p>" + chart(key, partial(draw, results), name))
     if rows:
         key = content_key("chart", "per-image", rows)
-        parts.append(f"<p>{PER_IMAGE_WORDS}</p>" + chart(key, partial(plots.per_image_figure, rows), "per image"))
+        parts.append(f"<p>{PER_IMAGE_WORDS}</p>" + chart(key, partial(per_image_figure, rows), "per image"))
     return "<h2>Figures</h2>" + "".join(parts) if parts else ""
 
 

@@ -102,12 +102,12 @@ def sentence(v: Verdict) -> str:
     return f"<p><b>{e(v.defence)}</b>{blocks}:</p><ul>{''.join(items)}</ul>"
 
 
-def folder_verdict(results: Mapping[str, Any], shown: str) -> str:
+def folder_verdict(results: Mapping[str, Any], shown: str | None) -> str:
     """The verdict block of one folder: a sentence on its first defence, then a table of every defence."""
     found = tables_of(results)
     if not found:
         return ""
-    head = f"<h3>roiroa {e(results.get('command', ''))}: <code>{e(shown)}</code></h3>"
+    head = "" if shown is None else f"<h3>roiroa {e(results.get('command', ''))}: <code>{e(shown)}</code></h3>"
     first = found[0][1][0]
     parts = [head, sentence(first)]
     for title, verdicts in found:
