@@ -130,7 +130,7 @@ FONT = 9  # points: 12.5 px at the gallery's 100 dpi
 def _gallery_axes(n_rows: int, n_cols: int) -> tuple[plt.Figure, np.ndarray]:
     """A grid of square cells as wide as the report's column, laid out by hand (fast for many axes)."""
     plt = pyplot()
-    left, right, top, bottom = 0.75, 0.55, 1.05, 0.1
+    left, right, top, bottom = 0.75, 0.55, 1.05, 0.4
     cell = min(1.3, (PAGE_PX / DPI - left - right) / n_cols)
     width, height = left + right + n_cols * cell, top + bottom + n_rows * (cell + 0.3)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)

@@ -25,6 +25,7 @@ from roiroa.report.figures import cached_png, content_key, png_bytes
 from roiroa.report.markup import CSP, CSS, ci_text, e, num, pct, png_img, table
 from roiroa.report.plots import class_figure, eps_figure, pareto_figure, per_image_figure, tradeoff_figure
 from roiroa.report.summary import verdict_section, wrap_verdict
+from roiroa.report.tables import terminal_table
 from roiroa.results import CONSISTENCY_STATISTICS, DELTA_STATISTICS, MAP_STATISTICS
 
 REPORT_NAME = "report.html"
@@ -278,12 +279,22 @@ def oracle_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def terminal_section(results: dict[str, Any], opened: bool = False) -> str:
+    """The table the command printed in the terminal, as it printed it."""
+    command = e(results["command"])
+    return (
+        f"<details{' open' if opened else ''}><summary>The table <code>roiroa {command}</code> printed</summary>"
+        f"<pre>{e(terminal_table(results))}</pre></details>"
+    )
+
+
 def run_defence_section(results: dict[str, Any]) -> str:
     parts = [
         "<h2>Defence</h2><p>Robust accuracy on the test images: an image counts only if the model is right on the "
         "clean and on the attacked image. none: the undefended f; global: f&#8728;N with the global mask S_A; "
         "random[global]: a random mask of the same area (the control); non-adaptive: the attack crafted on f; "
         "adaptive: crafted through the defence; worst-case: per image over every attack.</p>",
+        terminal_section(results, opened=True),
         grid_table(results["defence"]),
     ]
     if results.get("defence_short"):
@@ -305,6 +316,7 @@ def defend_section(folder: Path, results: dict[str, Any]) -> str:
         f"<h2>Defence table ({results['n_test']} test images)</h2>",
         "<p>Every defence on the same model, attacks and images; each accuracy with its 95% Wilson interval.</p>",
         grid_table(results["table"]),
+        terminal_section(results),
     ]
     if results.get("oracle"):
         parts += ["<h3>Oracle analysis</h3>", oracle_table(results["oracle"])]
@@ -332,7 +344,7 @@ def defend_section(folder: Path, results: dict[str, Any]) -> str:
 
 def patches_section(folder: Path, results: dict[str, Any]) -> str:
     rows = results["table"]
-    parts = [f"<h2>Patch attacks ({results['n_test']} test images)</h2>", grid_table(rows)]
+    parts = [f"<h2>Patch attacks ({results['n_test']} test images)</h2>", grid_table(rows), terminal_section(results)]
     if (folder / "patches.png").exists():
         parts.append(png_img((folder / "patches.png").read_bytes(), "accuracy against patch area"))
     return "".join(parts)

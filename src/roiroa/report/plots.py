@@ -84,7 +84,7 @@ def _oracle_lines(ax: plt.Axes, oracle: Sequence[Row]) -> None:
         area = [a for a, _ in pts]
         ax.plot(area, [r["accuracy"] for _, r in pts], "-o", color=colour, label=f"oracle, {text(attack)}")
         random = [r["random_mask_accuracy"] for _, r in pts]
-        ax.plot(area, random, ":", color=colour, label=f"random mask, {text(attack)}")
+        ax.plot(area, random, ":x", color=colour, label=f"random mask, {text(attack)}")
 
 
 def _sweep_points(ax: plt.Axes, sweep: Sequence[Row]) -> None:
