@@ -218,7 +218,8 @@ def test_report_is_self_contained_and_escaped(small_run):
     results = json.loads((small_run / "results.json").read_text())
     for s in _headline_strings(results):
         assert s in text, s
-    assert ".tmp" not in text  # the folder is shown by its final name
+    assert ".tmp" not in text and str(small_run.resolve()) in text  # the folder is shown by its final path
+    assert "is absent" not in text and "The table roiroa run printed" in text
 
 
 def test_one_report_of_a_run_and_a_defend_folder(small_run, small_defend, tmp_path, capsys):
@@ -237,7 +238,8 @@ def test_one_report_of_a_run_and_a_defend_folder(small_run, small_defend, tmp_pa
     for row in defend["table"]:  # every row of the defence table, with its interval
         assert f"[{100 * row['ci_low']:.1f}%, {100 * row['ci_high']:.1f}%]" in text
     images = page.count("data:image/png;base64,")
-    assert images == (small_run / "report.html").read_text().count("data:image/png") + 1  # + defence.png
+    alone = [(f / "report.html").read_text().count("data:image/png") for f in (small_run, small_defend)]
+    assert images == sum(alone) and alone[1] == 3  # the defend folder's charts: eps, blocked area, sweep
     assert (
         defend["model"]["test_accuracy"]
         == json.loads((small_run / "results.json").read_text())["model"]["test_accuracy"]
@@ -308,6 +310,11 @@ window.addEventListener("load", () => {
     images: imgs.length,
     decoded: imgs.filter((i) => i.complete && i.naturalWidth > 0 && i.naturalHeight > 0).length,
     scripts: document.scripts.length,
+    verdictBottom: document.querySelector(".verdict ul").getBoundingClientRect().bottom + window.scrollY,
+    pageWidth: document.documentElement.scrollWidth,
+    smallestFont: Math.min(...Array.from(document.querySelectorAll("body *"))
+      .filter((n) => Array.from(n.childNodes).some((c) => c.nodeType === 3 && c.textContent.trim()))
+      .map((n) => parseFloat(getComputedStyle(n).fontSize))),
     resources: performance.getEntriesByType("resource").map((r) => r.name),
     text: document.body.innerText,
   };
@@ -331,6 +338,7 @@ def _chromium(page: Path, tmp_path: Path) -> subprocess.CompletedProcess:
             "--enable-logging=stderr",
             "--v=0",
             "--virtual-time-budget=5000",
+            "--window-size=1400,900",
             "--dump-dom",
             page.as_uri(),
         ],
@@ -366,11 +374,15 @@ def test_report_in_headless_chromium(small_run, small_defend, tmp_path):
     out = json.loads(html.unescape(match.group(1)))
     assert out["images"] >= 5 and out["decoded"] == out["images"]
     assert out["scripts"] == 1  # only the checking script: the class names did not become scripts
+    assert out["verdictBottom"] <= 900  # the first screen (1,400 x 900) holds the verdict on the first defence
+    assert out["pageWidth"] <= 1400  # wide tables scroll inside their box, not the page
+    assert out["smallestFont"] >= 10, out["smallestFont"]
     assert [r for r in out["resources"] if not r.startswith("data:")] == []
     headline = _headline_strings(json.loads((small_run / "results.json").read_text()))
     for s in (EVIL, EVIL_LABEL, "one & <b>only</b>", *headline):
         assert s in out["text"], s
     assert "Headline numbers" in out["text"] and "Atlases" in out["text"] and "Defence table" in out["text"]
+    assert out["text"].index("Verdict") < out["text"].index("Setup")
 
 
 # ------------------------------------------------------------------------------- verdict, figures, notebook
@@ -655,3 +667,23 @@ def test_repr_html_of_a_result_is_its_verdict_escaped():
     assert "<script" not in page and "mask" in text and "random" not in text.split("mask")[0]
     assert "20.0% [" in text and "+9.0 pts" in text  # the adaptive cell of 'mask': 20% against 11% (control)
     assert "+20.0 pts" in text  # the oracle gap
+
+
+def test_report_shows_unknown_parts_and_skips_absent_ones(small_defend, tmp_path):
+    """A newer command's fields (a list of records, a mapping, nested lists) are shown escaped by their keys; a
+    folder without oracle, sweep and sanity renders without their charts."""
+    folder = tmp_path / "newer"
+    shutil.copytree(small_defend, folder)
+    results = json.loads((folder / "results.json").read_text())
+    results["comparisons"] = [{"defence": EVIL, "p_value": 0.0123456, "significant": True}]
+    results["certified"] = {"accuracy": 0.5, "method": EVIL_LABEL}
+    results["per_attack"] = {"pgd": [{"eps": 0.1, "accuracy": 0.2}]}
+    for key in ("oracle", "sweep", "sanity"):
+        del results[key]
+    (folder / "results.json").write_text(json.dumps(results))
+    page = render_report([folder])
+    text = "".join(_parse(page).text)
+    assert EVIL not in page and EVIL_LABEL not in page
+    assert "comparisons" in text and "0.01235" in text and EVIL in text and EVIL_LABEL in text
+    assert "per_attack.pgd" in text and "Verdict" in text
+    assert page.count("data:image/png") == 0  # no chart without its data

@@ -21,6 +21,7 @@ import numpy as np
 
 from roiroa.errors import InputError
 from roiroa.report.atlas import attack_atlas, class_atlas, segment_atlas
+from roiroa.report.extras import extras_section
 from roiroa.report.figures import cached_png, content_key, png_bytes
 from roiroa.report.markup import CSP, CSS, ci_text, e, num, pct, png_img, table
 from roiroa.report.plots import class_figure, eps_figure, pareto_figure, per_image_figure, tradeoff_figure
@@ -221,22 +222,24 @@ def statistics_section(results: dict[str, Any]) -> str:
         "another random start; of an attack on the run's model and on models trained with other seeds.</p>"
     )
     parts.append(table(["across", "which", "IoU", "null"], cons_rows, left=2))
-    class_stats = [
-        k for k in (*MAP_STATISTICS, *CONSISTENCY_STATISTICS) if any(k in v for v in st["per_class"].values())
-    ]
-    class_rows = [
-        [e(c)]
-        + [
-            f'{ci_text(v[k]["value"])}<br><span class="null">{ci_text(v[k]["null"])}</span>' if k in v else "&ndash;"
-            for k in class_stats
-        ]
-        for c, v in st["per_class"].items()
-    ]
-    parts.append("<h3>Per class (the run's RoA map)</h3>")
-    parts.append(table(["class"] + [e(k) for k in class_stats], class_rows))
+    parts.append("<h3>Per class (the run's RoA map)</h3>" + class_table(st["per_class"]))
     glossary = {**MAP_STATISTICS, **DELTA_STATISTICS, **CONSISTENCY_STATISTICS}
     parts.append("<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in glossary.items()) + "</dl>")
     return "".join(parts)
+
+
+def class_table(per_class: dict[str, Any]) -> str:
+    """The per-class statistics: one row per class, each statistic with its interval and its null."""
+    names = [k for k in (*MAP_STATISTICS, *CONSISTENCY_STATISTICS) if any(k in v for v in per_class.values())]
+    rows = [
+        [e(c)]
+        + [
+            f'{ci_text(v[k]["value"])}<br><span class="null">{ci_text(v[k]["null"])}</span>' if k in v else "&ndash;"
+            for k in names
+        ]
+        for c, v in per_class.items()
+    ]
+    return table(["class"] + [e(k) for k in names], rows)
 
 
 def grid_table(rows: list[dict[str, Any]]) -> str:
@@ -450,7 +453,7 @@ def folder_sections(folder: Path, shown: str, results: dict[str, Any], config: d
         body += [figures_section(folder, results), defend_section(folder, results)]
     else:
         body.append(patches_section(folder, results))
-    return "".join(body) + files_section(folder, results, shown)
+    return "".join(body) + extras_section(results) + files_section(folder, results, shown)
 
 
 # --------------------------------------------------------------------------------------------- the page
