@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 from roiroa.files import atomic_write, cache_dir
 
-FIGURE_VERSION = 2  # bump when a figure's drawing changes, so cached images are drawn again
+FIGURE_VERSION = 3  # bump when a figure's drawing changes, so cached images are drawn again
 _CACHE = {"enabled": True}
 SEGMENT_COLOURS = ["#ffffff", "#1f77b4", "#d62728", "#9467bd"]  # S_0, S_I, S_A, S_IA
 
@@ -122,9 +122,9 @@ def gallery_figure(
     path.write_bytes(cached_png(key, lambda: png_bytes(draw_gallery(arrays, classes, attacks))))
 
 
-GALLERY_TITLES = ["input", "importance I\n(RoI outlined)", "RoA map A\n(RoA outlined)", "segments"]
-GALLERY_ATTACK_TITLES = {"adv": "{}\nattacked", "global": "{}\nglobal mask", "oracle": "{}\nown S_A (oracle)"}
-FONT = 9  # points: 12.5 px at the gallery's 100 dpi
+GALLERY_TITLES = ["input", "I, RoI\n(cyan)", "A, RoA\n(green)", "segments"]
+GALLERY_ATTACK_TITLES = {"adv": "{}\nattacked", "global": "{}\nglobal mask", "oracle": "{}\noracle S_A"}
+FONT = 9  # points: 12.5 px at the gallery's 100 dpi (column titles 8 points: 11 px)
 
 
 def _gallery_axes(n_rows: int, n_cols: int) -> tuple[plt.Figure, np.ndarray]:
@@ -191,7 +191,7 @@ def draw_gallery(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attac
     for row, i in enumerate(idx):
         heat = _gallery_row(axes[row], arrays, row, int(i), int(labels[row]), attacks, classes, regions)
     for col, title in enumerate(titles):
-        axes[0, col].set_title(title, fontsize=FONT)
+        axes[0, col].set_title(title, fontsize=FONT - 1)
     legend = [Patch(facecolor=c, edgecolor="k", label=t) for c, t in zip(SEGMENT_COLOURS, SEGMENT_LABELS, strict=True)]
     fig.legend(handles=legend, loc="upper center", ncol=4, fontsize=FONT, frameon=False)
     fig.suptitle("Gallery: one test image per class, every attack", fontsize=FONT + 1, y=1 - 0.35 / fig.get_figheight())

@@ -110,6 +110,8 @@ def _table_points(ax: plt.Axes, rows: Sequence[Row]) -> None:
         if r["setting"] == "worst-case" and r["defence"] in area:
             control = r.get("kind") == "control"
             ax.scatter([area[r["defence"]]], [r["accuracy"]], marker="x" if control else "*", s=70, c="k")
+            if control:
+                continue  # a control sits at its defence's area: marked, not named
             ax.annotate(
                 text(r["defence"]),
                 (area[r["defence"]], r["accuracy"]),
@@ -219,7 +221,9 @@ def class_figure(results: Mapping[str, Any]) -> plt.Figure:
                 capsize=2,
             )
         ax.set_xticks(x, [text(c)[:10] for c in classes], rotation=45 if len(classes) > 12 else 0)
+        ax.margins(y=0.25)
         _styled(ax, f"{title} per class (mean, 95% interval)", "class", title)
+        ax.legend(fontsize=STYLE["legend.fontsize"], loc="upper center", ncol=2)
     fig.tight_layout()
     return fig
 

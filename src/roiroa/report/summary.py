@@ -99,7 +99,25 @@ def sentence(v: Verdict) -> str:
             f"{pct(o.accuracy)} at {pct(o.area)} blocked (q_roa {o.q_roa:g}; a random mask of that area "
             f"{pct(o.random_mask_accuracy)}).</li>"
         )
-    return f"<p><b>{e(v.defence)}</b>{blocks}:</p><ul>{''.join(items)}</ul>"
+    return f"<p>{in_short(v)}</p><p><b>{e(v.defence)}</b>{blocks}:</p><ul>{''.join(items)}</ul>"
+
+
+def in_short(v: Verdict) -> str:
+    """One sentence: the defence against its control and f under the adaptive attack, and the oracle gap."""
+    c = _setting(v, "adaptive") or (v.comparisons[-1] if v.comparisons else None)
+    if c is None:
+        return f"<b>In short:</b> {e(v.defence)} has no attacked accuracy in this table."
+    words = {"better": "beats", "worse": "is beaten by", "indistinguishable": "does not differ from"}
+    names = (("its equal-area random control", c.vs_control), ("the undefended model", c.vs_undefended))
+    pairs = [(n, d.word) for n, d in names if d is not None]
+    if len(pairs) == 2 and pairs[0][1] == pairs[1][1]:
+        joiner = "nor from" if pairs[0][1] == "indistinguishable" else "and"
+        against = [f"{words[pairs[0][1]]} {pairs[0][0]} {joiner} {pairs[1][0]}"]
+    else:
+        against = [f"{words[w]} {n}" for n, w in pairs]
+    setting = {"adaptive": "an adaptive attacker", "worst-case": "the worst case"}.get(c.setting, c.setting)
+    gap = "" if v.oracle is None else f"; an oracle that knew the attack would keep {100 * v.oracle.gap:.1f} pts more"
+    return f"<b>In short:</b> against {setting}, {e(v.defence)} {' and '.join(against) or 'stands alone'}{gap}."
 
 
 def folder_verdict(results: Mapping[str, Any], shown: str | None) -> str:
