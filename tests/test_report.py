@@ -565,6 +565,8 @@ def _all_figures():
     classes, run, defend, per_image = _fake_results()
     arrays = _fake_arrays()
     x = torch.rand(2, 3, 8, 8)
+    ci = {"mean": 0.3, "low": 0.2, "high": 0.4}
+    many = {"statistics": {"per_class": {f"c{i}": {"iou": {"value": ci, "null": ci}} for i in range(30)}}}
     return [
         ("eps", "chart", plots.eps_figure(defend)),
         ("area (run)", "chart", plots.tradeoff_figure(run)),
@@ -576,6 +578,9 @@ def _all_figures():
         ("attack atlas", "grid", atlas.attack_atlas(arrays, ["a", "b"])),
         ("segment atlas", "grid", atlas.segment_atlas(arrays, classes)),
         ("gallery", "grid", figures.draw_gallery(arrays, classes, ["a", "b"])),
+        ("class atlas, 30 classes", "grid", atlas.class_atlas(arrays, [f"class {i}" for i in range(30)], "b")),
+        ("segment atlas, 30 classes", "grid", atlas.segment_atlas(arrays, [f"class {i}" for i in range(30)])),
+        ("class, 30 classes", "chart", plots.class_figure(many)),
         ("show_maps", "grid", show_maps(x, torch.rand(2, 8, 8), torch.rand(2, 8, 8), torch.randint(0, 4, (2, 8, 8)))),
     ]
 

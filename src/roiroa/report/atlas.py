@@ -122,11 +122,18 @@ def _short(name: str, width: int = 14) -> str:
     return name.replace("$", r"\$")
 
 
+MAX_CLASSES = 12  # columns of the per-class atlases: more would not fit the report's column legibly
+
+
+def _note(k: int) -> str:
+    return "" if k <= MAX_CLASSES else f" (the first {MAX_CLASSES} of {k} classes)"
+
+
 def class_atlas(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attack: str) -> plt.Figure:
     """Rows mean/std of I, A (mean over attacks) and |delta| of ``attack``; columns the classes and 'all'."""
     labels = np.asarray(arrays["labels"]).astype(np.int64)
-    k = len(classes)
-    columns = [_short(c, 10) for c in classes] + ["all images"]
+    k, shown = len(classes), slice(0, MAX_CLASSES)
+    columns = [_short(c, 10) for c in classes[shown]] + ["all images"]
     rows = []
     for name, key, unit in (
         ("I", "importance", "I"),
@@ -136,9 +143,11 @@ def class_atlas(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attack
         maps = np.asarray(arrays[key])
         mean, std = group_mean_std(maps, labels, k)
         all_mean, all_std = group_mean_std(maps, np.zeros(len(maps), dtype=np.int64), 1)
-        rows.append(GridRow(f"mean {name}", np.concatenate([mean, all_mean]), columns, f"mean {unit}"))
-        rows.append(GridRow(f"std {name}", np.concatenate([std, all_std]), columns, f"std {unit}", cmap="viridis"))
-    return image_grid(rows, "Atlas per class: mean and standard deviation over the test images")
+        rows.append(GridRow(f"mean {name}", np.concatenate([mean[shown], all_mean]), columns, f"mean {unit}"))
+        rows.append(
+            GridRow(f"std {name}", np.concatenate([std[shown], all_std]), columns, f"std {unit}", cmap="viridis")
+        )
+    return image_grid(rows, "Atlas per class: mean and standard deviation over the test images" + _note(k))
 
 
 def attack_atlas(arrays: Mapping[str, np.ndarray], attacks: Sequence[str]) -> plt.Figure:
@@ -170,11 +179,12 @@ def segment_atlas(arrays: Mapping[str, np.ndarray], classes: Sequence[str]) -> p
     segments = np.asarray(arrays["segments"])
     freq = segment_frequency(segments, labels, len(classes))
     total = segment_frequency(segments, np.zeros(len(labels), dtype=np.int64), 1)
-    columns = [_short(c, 10) for c in classes] + ["all images"]
+    shown = slice(0, MAX_CLASSES)
+    columns = [_short(c, 10) for c in classes[shown]] + ["all images"]
     rows = [
         GridRow(
             f"{name}\n{SEGMENT_MEANINGS[name]}",
-            np.concatenate([freq[:, s], total[:, s]]),
+            np.concatenate([freq[shown, s], total[:, s]]),
             columns,
             "share of images",
             cmap="magma",
@@ -183,4 +193,5 @@ def segment_atlas(arrays: Mapping[str, np.ndarray], classes: Sequence[str]) -> p
         )
         for s, name in enumerate(SEGMENT_NAMES)
     ]
-    return image_grid(rows, "Segment frequency: share of test images in which each position falls in each segment")
+    title = "Segment frequency: share of test images in which each position falls in each segment"
+    return image_grid(rows, title + _note(len(classes)))

@@ -205,7 +205,7 @@ CLASS_STATISTICS = (("iou", "IoU of RoI and RoA"), ("spearman", "Spearman of I a
 def class_figure(results: Mapping[str, Any]) -> plt.Figure:
     """Per class: the mean IoU and Spearman over its test images with their intervals, beside the null."""
     per_class = (results.get("statistics") or {}).get("per_class") or {}
-    classes = list(per_class)
+    classes = shown_classes(per_class)
     fig, axes = figure(len(CLASS_STATISTICS), height=3.8)
     x = np.arange(len(classes))
     for ax, (key, title) in zip(axes, CLASS_STATISTICS, strict=True):
@@ -220,12 +220,28 @@ def class_figure(results: Mapping[str, Any]) -> plt.Figure:
                 yerr=np.stack([mean - low, high - mean]),
                 capsize=2,
             )
-        ax.set_xticks(x, [text(c)[:10] for c in classes], rotation=45 if len(classes) > 12 else 0)
+        names = [text(c) if len(c) <= 12 else text(c[:11]) + "…" for c in classes]
+        ax.set_xticks(x, names, rotation=45 if len(classes) > 10 else 0, ha="right" if len(classes) > 10 else "center")
         ax.margins(y=0.25)
         _styled(ax, f"{title} per class (mean, 95% interval)", "class", title)
         ax.legend(fontsize=STYLE["legend.fontsize"], loc="upper center", ncol=2)
+    if len(classes) < len(per_class):
+        fig.suptitle(f"The {len(classes)} of the {len(per_class)} classes of lowest and highest IoU", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+MAX_CLASSES = 24
+
+
+def shown_classes(per_class: Mapping[str, Any]) -> list[str]:
+    """Every class, or with more than MAX_CLASSES (ImageNet) the half of them of lowest and of highest IoU."""
+    classes = list(per_class)
+    if len(classes) <= MAX_CLASSES:
+        return classes
+    iou = {c: (per_class[c].get("iou", {}).get("value", {}).get("mean") or 0.0) for c in classes}
+    ranked = sorted(classes, key=lambda c: iou[c])
+    return ranked[: MAX_CLASSES // 2] + ranked[-MAX_CLASSES // 2 :]
 
 
 def _intervals(stats: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -65,8 +65,10 @@ def verdict_row(v: Verdict) -> list[str]:
 
 
 def verdict_table(found: Sequence[Verdict]) -> str:
+    """One row per defence; the oracle gap column only where some defence has one."""
     header = ["defence", "clean", "non-adaptive", "adaptive", "worst case", "oracle gap"]
-    return table(header, (verdict_row(v) for v in found))
+    keep = len(header) if any(v.oracle is not None for v in found) else len(header) - 1
+    return table(header[:keep], (verdict_row(v)[:keep] for v in found))
 
 
 SHORT_SETTING = {"non-adaptive": "Non-adaptive", "adaptive": "Adaptive", "worst-case": "Worst case over attacks"}
