@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 from roiroa.files import atomic_write, cache_dir
 
-FIGURE_VERSION = 3  # bump when a figure's drawing changes, so cached images are drawn again
+FIGURE_VERSION = 4  # bump when a figure's drawing changes, so cached images are drawn again
 _CACHE = {"enabled": True}
 SEGMENT_COLOURS = ["#ffffff", "#1f77b4", "#d62728", "#9467bd"]  # S_0, S_I, S_A, S_IA
 

@@ -405,8 +405,9 @@ EPS_WORDS = (
 AREA_WORDS = (
     "The trade-off the method is about: robust accuracy against the blocked fraction of the image. Solid: "
     "the oracle (each image's own S_A from the known attack, over q_roa); dotted: a random mask of the same "
-    "area; points: the mask sweep under the adaptive attack with its Pareto front; stars: the table's masking "
-    "defences (worst case), crosses: their equal-area controls."
+    "area; dots: the mask sweep under the adaptive attack with its Pareto front; stars: the table's masking "
+    "defences, crosses: their equal-area controls, under each attack crafted on f (in that attack's colour) "
+    "and in the worst case over attacks (black)."
 )
 PARETO_WORDS = "Every mask setting of the sweep: clean accuracy against adaptive robust accuracy, with the front."
 CLASS_WORDS = (

@@ -103,22 +103,20 @@ def _sweep_points(ax: plt.Axes, sweep: Sequence[Row]) -> None:
         ax.plot([r["area"] for r in front], [r["adaptive_accuracy"] for r in front], "k--", lw=1, label="Pareto front")
 
 
-def _table_points(ax: plt.Axes, rows: Sequence[Row]) -> None:
-    """The table's masking defences and controls: worst-case accuracy at their blocked area."""
+def _table_points(ax: plt.Axes, rows: Sequence[Row], attacks: Sequence[str]) -> None:
+    """The table's masking defences (*) and controls (x) at their blocked area: non-adaptive accuracy in the
+    colour of the oracle's line of that attack, the worst case in black (named)."""
     area = {r["defence"]: r["area"] for r in rows if r["setting"] == "clean" and r.get("area") is not None}
     for r in rows:
-        if r["setting"] == "worst-case" and r["defence"] in area:
-            control = r.get("kind") == "control"
-            ax.scatter([area[r["defence"]]], [r["accuracy"]], marker="x" if control else "*", s=70, c="k")
-            if control:
-                continue  # a control sits at its defence's area: marked, not named
-            ax.annotate(
-                text(r["defence"]),
-                (area[r["defence"]], r["accuracy"]),
-                fontsize=8,
-                xytext=(4, 3),
-                textcoords="offset points",
-            )
+        worst = r["setting"] == "worst-case"
+        if r["defence"] not in area or not (worst or (r["setting"] == "non-adaptive" and r["attack"] in attacks)):
+            continue
+        control = r.get("kind") == "control"
+        colour = "k" if worst else f"C{list(attacks).index(r['attack']) % 10}"
+        xy = (area[r["defence"]], r["accuracy"])
+        ax.scatter([xy[0]], [xy[1]], marker="x" if control else "*", s=70, c=colour, zorder=3)
+        if worst and not control:
+            ax.annotate(text(r["defence"]), xy, fontsize=8, xytext=(4, 3), textcoords="offset points")
 
 
 def tradeoff_figure(results: Mapping[str, Any]) -> plt.Figure:
@@ -127,11 +125,12 @@ def tradeoff_figure(results: Mapping[str, Any]) -> plt.Figure:
     fig, (ax,) = figure(height=4.8)
     _oracle_lines(ax, results.get("oracle") or [])
     _sweep_points(ax, results.get("sweep") or [])
-    _table_points(ax, results.get("defence") or results.get("table") or [])
+    attacks = list(dict.fromkeys(str(r["attack"]) for r in results.get("oracle") or []))
+    _table_points(ax, results.get("defence") or results.get("table") or [], attacks)
     ax.set_ylim(-0.02, 1.02)
     _styled(
         ax,
-        "Accuracy against blocked area (oracle: knows the attack; *: a defence, x: its control, worst case)",
+        "Accuracy against blocked area (*: a defence, x: its control; black: worst case)",
         "blocked area (fraction of the image)",
         "robust accuracy",
     )
