@@ -156,7 +156,8 @@ def test_run_quick_per_image_and_maps(e2e_runs):
         assert importance.shape == (200, 28, 28) and segments.shape == (200, 28, 28)
         assert np.isfinite(importance).all() and set(np.unique(segments).tolist()) == {0, 1, 2, 3}
         assert maps["labels"].tolist() == labels
-        assert maps["gallery_x"].shape == (8, 1, 28, 28)
+        assert maps["gallery_x"].shape == (10, 1, 28, 28)  # the gallery shows every class
+        assert sorted(maps["labels"][maps["gallery_index"]].tolist()) == list(range(10))
         assert {f"gallery_oracle[{a}]" for a in ("fgsm", "pgd-linf", "pgd-l2")} <= set(maps.files)
 
 

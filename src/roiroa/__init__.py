@@ -28,6 +28,7 @@ from roiroa.models import MnistCNN, Normalized, accuracy, create_model, list_mod
 from roiroa.regions import Segments, dice, grid_regions, iou, isolate, pearson, spearman, top_q_mask
 from roiroa.regions.spatial import morans_i
 from roiroa.regions.statistics import bootstrap_ci
+from roiroa.report.notebook import show_maps
 from roiroa.version import __version__
 
 __all__ = [
@@ -80,4 +81,5 @@ __all__ = [
     "config_from_dict",
     "load_config",
     "quick",
+    "show_maps",
 ]

@@ -150,6 +150,12 @@ class CommandResult:
 
         return "\n".join([terminal_table(self.results), *suite_lines(self.results)])
 
+    def _repr_html_(self) -> str:
+        """The summary Jupyter shows: the model, the attacks, and the verdict on every defence."""
+        from roiroa.report.notebook import summary_html
+
+        return summary_html(self.results)
+
     def write(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write the results folder ``out`` (results.json, CSV tables, figures, report.html) and return it."""
         from roiroa.report.folder import write_folder

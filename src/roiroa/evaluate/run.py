@@ -110,13 +110,17 @@ def defence_tables(
     return DefenceTables(table_rows(defences, attacks, results), short_rows, (columns, flags), defences[1])
 
 
+GALLERY_CLASSES = 20
+
+
 def gallery_arrays(
     prepared: Prepared, maps: MapSet, segments: Segments, glob: Neutralized, attacks: list[AttackEntry]
 ) -> dict[str, Any]:
     """The gallery's images for the report: per class the first test images, attacked by every attack, and
     neutralized with the global mask and with the oracle's own S_A, with f's predictions on each."""
     c, test = prepared.config, prepared.splits.test
-    idx = torch.tensor(example_indices(test.labels, c.examples), dtype=torch.long)
+    n = max(c.examples, min(test.num_classes, GALLERY_CLASSES))  # every class, up to GALLERY_CLASSES of them
+    idx = torch.tensor(example_indices(test.labels, n), dtype=torch.long)
     if len(idx) == 0:
         return {}
     out: dict[str, Any] = {

@@ -73,17 +73,22 @@ class GridRow:
     vmax: float | None = None
 
 
+FONT = 8  # points: 11 px on the page at the grid's 100 dpi
+
+
 def image_grid(rows: Sequence[GridRow], title: str, cell: float = 1.25) -> plt.Figure:
-    """A grid of maps, one row per GridRow, with one colour scale per row and its colour bar.
+    """A grid of maps, one row per GridRow, with one colour scale per row and its colour bar; cells shrink so
+    that the grid fits the report's column at 100 dpi (text stays at ``FONT``).
 
     The axes are placed by hand (sizes in inches): matplotlib's automatic layouts cost seconds on
     grids of this many axes.
     """
-    from roiroa.report.figures import pyplot
+    from roiroa.report.figures import DPI, PAGE_PX, pyplot
 
     plt = pyplot()
     n_cols = max(len(r.columns) for r in rows)
-    left, right, top, bottom, title_h, gap = 1.0, 1.1, 0.45, 0.1, 0.22, 0.08
+    left, right, top, bottom, title_h, gap = 1.25, 1.25, 0.5, 0.1, 0.25, 0.08
+    cell = min(cell, (PAGE_PX / DPI - left - right) / n_cols)
     width = left + n_cols * cell + right
     height = top + len(rows) * (cell + title_h) + bottom
     fig = plt.figure(figsize=(width, height))
@@ -99,15 +104,15 @@ def image_grid(rows: Sequence[GridRow], title: str, cell: float = 1.25) -> plt.F
             ax.set_xticks([])
             ax.set_yticks([])
             image = ax.imshow(row.maps[c], cmap=row.cmap, vmin=vmin, vmax=max(vmax, vmin + 1e-12))
-            ax.set_title(name, fontsize=7, pad=2)
+            ax.set_title(name, fontsize=FONT, pad=2)
             if c == 0:
-                ax.set_ylabel(row.title, fontsize=8)
+                ax.set_ylabel(row.title, fontsize=FONT + 1)
         if image is not None:
             cax = fig.add_axes(((left + len(row.columns) * cell + 0.05) / width, y, 0.1 / width, size[1]))
             bar = fig.colorbar(image, cax=cax)
-            bar.set_label(row.colourbar, fontsize=7)
-            bar.ax.tick_params(labelsize=6)
-    fig.suptitle(title, fontsize=10, y=1 - 0.12 / height, va="top")
+            bar.set_label(row.colourbar, fontsize=FONT)
+            bar.ax.tick_params(labelsize=FONT)
+    fig.suptitle(title, fontsize=FONT + 3, y=1 - 0.08 / height, va="top")
     return fig
 
 
@@ -117,11 +122,18 @@ def _short(name: str, width: int = 14) -> str:
     return name.replace("$", r"\$")
 
 
+MAX_CLASSES = 12  # columns of the per-class atlases: more would not fit the report's column legibly
+
+
+def _note(k: int) -> str:
+    return "" if k <= MAX_CLASSES else f" (the first {MAX_CLASSES} of {k} classes)"
+
+
 def class_atlas(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attack: str) -> plt.Figure:
     """Rows mean/std of I, A (mean over attacks) and |delta| of ``attack``; columns the classes and 'all'."""
     labels = np.asarray(arrays["labels"]).astype(np.int64)
-    k = len(classes)
-    columns = [f"class {_short(c)}" for c in classes] + ["all images"]
+    k, shown = len(classes), slice(0, MAX_CLASSES)
+    columns = [_short(c, 10) for c in classes[shown]] + ["all images"]
     rows = []
     for name, key, unit in (
         ("I", "importance", "I"),
@@ -131,9 +143,11 @@ def class_atlas(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attack
         maps = np.asarray(arrays[key])
         mean, std = group_mean_std(maps, labels, k)
         all_mean, all_std = group_mean_std(maps, np.zeros(len(maps), dtype=np.int64), 1)
-        rows.append(GridRow(f"mean {name}", np.concatenate([mean, all_mean]), columns, f"mean {unit}"))
-        rows.append(GridRow(f"std {name}", np.concatenate([std, all_std]), columns, f"std {unit}", cmap="viridis"))
-    return image_grid(rows, "Atlas per class: mean and standard deviation over the test images")
+        rows.append(GridRow(f"mean {name}", np.concatenate([mean[shown], all_mean]), columns, f"mean {unit}"))
+        rows.append(
+            GridRow(f"std {name}", np.concatenate([std[shown], all_std]), columns, f"std {unit}", cmap="viridis")
+        )
+    return image_grid(rows, "Atlas per class: mean and standard deviation over the test images" + _note(k))
 
 
 def attack_atlas(arrays: Mapping[str, np.ndarray], attacks: Sequence[str]) -> plt.Figure:
@@ -165,11 +179,12 @@ def segment_atlas(arrays: Mapping[str, np.ndarray], classes: Sequence[str]) -> p
     segments = np.asarray(arrays["segments"])
     freq = segment_frequency(segments, labels, len(classes))
     total = segment_frequency(segments, np.zeros(len(labels), dtype=np.int64), 1)
-    columns = [f"class {_short(c)}" for c in classes] + ["all images"]
+    shown = slice(0, MAX_CLASSES)
+    columns = [_short(c, 10) for c in classes[shown]] + ["all images"]
     rows = [
         GridRow(
             f"{name}\n{SEGMENT_MEANINGS[name]}",
-            np.concatenate([freq[:, s], total[:, s]]),
+            np.concatenate([freq[shown, s], total[:, s]]),
             columns,
             "share of images",
             cmap="magma",
@@ -178,4 +193,5 @@ def segment_atlas(arrays: Mapping[str, np.ndarray], classes: Sequence[str]) -> p
         )
         for s, name in enumerate(SEGMENT_NAMES)
     ]
-    return image_grid(rows, "Segment frequency: share of test images in which each position falls in each segment")
+    title = "Segment frequency: share of test images in which each position falls in each segment"
+    return image_grid(rows, title + _note(len(classes)))

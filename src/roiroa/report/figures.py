@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 from roiroa.files import atomic_write, cache_dir
 
-FIGURE_VERSION = 1  # bump when a figure's drawing changes, so cached images are drawn again
+FIGURE_VERSION = 4  # bump when a figure's drawing changes, so cached images are drawn again
 _CACHE = {"enabled": True}
 SEGMENT_COLOURS = ["#ffffff", "#1f77b4", "#d62728", "#9467bd"]  # S_0, S_I, S_A, S_IA
 
@@ -37,10 +37,20 @@ def set_figure_cache(enabled: bool) -> None:
     _CACHE["enabled"] = enabled
 
 
-def png_bytes(fig: plt.Figure, dpi: int = 80) -> bytes:
-    """The figure as PNG bytes (and closed)."""
+PAGE_PX = 1200  # the report's column at a 1,400 px wide window: an image no wider is shown at its own size
+DPI = 100
+
+
+def effective_dpi(fig: plt.Figure) -> float:
+    """The resolution a figure is saved at: 100 dpi, less for a figure wider than the report's column, so
+    that a point of text is ``effective_dpi / 72`` pixels on the page (text of 7.2 pt and more is 10 px)."""
+    return min(DPI, PAGE_PX / float(fig.get_figwidth()))
+
+
+def png_bytes(fig: plt.Figure, dpi: float | None = None) -> bytes:
+    """The figure as PNG bytes (and closed), at :func:`effective_dpi` unless ``dpi`` is given."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=dpi or effective_dpi(fig))
     pyplot().close(fig)
     return buf.getvalue()
 
@@ -97,134 +107,100 @@ def _map(ax: plt.Axes, m: np.ndarray, region: np.ndarray, colour: str) -> Any:
     return im
 
 
-def strongest_attack(results: Mapping[str, Any]) -> str:
-    """The label of the attack with the lowest robust accuracy on f (the first on ties)."""
-    return str(min(results["attacks"], key=lambda a: a["robust_accuracy"])["label"])
-
-
-def gallery_figure(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attack: str, path: Path) -> None:
-    """Per gallery image: input, importance with the RoI, the RoA map with the RoA, the four segments, the image
-    attacked by ``attack``, neutralized with the global mask, and with its own S_A (the oracle analysis)."""
+def gallery_figure(
+    arrays: Mapping[str, np.ndarray], classes: Sequence[str], attacks: Sequence[str], path: Path
+) -> None:
+    """examples.png: per gallery image its input, importance with the RoI, the RoA map with the RoA, the four
+    segments, then for every attack the attacked image, it neutralized with the global mask, and with its own
+    S_A (the oracle analysis)."""
     idx = np.asarray(arrays["gallery_index"])
-    used = [k for k in sorted(arrays) if k.startswith("gallery_") and (k.endswith(f"[{attack}]") or "[" not in k)]
-    parts = [arrays[k][idx] if k in ("importance", "roa_map", "segments", "labels") else arrays[k] for k in used]
+    attacks = [a for a in attacks if f"gallery_adv[{a}]" in arrays]
+    used = [k for k in sorted(arrays) if k.startswith("gallery_")]
+    parts = [np.asarray(arrays[k]) for k in used]
     parts += [np.asarray(arrays[k])[idx] for k in ("importance", "roa_map", "segments", "labels")]
-    key = content_key("gallery", list(classes), attack, used, *parts)
-    path.write_bytes(cached_png(key, lambda: _draw_gallery(arrays, classes, attack)))
+    key = content_key("gallery", list(classes), list(attacks), used, *parts)
+    path.write_bytes(cached_png(key, lambda: png_bytes(draw_gallery(arrays, classes, attacks))))
 
 
-def _draw_gallery(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attack: str) -> bytes:
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
+GALLERY_TITLES = ["input", "I, RoI\n(cyan)", "A, RoA\n(green)", "segments"]
+GALLERY_ATTACK_TITLES = {"adv": "{}\nattacked", "global": "{}\nglobal mask", "oracle": "{}\noracle S_A"}
+FONT = 9  # points: 12.5 px at the gallery's 100 dpi (column titles 8 points: 11 px)
 
+
+def _gallery_axes(n_rows: int, n_cols: int) -> tuple[plt.Figure, np.ndarray]:
+    """A grid of square cells as wide as the report's column, laid out by hand (fast for many axes)."""
     plt = pyplot()
-    idx = np.asarray(arrays["gallery_index"])
-    seg = np.asarray(arrays["segments"])[idx]
-    roi, roa = (seg == 1) | (seg == 3), (seg == 2) | (seg == 3)
-    labels = np.asarray(arrays["labels"])[idx]
-    titles = [
-        "input",
-        "importance I\n(RoI outlined)",
-        "RoA map A\n(RoA outlined)",
-        "segments",
-        f"attacked ({text(attack)})",
-        "neutralized,\nglobal mask",
-        "neutralized, own S_A\n(oracle analysis)",
-    ]
-    fig, axes = plt.subplots(len(idx), len(titles), figsize=(2.0 * len(titles), 2.1 * len(idx) + 1.0), squeeze=False)
-    heat = None
-    for row, i in enumerate(idx):
-        ax = axes[row]
-        _image(ax[0], arrays["gallery_x"][row])
-        ax[0].set_ylabel(f"true {text(classes[int(labels[row])])}", fontsize=9)
-        ax[0].set_xlabel(f"pred {text(classes[int(arrays['gallery_pred'][row])])}", fontsize=9)
-        heat = _map(ax[1], np.clip(arrays["importance"][i], 0, None), roi[row], "cyan")
-        _map(ax[2], arrays["roa_map"][i], roa[row], "lime")
-        ax[3].imshow(seg[row], cmap=ListedColormap(SEGMENT_COLOURS), vmin=-0.5, vmax=3.5, interpolation="nearest")
-        for col, key in ((4, "adv"), (5, "global"), (6, "oracle")):
-            _image(ax[col], arrays[f"gallery_{key}[{attack}]"][row])
-            pred = int(arrays[f"gallery_pred_{key}[{attack}]"][row])
-            ax[col].set_xlabel(
-                f"pred {text(classes[pred])}", fontsize=9, color="green" if pred == int(labels[row]) else "red"
-            )
-    for col, title in enumerate(titles):
-        axes[0, col].set_title(title, fontsize=9)
+    left, right, top, bottom = 0.75, 0.55, 1.05, 0.4
+    cell = min(1.3, (PAGE_PX / DPI - left - right) / n_cols)
+    width, height = left + right + n_cols * cell, top + bottom + n_rows * (cell + 0.3)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        top=1 - top / height,
+        bottom=bottom / height,
+        wspace=0.08,
+        hspace=0.3 / cell,
+    )
     for a in axes.flat:
         a.set_xticks([])
         a.set_yticks([])
+    return fig, axes
+
+
+def _gallery_row(
+    ax: np.ndarray,
+    arrays: Mapping[str, np.ndarray],
+    row: int,
+    i: int,
+    label: int,
+    attacks: Sequence[str],
+    classes: Sequence[str],
+    regions: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> Any:
+    """One gallery image: its four maps, then the three images of every attack with f's predictions."""
+    from matplotlib.colors import ListedColormap
+
+    seg, roi, roa = regions
+    _image(ax[0], arrays["gallery_x"][row])
+    ax[0].set_ylabel(f"true {text(classes[label])}", fontsize=FONT)
+    ax[0].set_xlabel(f"pred {text(classes[int(arrays['gallery_pred'][row])])}", fontsize=FONT)
+    heat = _map(ax[1], np.clip(arrays["importance"][i], 0, None), roi[row], "cyan")
+    _map(ax[2], arrays["roa_map"][i], roa[row], "lime")
+    ax[3].imshow(seg[row], cmap=ListedColormap(SEGMENT_COLOURS), vmin=-0.5, vmax=3.5, interpolation="nearest")
+    for k, attack in enumerate(attacks):
+        for j, name in enumerate(GALLERY_ATTACK_TITLES):
+            a = ax[4 + 3 * k + j]
+            _image(a, arrays[f"gallery_{name}[{attack}]"][row])
+            pred = int(arrays[f"gallery_pred_{name}[{attack}]"][row])
+            a.set_xlabel(f"pred {text(classes[pred])}", fontsize=FONT, color="green" if pred == label else "red")
+    return heat
+
+
+def draw_gallery(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attacks: Sequence[str]) -> plt.Figure:
+    """The gallery as a Figure (see :func:`gallery_figure`)."""
+    from matplotlib.patches import Patch
+
+    idx = np.asarray(arrays["gallery_index"])
+    seg = np.asarray(arrays["segments"])[idx]
+    regions = (seg, (seg == 1) | (seg == 3), (seg == 2) | (seg == 3))
+    labels = np.asarray(arrays["labels"])[idx]
+    titles = GALLERY_TITLES + [t.format(text(a)) for a in attacks for t in GALLERY_ATTACK_TITLES.values()]
+    fig, axes = _gallery_axes(len(idx), len(titles))
+    heat = None
+    for row, i in enumerate(idx):
+        heat = _gallery_row(axes[row], arrays, row, int(i), int(labels[row]), attacks, classes, regions)
+    for col, title in enumerate(titles):
+        axes[0, col].set_title(title, fontsize=FONT - 1)
     legend = [Patch(facecolor=c, edgecolor="k", label=t) for c, t in zip(SEGMENT_COLOURS, SEGMENT_LABELS, strict=True)]
-    fig.legend(handles=legend, loc="upper center", ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 0.93, 0.97))
+    fig.legend(handles=legend, loc="upper center", ncol=4, fontsize=FONT, frameon=False)
+    fig.suptitle("Gallery: one test image per class, every attack", fontsize=FONT + 1, y=1 - 0.35 / fig.get_figheight())
     if heat is not None:
-        fig.colorbar(heat, cax=fig.add_axes((0.94, 0.15, 0.012, 0.7))).set_label(
-            "map / its maximum (per image)", fontsize=8
-        )
-    return png_bytes(fig, dpi=90)
-
-
-def defence_figure(results: Mapping[str, Any], path: Path) -> None:
-    """Left: the sweep (clean against adaptive robust accuracy) with its Pareto front and the baselines; right:
-    adaptive robust accuracy against eps (the sanity check)."""
-    plt = pyplot()
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5))
-    sweep = results.get("sweep", [])
-    for scope in dict.fromkeys(r["scope"] for r in sweep):
-        pts = [r for r in sweep if r["scope"] == scope]
-        ax.scatter(
-            [r["clean_accuracy"] for r in pts],
-            [r["adaptive_accuracy"] for r in pts],
-            label=f"{text(scope)} (sweep)",
-            alpha=0.7,
-            s=25,
-        )
-    front = sorted((r for r in sweep if r["pareto"]), key=lambda r: r["clean_accuracy"])
-    if front:
-        ax.plot(
-            [r["clean_accuracy"] for r in front],
-            [r["adaptive_accuracy"] for r in front],
-            "k--",
-            lw=1,
-            label="Pareto front",
-        )
-    rows = {
-        (r["defence"], r["setting"]): r
-        for r in results["table"]
-        if r["attack"] in ("none", "all") or r["setting"] == "adaptive"
-    }
-    for (name, setting), r in rows.items():
-        if setting == "clean" and r["kind"] in ("none", "baseline") and (name, "adaptive") in rows:
-            ax.scatter(
-                [r["accuracy"]],
-                [rows[(name, "adaptive")]["accuracy"]],
-                marker="*" if r["kind"] == "none" else "s",
-                s=80,
-                c="k",
-            )
-            ax.annotate(
-                text(name),
-                (r["accuracy"], rows[(name, "adaptive")]["accuracy"]),
-                fontsize=8,
-                xytext=(4, 2),
-                textcoords="offset points",
-            )
-    ax.set(
-        xlabel="clean accuracy",
-        ylabel="robust accuracy, adaptive attack",
-        title=f"mask sweep and baselines ({results['n_test']} test images)",
-    )
-    ax.legend(fontsize=7)
-    for r in results.get("sanity", []):
-        bx.plot(r["eps"], r["accuracy"], marker="o", ms=3, label=text(r["defence"]))
-    bx.set_xscale("log")
-    bx.set(
-        xlabel="eps (L-inf)",
-        ylabel="robust accuracy, adaptive attack",
-        title=f"sanity: accuracy falls with eps ({results.get('n_sanity', 0)} images)",
-    )
-    bx.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        box = axes[0, -1].get_position()
+        cax = fig.add_axes((box.x1 + 0.01, 0.3, 0.01, 0.4))
+        fig.colorbar(heat, cax=cax).set_label("map / its maximum", fontsize=FONT)
+        cax.tick_params(labelsize=FONT)
+    return fig
 
 
 def patches_figure(results: Mapping[str, Any], path: Path) -> None:

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from roiroa.errors import InputError
-from roiroa.report.figures import defence_figure, gallery_figure, patches_figure, strongest_attack
+from roiroa.report.figures import gallery_figure, patches_figure
 from roiroa.report.html import write_report
+from roiroa.report.plots import defence_figure
 from roiroa.report.tables import METRIC_COLUMNS, metric_rows
 from roiroa.results import ResultsFolder
 
@@ -163,8 +164,9 @@ def _write_atomically(claim: Claim, write: Callable[[Path], None]) -> Path:
     return out
 
 
-def write_files(folder: ResultsFolder, tmp: Path) -> None:
-    """Every file of a results folder into ``tmp``: config, results, CSV tables, arrays, figures, report."""
+def write_files(folder: ResultsFolder, tmp: Path, final: Path | None = None) -> None:
+    """Every file of a results folder into ``tmp``: config, results, CSV tables, arrays, figures, report; the
+    report names the folder by its final path ``final`` (default: the name ``tmp`` will have)."""
     write_json(tmp / "config.json", folder.config)
     write_json(tmp / "results.json", folder.results)
     write_csv(tmp / "metrics.csv", metric_rows(folder.results), METRIC_COLUMNS)
@@ -174,12 +176,13 @@ def write_files(folder: ResultsFolder, tmp: Path) -> None:
         np.savez_compressed(tmp / "maps.npz", **folder.arrays)
     results = folder.results
     if folder.command == "run" and "gallery_index" in folder.arrays:
-        gallery_figure(folder.arrays, results["dataset"]["classes"], strongest_attack(results), tmp / "examples.png")
+        attacks = [a["label"] for a in results["attacks"]]
+        gallery_figure(folder.arrays, results["dataset"]["classes"], attacks, tmp / "examples.png")
     elif folder.command == "defend":
         defence_figure(results, tmp / "defence.png")
     elif folder.command == "patches":
         patches_figure(results, tmp / "patches.png")
-    write_report([tmp], tmp / "report.html", shown_as=[folder_name(tmp)])
+    write_report([tmp], tmp / "report.html", shown_as=[str(final) if final is not None else folder_name(tmp)])
 
 
 def folder_name(tmp: Path) -> str:
@@ -195,7 +198,8 @@ def write_folder(folder: ResultsFolder, out: str | Path, overwrite: bool = False
     own = claim is None
     claim = claim or claim_folder(out, overwrite)
     try:
-        return _write_atomically(claim, lambda tmp: write_files(folder, tmp))
+        final = claim.out.resolve()
+        return _write_atomically(claim, lambda tmp: write_files(folder, tmp, final))
     finally:
         if own:
             release(claim)

@@ -8,12 +8,11 @@ paths, labels, config values) is HTML-escaped.
 
 from __future__ import annotations
 
-import base64
-import html
+import csv
 import json
 import os
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,66 +21,16 @@ import numpy as np
 
 from roiroa.errors import InputError
 from roiroa.report.atlas import attack_atlas, class_atlas, segment_atlas
+from roiroa.report.extras import extras_section
 from roiroa.report.figures import cached_png, content_key, png_bytes
+from roiroa.report.markup import CSP, CSS, ci_text, e, num, pct, png_img, table
+from roiroa.report.plots import class_figure, eps_figure, pareto_figure, per_image_figure, tradeoff_figure
+from roiroa.report.summary import verdict_section, wrap_verdict
+from roiroa.report.tables import terminal_table
 from roiroa.results import CONSISTENCY_STATISTICS, DELTA_STATISTICS, MAP_STATISTICS
 
 REPORT_NAME = "report.html"
 CONSISTENCY_KINDS = {"restarts": "two random starts", "seeds": "models of other seeds (mean)"}
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
-       padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .9em; }
-th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; vertical-align: top; }
-th { background: #f3f3f3; } td.l, th.l { text-align: left; } td { white-space: nowrap; } td.l { white-space: normal; }
-.wide { overflow-x: auto; }
-.null { color: #777; } .note { color: #555; font-size: .9em; } .absent { color: #a33; }
-.headline { display: flex; flex-wrap: wrap; gap: .8em; }
-.card { border: 1px solid #ddd; border-radius: 6px; padding: .6em 1em; min-width: 12em; }
-.card .v { font-size: 1.5em; font-weight: 600; } .card .k { color: #555; font-size: .85em; }
-img { max-width: 100%; height: auto; border: 1px solid #eee; }
-pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; }
-dt { font-weight: 600; } dd { margin: 0 0 .5em 1.5em; }
-"""
-
-
-def e(value: Any) -> str:
-    """Any value as escaped HTML text (quotes too)."""
-    return html.escape(str(value), quote=True)
-
-
-def pct(value: Any) -> str:
-    return "n/a" if value is None else f"{100 * float(value):.1f}%"
-
-
-def num(value: Any, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{float(value):.{digits}f}"
-
-
-def ci_text(stat: dict[str, Any] | None, digits: int = 3) -> str:
-    """'mean [low, high]' of a bootstrap_ci dict."""
-    if not stat or stat.get("mean") is None:
-        return "n/a"
-    if stat.get("low") is None:
-        return num(stat["mean"], digits)
-    return f"{num(stat['mean'], digits)} [{num(stat['low'], digits)}, {num(stat['high'], digits)}]"
-
-
-def png_img(data: bytes, alt: str) -> str:
-    """An <img> with the PNG inline as a base64 data URI."""
-    return f'<img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
-
-
-def table(header: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1) -> str:
-    """An HTML table; header and cells are already-escaped HTML; the first ``left`` columns align left."""
-
-    def cls(i: int) -> str:
-        return ' class="l"' if i < left else ""
-
-    head = "".join(f"<th{cls(i)}>{h}</th>" for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _read_json(path: Path) -> Any:
@@ -179,8 +128,9 @@ def gallery_section(folder: Path, results: dict[str, Any]) -> str:
         "<b>Region of Importance (RoI)</b>, its top positions, outlined in cyan; the <b>RoA map A</b> (where the "
         "attacks act) with the <b>Region of Attack (RoA)</b> outlined in green; the <b>four segments</b>: "
         "S_IA = RoI and RoA (critical and vulnerable), S_I = RoI only (critical, safe), S_A = RoA only "
-        "(vulnerable but not needed: the one the defence blocks), S_0 = neither; then the attacked image, the "
-        "image neutralized with the global mask, and with its own S_A (an oracle that knows the attack). "
+        "(vulnerable but not needed: the one the defence blocks), S_0 = neither; then, for every attack, the "
+        "attacked image, it neutralized with the global mask, and with its own S_A (an oracle that knows the "
+        "attack). "
         "Predictions in green are right, in red wrong.</p>"
     )
     if not path.exists():
@@ -272,22 +222,24 @@ def statistics_section(results: dict[str, Any]) -> str:
         "another random start; of an attack on the run's model and on models trained with other seeds.</p>"
     )
     parts.append(table(["across", "which", "IoU", "null"], cons_rows, left=2))
-    class_stats = [
-        k for k in (*MAP_STATISTICS, *CONSISTENCY_STATISTICS) if any(k in v for v in st["per_class"].values())
-    ]
-    class_rows = [
-        [e(c)]
-        + [
-            f'{ci_text(v[k]["value"])}<br><span class="null">{ci_text(v[k]["null"])}</span>' if k in v else "&ndash;"
-            for k in class_stats
-        ]
-        for c, v in st["per_class"].items()
-    ]
-    parts.append("<h3>Per class (the run's RoA map)</h3>")
-    parts.append(table(["class"] + [e(k) for k in class_stats], class_rows))
+    parts.append("<h3>Per class (the run's RoA map)</h3>" + class_table(st["per_class"]))
     glossary = {**MAP_STATISTICS, **DELTA_STATISTICS, **CONSISTENCY_STATISTICS}
     parts.append("<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in glossary.items()) + "</dl>")
     return "".join(parts)
+
+
+def class_table(per_class: dict[str, Any]) -> str:
+    """The per-class statistics: one row per class, each statistic with its interval and its null."""
+    names = [k for k in (*MAP_STATISTICS, *CONSISTENCY_STATISTICS) if any(k in v for v in per_class.values())]
+    rows = [
+        [e(c)]
+        + [
+            f'{ci_text(v[k]["value"])}<br><span class="null">{ci_text(v[k]["null"])}</span>' if k in v else "&ndash;"
+            for k in names
+        ]
+        for c, v in per_class.items()
+    ]
+    return table(["class"] + [e(k) for k in names], rows)
 
 
 def grid_table(rows: list[dict[str, Any]]) -> str:
@@ -330,12 +282,22 @@ def oracle_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def terminal_section(results: dict[str, Any], opened: bool = False) -> str:
+    """The table the command printed in the terminal, as it printed it."""
+    command = e(results["command"])
+    return (
+        f"<details{' open' if opened else ''}><summary>The table <code>roiroa {command}</code> printed</summary>"
+        f"<pre>{e(terminal_table(results))}</pre></details>"
+    )
+
+
 def run_defence_section(results: dict[str, Any]) -> str:
     parts = [
         "<h2>Defence</h2><p>Robust accuracy on the test images: an image counts only if the model is right on the "
         "clean and on the attacked image. none: the undefended f; global: f&#8728;N with the global mask S_A; "
         "random[global]: a random mask of the same area (the control); non-adaptive: the attack crafted on f; "
         "adaptive: crafted through the defence; worst-case: per image over every attack.</p>",
+        terminal_section(results, opened=True),
         grid_table(results["defence"]),
     ]
     if results.get("defence_short"):
@@ -357,6 +319,7 @@ def defend_section(folder: Path, results: dict[str, Any]) -> str:
         f"<h2>Defence table ({results['n_test']} test images)</h2>",
         "<p>Every defence on the same model, attacks and images; each accuracy with its 95% Wilson interval.</p>",
         grid_table(results["table"]),
+        terminal_section(results),
     ]
     if results.get("oracle"):
         parts += ["<h3>Oracle analysis</h3>", oracle_table(results["oracle"])]
@@ -378,22 +341,20 @@ def defend_section(folder: Path, results: dict[str, Any]) -> str:
                 ),
             )
         )
-    if (folder / "defence.png").exists():
-        parts.append(png_img((folder / "defence.png").read_bytes(), "mask sweep and sanity check"))
     parts += [f'<p class="note">{e(n)}</p>' for n in results.get("notes", [])]
     return "".join(parts)
 
 
 def patches_section(folder: Path, results: dict[str, Any]) -> str:
     rows = results["table"]
-    parts = [f"<h2>Patch attacks ({results['n_test']} test images)</h2>", grid_table(rows)]
+    parts = [f"<h2>Patch attacks ({results['n_test']} test images)</h2>", grid_table(rows), terminal_section(results)]
     if (folder / "patches.png").exists():
         parts.append(png_img((folder / "patches.png").read_bytes(), "accuracy against patch area"))
     return "".join(parts)
 
 
 def files_section(folder: Path, results: dict[str, Any], shown: str) -> str:
-    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    names = sorted({p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} | {REPORT_NAME})
     timings = ", ".join(f"{e(k)} {v:.1f} s" for k, v in results.get("timings", {}).items())
     return (
         f"<h3>Files and timings</h3><p>Folder: <code>{e(shown)}</code>: {e(', '.join(names))}</p>"
@@ -401,39 +362,106 @@ def files_section(folder: Path, results: dict[str, Any], shown: str) -> str:
     )
 
 
-def folder_sections(folder: Path, shown: str) -> str:
-    """The sections of one results folder."""
+def _per_image_rows(folder: Path) -> list[dict[str, str]]:
+    """per_image.csv's rows of the run's RoA map (attack 'all'); none when the file is absent."""
+    path = folder / "per_image.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("attack") == "all"]
+
+
+def chart(key: str, draw: Callable[[], Any], alt: str) -> str:
+    """A chart as an inline PNG, drawn once per content (the figure cache)."""
+    return png_img(cached_png(key, partial(_draw_png, draw)), alt)
+
+
+def figures_section(folder: Path, results: dict[str, Any]) -> str:
+    """The charts of a folder that has their data: accuracy against eps, accuracy against blocked area, the
+    sweep's Pareto front, per-class statistics, per-image statistics against the null."""
+    rows = _per_image_rows(folder)
+    per_class = (results.get("statistics") or {}).get("per_class")
+    candidates = [
+        ("eps", results.get("sanity"), eps_figure, EPS_WORDS),
+        ("area", results.get("oracle") or results.get("sweep"), tradeoff_figure, AREA_WORDS),
+        ("pareto", results.get("sweep"), pareto_figure, PARETO_WORDS),
+        ("class", per_class, class_figure, CLASS_WORDS),
+    ]
+    parts = []
+    for name, data, draw, words in candidates:
+        if data:
+            key = content_key("chart", name, data, results.get("defence"), results.get("table"))
+            parts.append(f"<p>{words}</p>" + chart(key, partial(draw, results), name))
+    if rows:
+        key = content_key("chart", "per-image", rows)
+        parts.append(f"<p>{PER_IMAGE_WORDS}</p>" + chart(key, partial(per_image_figure, rows), "per image"))
+    return "<h2>Figures</h2>" + "".join(parts) if parts else ""
+
+
+EPS_WORDS = (
+    "Adaptive robust accuracy against the attack's budget eps, per defence: a sound evaluation sees it fall, "
+    "and reach about 0 at an unbounded eps; a curve that stays up points at gradient masking, not robustness."
+)
+AREA_WORDS = (
+    "The trade-off the method is about: robust accuracy against the blocked fraction of the image. Solid: "
+    "the oracle (each image's own S_A from the known attack, over q_roa); dotted: a random mask of the same "
+    "area; dots: the mask sweep under the adaptive attack with its Pareto front; stars: the table's masking "
+    "defences, crosses: their equal-area controls, under each attack crafted on f (in that attack's colour) "
+    "and in the worst case over attacks (black)."
+)
+PARETO_WORDS = "Every mask setting of the sweep: clean accuracy against adaptive robust accuracy, with the front."
+CLASS_WORDS = (
+    "Per class: how much the RoI and the RoA overlap (IoU) and how I and A are ranked alike (Spearman), with "
+    "95% intervals, beside the null (A shuffled over positions)."
+)
+PER_IMAGE_WORDS = "Per test image, the same two statistics against their null: the distribution, not only the mean."
+
+
+def load_folder(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(results.json, config.json) of a results folder, checked to be one of this version's commands."""
     results, config = _read_json(folder / "results.json"), _read_json(folder / "config.json")
     command = results.get("command") if isinstance(results, dict) else None
     if command not in ("run", "defend", "patches"):
         raise InputError(f"{folder}/results.json is not a roiroa results file of this version: run the command again.")
+    return results, config
+
+
+def guarded(folder: Path, draw: Callable[[], str]) -> str:
+    """``draw()``, with a damaged results.json (a key missing, a value of the wrong type) as one InputError."""
     try:
-        head = f"<h1>roiroa {e(command)}: {e(results['dataset']['name'])}, {e(results['model']['name'])}</h1>"
-        body = [head, setup_section(config, results)]
-        if command == "run":
-            body += [
-                headline_section(results),
-                gallery_section(folder, results),
-                atlas_section(folder, results),
-                statistics_section(results),
-                run_defence_section(results),
-            ]
-        elif command == "defend":
-            body.append(defend_section(folder, results))
-        else:
-            body.append(patches_section(folder, results))
-        return "".join(body) + files_section(folder, results, shown)
+        return draw()
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
         raise InputError(
             f"{folder}/results.json is damaged ({type(err).__name__}: {err}): run the command again."
         ) from None
 
 
+def folder_sections(folder: Path, shown: str, results: dict[str, Any], config: dict[str, Any]) -> str:
+    """The sections of one results folder."""
+    command = results["command"]
+    head = f"<h1>roiroa {e(command)}: {e(results['dataset']['name'])}, {e(results['model']['name'])}</h1>"
+    body = [head, f'<p class="note">Folder <code>{e(shown)}</code></p>', setup_section(config, results)]
+    if command == "run":
+        body += [
+            headline_section(results),
+            gallery_section(folder, results),
+            atlas_section(folder, results),
+            statistics_section(results),
+            figures_section(folder, results),
+            run_defence_section(results),
+        ]
+    elif command == "defend":
+        body += [figures_section(folder, results), defend_section(folder, results)]
+    else:
+        body.append(patches_section(folder, results))
+    return "".join(body) + extras_section(results) + files_section(folder, results, shown)
+
+
 # --------------------------------------------------------------------------------------------- the page
 
 
 def render_report(folders: Sequence[str | Path], shown_as: Sequence[str] | None = None) -> str:
-    """One self-contained HTML page for the results folders (a string)."""
+    """One self-contained HTML page for the results folders (a string): the verdict first, then each folder."""
     paths = [Path(f) for f in folders]
     for path in paths:
         if not path.is_dir():
@@ -441,17 +469,26 @@ def render_report(folders: Sequence[str | Path], shown_as: Sequence[str] | None 
                 f"results folder {path} does not exist: give a folder that roiroa run, defend or patches wrote."
             )
     shown = list(shown_as) if shown_as is not None else [str(p.resolve()) for p in paths]
+    loaded = [load_folder(p) for p in paths]
     intro = (
-        '<p class="note">Where the model looks (Region of Importance, RoI), where attacks act (Region of '
-        "Attack, RoA), how the two line up over the dataset, and what blocking S_A = RoA minus RoI buys.</p>"
+        '<h1>roiroa report</h1><p class="note intro">Where the model looks (Region of Importance, RoI), where '
+        "attacks act (Region of Attack, RoA), how the two line up over the dataset, and what blocking "
+        "S_A = RoA minus RoI buys.</p>"
     )
-    body = intro + "".join(folder_sections(p, name) for p, name in zip(paths, shown, strict=True))
+    verdicts = "".join(
+        guarded(p, partial(verdict_section, [(r, name)])) for p, (r, _), name in zip(paths, loaded, shown, strict=True)
+    )
+    sections = "".join(
+        guarded(p, partial(folder_sections, p, name, r, c))
+        for p, (r, c), name in zip(paths, loaded, shown, strict=True)
+    )
     title = "roiroa report: " + ", ".join(shown)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{e(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n"
+        f"<title>{e(title)}</title><style>{CSS}</style></head><body>{intro}{wrap_verdict(verdicts)}{sections}"
+        "</body></html>\n"
     )
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from roiroa.report.verdict import tables_of
+
 METRIC_COLUMNS = ("section", "scope", "attack", "setting", "metric", "value")
 GRID_METRICS = ("accuracy", "ci_low", "ci_high", "n_images", "area", "detection_iou")
 
@@ -48,6 +50,30 @@ def statistics_rows(statistics: dict[str, Any] | None) -> list[dict[str, Any]]:
     return rows
 
 
+def verdict_metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The verdict at the top of the report, one number per row (section 'verdict', scope the defence): per
+    setting its accuracy and interval, its control's and the undefended model's accuracy, the differences
+    with their 95% intervals; and the oracle gap (setting 'oracle')."""
+    rows: list[dict[str, Any]] = []
+    for _, found in tables_of(results):
+        for v in found:
+            for c in filter(None, (v.clean, *v.comparisons)):
+                numbers = {"accuracy": c.defence.accuracy, "ci_low": c.defence.low, "ci_high": c.defence.high}
+                for name, other, d in (
+                    ("control", c.control, c.vs_control),
+                    ("undefended", c.undefended, c.vs_undefended),
+                ):
+                    if other is not None and d is not None:
+                        numbers |= {f"{name}_accuracy": other.accuracy, f"diff_{name}": d.value}
+                        numbers |= {f"diff_{name}_ci_low": d.low, f"diff_{name}_ci_high": d.high}
+                rows += [_row("verdict", v.defence, c.attack, c.setting, m, x) for m, x in numbers.items()]
+            if v.oracle is not None:
+                o = v.oracle
+                numbers = {"oracle_gap": o.gap, "oracle_accuracy": o.accuracy, "oracle_area": o.area}
+                rows += [_row("verdict", v.defence, o.attack, "oracle", m, x) for m, x in numbers.items()]
+    return rows
+
+
 def metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """results.json flattened into rows (section, scope, attack, setting, metric, value), one number each."""
     rows = [_row("model", "f", "", "clean", "test_accuracy", results["model"]["test_accuracy"])]
@@ -76,6 +102,7 @@ def metric_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             _row("sanity", r["defence"], f"eps={e:g}", "adaptive", "accuracy", a)
             for e, a in zip(r["eps"], r["accuracy"], strict=True)
         ]
+    rows += verdict_metric_rows(results)
     rows += [_row("timings", stage, "", "", "seconds", sec) for stage, sec in results["timings"].items()]
     return rows
 
@@ -156,59 +183,72 @@ def short_lines(rows: list[dict[str, Any]], attacks: list[str]) -> list[str]:
 def defend_table(results: dict[str, Any]) -> str:
     """The terminal table of ``roiroa defend``: one line per defence (accuracy with its 95% interval half-width
     in the worst case), the attacks, the oracle, the sanity checks and the Pareto front."""
-    by = cells(results["table"])
-    attacks = [a["label"] for a in results["attacks"]]
-    names = list(dict.fromkeys(r["defence"] for r in results["table"]))
-    kinds = {r["defence"]: r["kind"] for r in results["table"]}
-    head = "".join(
-        f"{label[:12]:>14}"
-        for a in attacks
-        for label in ([f"{a} n-ad", f"{a} adapt"] if not _free(results, a) else [a])
-    )
-    lines = [
-        f"defence table: {results['n_test']} test images, seed {results['seed']}",
-        f"{'defence':<26}{'kind':<9}{'area':>7}{'clean':>8}{head}{'worst':>8}{'95% CI':>16}",
-    ]
-    for d in names:
-        clean = by.get((d, "clean", "none"), {})
-        accs = "".join(
-            f"{pct(by.get((d, s, a), {}).get('accuracy')):>14}"
-            for a in attacks
-            for s in (("gradient-free",) if _free(results, a) else ("non-adaptive", "adaptive"))
-        )
-        worst = by.get((d, "worst-case", "all"), {})
-        ci = f"[{pct(worst.get('ci_low')).strip()}, {pct(worst.get('ci_high')).strip()}]" if worst else ""
-        lines.append(
-            f"{d:<22}{kinds[d]:<9}{pct(clean.get('area')):>7}{pct(clean.get('accuracy')):>8}{accs}{pct(worst.get('accuracy')):>8}{ci:>16}"
-        )
-    lines += [
-        "",
-        "attacks: "
-        + "; ".join(
-            f"{a['label']}: {' '.join(f'{k}={v}' for k, v in a['params'].items() if k not in ('batch_size',))}"
-            for a in results["attacks"]
-        ),
-    ]
+    lines = [f"defence table: {results['n_test']} test images, seed {results['seed']}"]
+    lines += defence_lines(results)
+    lines += ["", "attacks: " + "; ".join(_attack_text(a) for a in results["attacks"])]
     lines += [
         "n-ad: crafted on f, evaluated on the defence; adapt: crafted through the defence; "
         "worst: robust to every attack."
     ]
-    for r in results.get("oracle", []):
+    lines += oracle_lines(results) + sanity_lines(results) + front_lines(results)
+    lines.append(f"time: {sum(results['timings'].values()):.0f} s")
+    return "\n".join(lines)
+
+
+def _attack_text(a: dict[str, Any]) -> str:
+    return f"{a['label']}: {' '.join(f'{k}={v}' for k, v in a['params'].items() if k not in ('batch_size',))}"
+
+
+def _columns(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """(attack, setting) of each accuracy column: non-adaptive and adaptive, or gradient-free."""
+    return [
+        (a, s)
+        for a in (x["label"] for x in results["attacks"])
+        for s in (("gradient-free",) if _free(results, a) else ("non-adaptive", "adaptive"))
+    ]
+
+
+def defence_lines(results: dict[str, Any]) -> list[str]:
+    """The header and one line per defence of the defend table."""
+    by = cells(results["table"])
+    columns = _columns(results)
+    names = list(dict.fromkeys(r["defence"] for r in results["table"]))
+    kinds = {r["defence"]: r["kind"] for r in results["table"]}
+    head = "".join(
+        f"{(a if s == 'gradient-free' else a + (' n-ad' if s == 'non-adaptive' else ' adapt'))[:12]:>14}"
+        for a, s in columns
+    )
+    lines = [f"{'defence':<26}{'kind':<9}{'area':>7}{'clean':>8}{head}{'worst':>8}{'95% CI':>16}"]
+    for d in names:
+        clean = by.get((d, "clean", "none"), {})
+        accs = "".join(f"{pct(by.get((d, s, a), {}).get('accuracy')):>14}" for a, s in columns)
+        worst = by.get((d, "worst-case", "all"), {})
+        ci = f"[{pct(worst.get('ci_low')).strip()}, {pct(worst.get('ci_high')).strip()}]" if worst else ""
         lines.append(
-            f"oracle (an analysis that knows the attack, not a defence): {r['attack']} q_roa={r['q_roa']}: "
-            f"{pct(r['accuracy'])} (area {pct(r['area']).strip()}; "
-            f"random mask of the same area {pct(r['random_mask_accuracy']).strip()})"
+            f"{d:<22}{kinds[d]:<9}{pct(clean.get('area')):>7}{pct(clean.get('accuracy')):>8}{accs}"
+            f"{pct(worst.get('accuracy')):>8}{ci:>16}"
         )
-    lines += sanity_lines(results)
+    return lines
+
+
+def oracle_lines(results: dict[str, Any]) -> list[str]:
+    return [
+        f"oracle (an analysis that knows the attack, not a defence): {r['attack']} q_roa={r['q_roa']}: "
+        f"{pct(r['accuracy'])} (area {pct(r['area']).strip()}; "
+        f"random mask of the same area {pct(r['random_mask_accuracy']).strip()})"
+        for r in results.get("oracle", [])
+    ]
+
+
+def front_lines(results: dict[str, Any]) -> list[str]:
+    """The sweep's size and its Pareto front on (clean, adaptive)."""
     front = [r for r in results.get("sweep", []) if r["pareto"]]
-    lines += ["", f"sweep: {len(results.get('sweep', []))} mask settings; Pareto front on (clean, adaptive):"]
-    lines += [
+    lines = ["", f"sweep: {len(results.get('sweep', []))} mask settings; Pareto front on (clean, adaptive):"]
+    return lines + [
         f"  {r['scope']:<17} {r['threshold']:<6} q_roa={r['q_roa']} dil={r['dilation']} fill={r['fill']:<14} "
         f"area {pct(r['area'])} clean {pct(r['clean_accuracy'])} adaptive {pct(r['adaptive_accuracy'])}"
         for r in front
     ]
-    lines.append(f"time: {sum(results['timings'].values()):.0f} s")
-    return "\n".join(lines)
 
 
 def _free(results: dict[str, Any], label: str) -> bool:
