@@ -28,6 +28,7 @@ from roiroa.evaluate.defences import (
     parse_defences,
     spec_fill,
 )
+from roiroa.evaluate.executors import uses_executor
 from roiroa.evaluate.grid import Cell, CellResult, Defence, finite_mean, standard_cells, table_rows
 from roiroa.evaluate.maps_stage import compute_maps
 from roiroa.evaluate.outputs import CommandResult, build_context, dataset_info, flag_table, header, model_info, run_grid
@@ -179,6 +180,7 @@ def beside_the_table(
     return {"n_sanity": n, "oracle": oracle, "sweep": sweep_rows(specs, swept, first, sweep_results), "sanity": sanity}
 
 
+@uses_executor
 def run_defend(
     config: Config,
     *,

@@ -71,10 +71,14 @@ def as_dataset(data: DataLike, name: str = "data") -> ImageDataset:
 def load_splits(config: Config, data: DataLike | None = None, fit_data: DataLike | None = None) -> Splits:
     """Read the dataset (or take the API's), split it by class (seeded), and draw the fitting and test sets."""
     d = config.data
-    source = as_dataset(data) if data is not None else load_dataset(d.source, d.labels)
+    source = as_dataset(data) if data is not None else load_dataset(d.source, d.labels, d.class_index, d.resize, d.crop)
     fit_source = fit_data if fit_data is not None else d.fit_source
     if fit_source is not None:  # every source image is a test image; train and fit from elsewhere
-        train = as_dataset(fit_data) if fit_data is not None else load_dataset(d.fit_source or "", d.fit_labels)
+        train = (
+            as_dataset(fit_data)
+            if fit_data is not None
+            else load_dataset(d.fit_source or "", d.fit_labels, d.class_index, d.resize, d.crop)
+        )
         test = source
         if train.num_classes != test.num_classes:
             raise InputError(
