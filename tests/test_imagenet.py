@@ -125,3 +125,19 @@ def test_mobilenet_on_the_gpu_gives_the_cpus_logits():
         cpu = model(x)
         gpu = model.to("cuda")(x.to("cuda")).cpu()
     assert torch.allclose(gpu, cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_the_command_line_declares_preprocessing_and_executor(tmp_path, capsys):
+    from roiroa.cli import main
+
+    index = tmp_path / "index.json"
+    index.write_text('{"0": ["n0", "a"], "1": ["n1", "b"]}')
+    argv = ["config", "--format", "json", "--data", str(tmp_path), "--class-index", str(index)]
+    assert main([*argv, "--resize", "256", "--crop", "224", "--executor", "ray", "--address", "auto"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert {k: config["data"][k] for k in ("resize", "crop", "class_index")} == {
+        "resize": 256,
+        "crop": 224,
+        "class_index": str(index),
+    }
+    assert config["executor"] == "ray" and config["ray_address"] == "auto"
