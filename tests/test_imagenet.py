@@ -73,7 +73,8 @@ def test_resize_then_centre_crop_is_the_torchvision_recipe(tmp_path):
     # shorter side 227 -> 256, the other 300 * 256 / 227 = 338; then the centre 224 x 224
     expected = np.asarray(Image.fromarray(pixels).resize((338, 256), Image.Resampling.BILINEAR))[16:240, 57:281]
     assert out.shape == (224, 224, 3) and np.array_equal(out, expected)
-    (tmp_path / "labels.csv").write_text("file,label\na.png,1\n")
+    write_image(tmp_path / "b.png", 227, 300, 4)
+    (tmp_path / "labels.csv").write_text("file,label\na.png,1\nb.png,0\n")
     with pytest.raises(InputError, match="larger than an image"):
         load_dataset(str(tmp_path), str(tmp_path / "labels.csv"), resize=100, crop=224)
 
@@ -141,3 +142,25 @@ def test_the_command_line_declares_preprocessing_and_executor(tmp_path, capsys):
         "class_index": str(index),
     }
     assert config["executor"] == "ray" and config["ray_address"] == "auto"
+
+
+def test_a_run_decodes_only_the_images_it_uses(tmp_path):
+    from roiroa.data.imagenet import LabelledFiles
+    from roiroa.evaluate.prepare import load_splits
+    from roiroa.evaluate.validate import config_from_dict
+
+    rows = ["file,label"]
+    for i in range(40):
+        write_image(tmp_path / f"{i}.png", 20, 24, i)
+        rows.append(f"{i}.png,{i % 4 * 100}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    data = {"source": str(tmp_path), "labels": str(tmp_path / "labels.csv"), "resize": 18, "crop": 16}
+    config = config_from_dict({"data": data | {"test_fraction": 0.5, "max_test": 8, "n_fit": 4}})
+    splits = load_splits(config)
+    assert isinstance(splits.train_source, LabelledFiles) and len(splits.train_source) == 20
+    assert splits.test.images.shape == (8, 3, 16, 16) and splits.fit.images.shape == (4, 3, 16, 16)
+    assert set(splits.test.labels.tolist()) == {0, 100, 200, 300} and splits.test.num_classes == 301
+    assert splits.train.images.shape == (20, 3, 16, 16)  # decoded when training asks for it
+    whole = load_dataset(str(tmp_path), str(tmp_path / "labels.csv"), resize=18, crop=16)
+    at = splits.test.index[0]
+    assert torch.equal(splits.test.images[0], whole.images[at])

@@ -12,20 +12,23 @@ Two layouts:
 The class names come from the class-index file where given (all K of them, so labels keep their meaning when
 only some classes have images), else '0'..'K-1'. Preprocessing follows the torchvision ImageNet recipe:
 resize so the shorter side is ``resize`` pixels (bilinear, Pillow), then crop the centre ``crop`` x ``crop``.
-Pixels are decoded into one uint8 buffer (1 byte per value) and scaled to float32 [0, 1] once at the end.
+:func:`list_labelled_files` reads only the file names and labels: a run splits and samples them by label and
+decodes only the images it uses (:meth:`LabelledFiles.decode`), each into one uint8 buffer (1 byte per value)
+scaled to float32 [0, 1] once at the end.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from roiroa.data.dataset import ImageDataset, make_dataset
+from roiroa.data.dataset import ImageDataset, check_two_classes, index_names
 from roiroa.data.readers import (
     DEFAULT_MAX_IMAGE_PIXELS,
     PIXELS_VARIABLE,
@@ -141,14 +144,52 @@ def decode_rgb(paths: list[Path], resize: int | None, crop: int | None) -> np.nd
     return out
 
 
-def read_labelled_images(
+@dataclass(frozen=True)
+class LabelledFiles:
+    """Image files and their labels, not yet decoded: a data set that is split and sampled by its labels, then
+    decoded (:meth:`decode`) only for the images a run uses.
+
+    Attributes:
+        paths: N image files. labels: (N,) int64, the model's output indices. classes: K class names.
+        name: where the data came from. index: (N,) int64, each file's position in the source.
+        resize, crop: the preprocessing :meth:`decode` applies (see :func:`resize_crop`).
+    """
+
+    paths: tuple[Path, ...]
+    labels: torch.Tensor
+    classes: tuple[str, ...]
+    name: str
+    index: torch.Tensor
+    resize: int | None = None
+    crop: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, idx: torch.Tensor) -> LabelledFiles:
+        """The files at positions ``idx`` (a 1-D int64 tensor), in that order."""
+        paths = tuple(self.paths[i] for i in idx.tolist())
+        return replace(self, paths=paths, labels=self.labels[idx], index=self.index[idx])
+
+    def decode(self) -> ImageDataset:
+        """The images (N, 3, H, W) float32 in [0, 1], after resize and crop, with labels and names."""
+        pixels = decode_rgb(list(self.paths), self.resize, self.crop)
+        images = torch.from_numpy(pixels).float().div_(255.0)
+        return ImageDataset(images, self.labels, self.classes, self.name, self.index)
+
+
+def list_labelled_files(
     root: str | Path,
     labels: str | Path | None = None,
     class_index: str | Path | None = None,
     resize: int | None = None,
     crop: int | None = None,
-) -> ImageDataset:
-    """Images of ``root`` with labels from a CSV (flat folder) or a class index (class subfolders).
+) -> LabelledFiles:
+    """The image files of ``root`` with labels from a CSV (flat folder) or a class index (class subfolders).
 
     Args:
         root: a folder of images (with ``labels``) or of class subfolders (numbered by ``class_index`` where
@@ -157,9 +198,8 @@ def read_labelled_images(
         class_index: JSON ``{"0": [id, name], ...}``: class names, and the subfolders' indices.
         resize, crop: shorter side after resizing, and side of the centre crop (pixels); None: left out.
 
-    Returns:
-        images (N, 3, crop, crop) float32 in [0, 1], labels (N,) int64, K class names (K = the class index's
-        length, else max label + 1).
+    Raises:
+        InputError: a file of the CSV is missing, no images, labels without class names, one class only.
     """
     root = Path(root)
     ids, names = read_class_index(class_index) if class_index is not None else ((), ())
@@ -174,7 +214,23 @@ def read_labelled_images(
         files, names = list_image_files(root)
     if not files:
         raise InputError(f"{root}: no images found.")
-    pixels = decode_rgb([p for p, _ in files], resize, crop)
-    images = torch.from_numpy(pixels).float().div_(255.0)
     y = torch.tensor([k for _, k in files], dtype=torch.int64)
-    return make_dataset(images, y, root.name, names or None)
+    classes = names or index_names(y, root.name)
+    top = int(y.max())
+    if top >= len(classes):
+        raise InputError(f"{root}: label {top} has no class name in the class index ({len(classes)} classes).")
+    found = LabelledFiles(tuple(p for p, _ in files), y, tuple(classes), root.name, torch.arange(len(y)), resize, crop)
+    check_two_classes(found)
+    return found
+
+
+def read_labelled_images(
+    root: str | Path,
+    labels: str | Path | None = None,
+    class_index: str | Path | None = None,
+    resize: int | None = None,
+    crop: int | None = None,
+) -> ImageDataset:
+    """Every image of :func:`list_labelled_files`, decoded: images (N, 3, H, W) float32 in [0, 1], labels (N,)
+    int64, K class names (K = the class index's length, else max label + 1)."""
+    return list_labelled_files(root, labels, class_index, resize, crop).decode()

@@ -7,9 +7,23 @@ from pathlib import Path
 
 from roiroa.data.cifar import is_cifar_folder, read_cifar_batch, read_cifar_folder
 from roiroa.data.dataset import ImageDataset
-from roiroa.data.imagenet import read_labelled_images
+from roiroa.data.imagenet import LabelledFiles, list_labelled_files
 from roiroa.data.readers import BUNDLED, load_bundled_mnist, read_idx, read_image_folder, read_npz
 from roiroa.errors import InputError
+
+
+def open_dataset(
+    source: str,
+    labels: str | None = None,
+    class_index: str | None = None,
+    resize: int | None = None,
+    crop: int | None = None,
+) -> ImageDataset | LabelledFiles:
+    """As :func:`load_dataset`, but an image folder with a labels CSV, a class index or a resize/crop is
+    returned as its files and labels, not yet decoded (split and sample it, then decode what is used)."""
+    if Path(source).is_dir() and (labels or class_index or resize or crop):
+        return list_labelled_files(source, labels, class_index, resize, crop)
+    return load_dataset(source, labels, class_index, resize, crop)
 
 
 def load_dataset(
@@ -46,7 +60,7 @@ def load_dataset(
             f"or one of {sorted(BUNDLED)}."
         )
     if path.is_dir() and (labels or class_index or resize or crop):
-        return read_labelled_images(path, labels, class_index, resize, crop)
+        return list_labelled_files(path, labels, class_index, resize, crop).decode()
     if path.is_dir():
         return read_cifar_folder(path) if is_cifar_folder(path) else read_image_folder(path)
     if path.name == "test_batch" or path.name.startswith("data_batch_"):
