@@ -23,7 +23,7 @@ def conv_bn(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
         nn.BatchNorm2d(out_channels),
-        nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True),
+        nn.LeakyReLU(NEGATIVE_SLOPE),
     )
 
 
@@ -32,10 +32,10 @@ def conv_dw(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, in_channels, 3, stride, 1, groups=in_channels, bias=False),
         nn.BatchNorm2d(in_channels),
-        nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True),
+        nn.LeakyReLU(NEGATIVE_SLOPE),
         nn.Conv2d(in_channels, out_channels, 1, 1, 0, bias=False),
         nn.BatchNorm2d(out_channels),
-        nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True),
+        nn.LeakyReLU(NEGATIVE_SLOPE),
     )
 
 
