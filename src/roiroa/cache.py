@@ -97,6 +97,20 @@ class StageCache:
         self._store(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
         return out
 
+    def stored(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The tensors stored under ``key`` if present and intact (a hit), else None (a damaged entry is deleted)."""
+        if self.root is None:
+            return self._memory.get(key)  # type: ignore[no-any-return]
+        path = self.root / f"{key}.safetensors"
+        if not path.exists():
+            return None
+        loaded = _read_tensors(path)
+        if loaded is None:
+            self._discard(path)
+            return None
+        self.hits += 1
+        return loaded
+
     def json(self, key: str, compute: Callable[[], Any]) -> Any:
         """The JSON value stored under ``key``, else ``compute()`` stored there."""
         if self.root is None:

@@ -91,7 +91,14 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", help="'mnist' (bundled), a .npz, an IDX images file, an image folder or a CIFAR batch"
     )
-    parser.add_argument("--labels", help="the IDX labels file, with an IDX images file as --data")
+    parser.add_argument(
+        "--labels", help="the IDX labels file with an IDX images file; or a CSV file,label with an image folder"
+    )
+    parser.add_argument("--class-index", help="class-index JSON (imagenet_class_index.json) of an image folder")
+    parser.add_argument("--resize", type=int, help="resize an image folder's shorter side to this many pixels")
+    parser.add_argument("--crop", type=int, help="then keep the centre crop of this side (ImageNet: 256, 224)")
+    parser.add_argument("--executor", help="where chunk tasks run: local (default) or ray")
+    parser.add_argument("--address", help="with --executor ray: the Ray cluster's address (e.g. auto, host:6379)")
     parser.add_argument("--model", help="architecture: a registered name (roiroa list) or package.module:callable")
     parser.add_argument("--weights", help="pretrained weights to load instead of training (.pt/.pth/.th, .safetensors)")
     parser.add_argument("--normalization", help="the weights' input normalization: none, cifar10, imagenet")
@@ -111,8 +118,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     for section, value in (read_config_dict(args.config) if args.config else {}).items():
         both = isinstance(value, dict) and isinstance(base.get(section), dict)
         base[section] = base[section] | value if both else value
-    flags = {"seed": args.seed, "device": args.device}
-    data = {"source": args.data, "labels": args.labels}
+    flags = {"seed": args.seed, "device": args.device, "executor": args.executor, "ray_address": args.address}
+    data = {"source": args.data, "labels": args.labels, "class_index": args.class_index}
+    data |= {"resize": args.resize, "crop": args.crop}
     model = {
         "arch": args.model,
         "weights": args.weights,
@@ -137,6 +145,7 @@ def protected_paths(config: Config) -> list[Path]:
         config.data.labels,
         config.data.fit_source,
         config.data.fit_labels,
+        config.data.class_index,
         config.model.weights,
     ]
     return [Path(p) for p in found if p and Path(p).exists()]

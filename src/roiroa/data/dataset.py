@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -112,7 +113,7 @@ def check_class_names(classes: tuple[str, ...], name: str) -> None:
         )
 
 
-def check_two_classes(data: ImageDataset) -> None:
+def check_two_classes(data: Labelled) -> None:
     """Raise unless the labels of ``data`` hold at least two classes; warn about classes without images."""
     counts = torch.bincount(data.labels, minlength=data.num_classes).tolist()
     present = [c for c, n in enumerate(counts) if n]
@@ -135,7 +136,26 @@ def check_two_classes(data: ImageDataset) -> None:
         )
 
 
-def split_by_class(data: ImageDataset, test_fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
+class Labelled(Protocol):
+    """What splitting and sampling need: labels (N,) int64, K classes, a name, ``len`` and ``subset``
+    (an :class:`ImageDataset`, or image files not yet decoded, :class:`roiroa.data.imagenet.LabelledFiles`)."""
+
+    @property
+    def labels(self) -> torch.Tensor: ...
+    @property
+    def classes(self) -> tuple[str, ...]: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def num_classes(self) -> int: ...
+    def __len__(self) -> int: ...
+    def subset(self, idx: torch.Tensor) -> Any: ...
+
+
+D = TypeVar("D", bound=Labelled)
+
+
+def split_by_class(data: D, test_fraction: float, seed: int) -> tuple[D, D]:
     """Split each class at random (seeded) into train and test parts.
 
     Every class gives ``round(n_c * test_fraction)`` images to the test part, so both parts keep
@@ -160,7 +180,7 @@ def split_by_class(data: ImageDataset, test_fraction: float, seed: int) -> tuple
     return data.subset(train), data.subset(test)
 
 
-def sample_per_class(data: ImageDataset, n: int, seed: int) -> ImageDataset:
+def sample_per_class(data: D, n: int, seed: int) -> D:
     """A seeded random subset of ``min(n, len(data))`` images with the classes as balanced as possible."""
     if n >= len(data):
         return data

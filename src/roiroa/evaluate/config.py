@@ -42,6 +42,10 @@ class DataConfig:
     n_fit: images of the training split that fit the defences' masks and detectors.
     fit_source, fit_labels: a second dataset that trains the model and fits the defences; then every image of
         ``source`` is a test image (capped by max_test) and nothing is split.
+    class_index: with an image folder, a class-index JSON (imagenet_class_index.json): class names, and the
+        index of each class subfolder (``labels`` may then also be a CSV ``file,label``, label = output index).
+    resize, crop: preprocessing of an image folder: shorter side resized to ``resize`` pixels (bilinear), then
+        the centre ``crop`` x ``crop`` kept (ImageNet: 256 and 224). None: images as they are.
     """
 
     source: str = "mnist"
@@ -51,6 +55,9 @@ class DataConfig:
     n_fit: int = bounded(500, 1)
     fit_source: str | None = None
     fit_labels: str | None = None
+    class_index: str | None = None
+    resize: int | None = bounded(None, 1, 8192)
+    crop: int | None = bounded(None, 1, 8192)
 
 
 @dataclass(frozen=True)
@@ -304,6 +311,9 @@ class Config:
     batch_size: images per attack or gradient batch. chunk_size: images attacked, mapped and evaluated at a
     time (each chunk is a cached task; peak memory does not grow with the number of images).
     examples: test images in the gallery of the report. attacks: the run's attacks {name, label?, ...}.
+    executor: where the chunk tasks run: 'local' (in this process) or 'ray' (Ray tasks, one GPU each where the
+    cluster has GPUs; ``pip install 'roiroa[ray]'``). ray_address: the cluster ('auto', 'host:6379',
+    'ray://host:10001'); None: a new local cluster, or the one this process already joined.
     """
 
     seed: int = bounded(0, 0, 2**31 - 1)
@@ -322,6 +332,8 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     patches: PatchesConfig = field(default_factory=PatchesConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict that :func:`config_from_dict` reads back to an equal config."""

@@ -30,6 +30,7 @@ from roiroa.evaluate.defences import (
     parse_defences,
     spec_fill,
 )
+from roiroa.evaluate.executors import uses_executor
 from roiroa.evaluate.grid import (
     Cell,
     CellResult,
@@ -236,6 +237,7 @@ def suite_info(config: Config, attacks: list[AttackEntry]) -> dict[str, Any]:
     return {"name": name, "budget": budget, "description": words, "worst_case": worst}
 
 
+@uses_executor
 def run_defend(
     config: Config,
     *,

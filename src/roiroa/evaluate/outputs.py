@@ -104,7 +104,9 @@ def flag_table(results: dict[Cell, CellResult], data: ImageDataset) -> tuple[lis
 def dataset_info(prepared: Prepared, test: ImageDataset, fit: ImageDataset) -> DatasetInfo:
     s, c = prepared.splits, prepared.config
     source = c.data.source if test.name == s.test.name else test.name
-    return DatasetInfo(test.name, source, list(test.classes), list(test.image_shape), len(s.train), len(fit), len(test))
+    return DatasetInfo(
+        test.name, source, list(test.classes), list(test.image_shape), len(s.train_source), len(fit), len(test)
+    )
 
 
 def model_info(prepared: Prepared, accuracy: float) -> ModelInfo:

@@ -21,6 +21,7 @@ from roiroa.data.dataset import sample_per_class
 from roiroa.evaluate.attacking import AttackEntry, attack_entry
 from roiroa.evaluate.config import Config
 from roiroa.evaluate.defences import BuildContext, build_defences, none_defence, parse_defences
+from roiroa.evaluate.executors import uses_executor
 from roiroa.evaluate.grid import Cell, CellResult, Defence, grid_row, table_rows, worst_case
 from roiroa.evaluate.outputs import CommandResult, build_context, dataset_info, flag_table, header, model_info, run_grid
 from roiroa.evaluate.prepare import DataLike, Prepared, prepare
@@ -92,6 +93,7 @@ def patch_rows(defences: list[Defence], attacks: list[AttackEntry], results: dic
     return rows
 
 
+@uses_executor
 def run_patches(
     config: Config,
     *,

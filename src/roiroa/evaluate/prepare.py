@@ -8,6 +8,7 @@ and ``patches``, so every command evaluates the same model on the same images.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from torch import nn
 
 from roiroa.cache import model_hash
 from roiroa.data.dataset import ImageDataset, make_dataset, sample_per_class, split_by_class
-from roiroa.data.sources import load_dataset
+from roiroa.data.imagenet import LabelledFiles
+from roiroa.data.sources import open_dataset
 from roiroa.errors import InputError
 from roiroa.evaluate.config import Config
 from roiroa.geometry import window_starts
@@ -31,11 +33,21 @@ DataLike = ImageDataset | tuple[Any, ...] | torch.utils.data.Dataset  # type: ig
 
 @dataclass(frozen=True)
 class Splits:
-    """train: trains the model; fit: the subset of train that fits the defences; test: evaluation."""
+    """train: trains the model; fit: the subset of train that fits the defences; test: evaluation.
 
-    train: ImageDataset
+    ``train_source`` may be image files not yet decoded (an ImageNet-size folder): ``train`` decodes them on
+    first use (training, retraining), so a run on pretrained weights decodes only its fit and test images.
+    """
+
+    train_source: ImageDataset | LabelledFiles
     fit: ImageDataset
     test: ImageDataset
+
+    @cached_property
+    def train(self) -> ImageDataset:
+        """The training images, decoded."""
+        source = self.train_source
+        return source if isinstance(source, ImageDataset) else source.decode()
 
 
 @dataclass(frozen=True)
@@ -71,10 +83,14 @@ def as_dataset(data: DataLike, name: str = "data") -> ImageDataset:
 def load_splits(config: Config, data: DataLike | None = None, fit_data: DataLike | None = None) -> Splits:
     """Read the dataset (or take the API's), split it by class (seeded), and draw the fitting and test sets."""
     d = config.data
-    source = as_dataset(data) if data is not None else load_dataset(d.source, d.labels)
+    source = as_dataset(data) if data is not None else open_dataset(d.source, d.labels, d.class_index, d.resize, d.crop)
     fit_source = fit_data if fit_data is not None else d.fit_source
     if fit_source is not None:  # every source image is a test image; train and fit from elsewhere
-        train = as_dataset(fit_data) if fit_data is not None else load_dataset(d.fit_source or "", d.fit_labels)
+        train = (
+            as_dataset(fit_data)
+            if fit_data is not None
+            else open_dataset(d.fit_source or "", d.fit_labels, d.class_index, d.resize, d.crop)
+        )
         test = source
         if train.num_classes != test.num_classes:
             raise InputError(
@@ -86,7 +102,12 @@ def load_splits(config: Config, data: DataLike | None = None, fit_data: DataLike
     if d.max_test is not None:
         test = sample_per_class(test, d.max_test, stage_seed(config.seed, "test-subset"))
     fit = sample_per_class(train, d.n_fit, stage_seed(config.seed, "fit-subset"))
-    return Splits(train, fit, test)
+    return Splits(train, decoded(fit), decoded(test))
+
+
+def decoded(data: ImageDataset | LabelledFiles) -> ImageDataset:
+    """The images of ``data``, decoding image files where they are not decoded yet."""
+    return data if isinstance(data, ImageDataset) else data.decode()
 
 
 def check_fits_data(config: Config, data: ImageDataset) -> None:

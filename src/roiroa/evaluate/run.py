@@ -28,6 +28,7 @@ from roiroa.evaluate.defences import (
     parse_defences,
     spec_fill,
 )
+from roiroa.evaluate.executors import uses_executor
 from roiroa.evaluate.grid import Defence, standard_cells, table_rows
 from roiroa.evaluate.maps_stage import MapSet, attack_maps, compute_maps, vulnerability_maps
 from roiroa.evaluate.outputs import CommandResult, build_context, dataset_info, flag_table, header, model_info, run_grid
@@ -284,6 +285,7 @@ def folder_of(
     return ResultsFolder("run", to_json(results), prepared.config.to_dict(), csv, numpy)
 
 
+@uses_executor
 def run_experiment(
     config: Config,
     *,

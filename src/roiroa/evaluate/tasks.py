@@ -1,5 +1,5 @@
 """The unit of work: a task is a pure function of its inputs on one chunk of images, content-addressed in the
-stage cache, safe to compute twice. ``run_tasks`` is the executor (in-process); stages only build tasks.
+stage cache, safe to compute twice. Stages only build tasks; ``run_tasks`` hands them to the current executor.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from roiroa.cache import StageCache, hash_tensors
-from roiroa.utils import batch_slices, progress, stage_seed
+from roiroa.evaluate.executors import current_executor
+from roiroa.utils import batch_slices, stage_seed
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,9 @@ class Task:
 
 
 def run_tasks(tasks: Sequence[Task], cache: StageCache, desc: str = "") -> list[dict[str, torch.Tensor]]:
-    """Every task's tensors, read from the cache or computed (and stored), in order."""
-    return [cache.tensors(t.key, t.compute) for t in progress(tasks, desc, total=len(tasks))]
+    """Every task's tensors, read from the cache or computed (and stored), in order, on the current executor
+    (in-process unless a command runs with ``executor = 'ray'``; see :mod:`roiroa.evaluate.executors`)."""
+    return current_executor().run(tasks, cache, desc)
 
 
 @dataclass(frozen=True)

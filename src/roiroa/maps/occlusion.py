@@ -14,7 +14,13 @@ from torch import nn
 
 from roiroa.geometry import grid_regions, label_regions, rectangle_boxes, regions_to_pixels, slic_labels
 from roiroa.maps.baselines import Baseline, baseline_images, check_baseline
-from roiroa.maps.incremental import IncrementalModel, cached_incremental_model, forget_engine, remember_no_engine
+from roiroa.maps.incremental import (
+    IncrementalModel,
+    cached_folded_model,
+    cached_incremental_model,
+    forget_engine,
+    remember_no_engine,
+)
 from roiroa.maps.registry import register_estimator
 from roiroa.utils import batch_slices, model_device, progress
 from roiroa.validation import check_choice, check_images, check_labels, check_model_output, check_number
@@ -158,9 +164,11 @@ def occlusion_drops(
             if drops is not None:
                 return drops.to(x.device)
             forget_engine(model)
-    fast_layout = fast_layout and len(xd) > 0 and _fast_layout_works(model, xd, yd, output)
-    with channels_last(model) if fast_layout else nullcontext():
-        s_clean = torch.cat([_score(model, xd[s], yd[s], output) for s in batch_slices(len(xd), batch_size)])
+    folded = _checked_folded(model, xd, yd, output) if fast_layout and len(xd) > 0 else None
+    fast_layout = fast_layout and len(xd) > 0 and (folded is not None or _fast_layout_works(model, xd, yd, output))
+    net = model if folded is None else folded
+    with channels_last(model) if fast_layout and folded is None else nullcontext():
+        s_clean = torch.cat([_score(net, xd[s], yd[s], output) for s in batch_slices(len(xd), batch_size)])
         drops = torch.zeros(len(xd), n_regions, device=device)
         for s in progress(batch_slices(len(pairs), batch_size), "occlusion"):
             i, r = pairs[s, 0], pairs[s, 1]
@@ -168,8 +176,23 @@ def occlusion_drops(
             occluded = xd[i] * (1 - m) + (base[i] if len(base) > 1 else base) * m
             if fast_layout:
                 occluded = occluded.contiguous(memory_format=torch.channels_last)
-            drops[i, r] = s_clean[i] - _score(model, occluded, yd[i], output)
+            drops[i, r] = s_clean[i] - _score(net, occluded, yd[i], output)
     return drops.to(x.device)
+
+
+def _checked_folded(model: nn.Module, x: torch.Tensor, y: torch.Tensor, output: Output) -> nn.Module | None:
+    """The model's conv-BN-folded channels-last copy (:func:`roiroa.maps.incremental.folded_model`) if it scores
+    up to 4 images of x: (N, C, H, W), N >= 1, as the model does (1e-4 relative), else None (logged once)."""
+    folded = cached_folded_model(model, tuple(x.shape[1:]))  # type: ignore[arg-type]
+    if folded is None:
+        return None
+    k = min(len(x), 4)
+    own = _score(model, x[:k], y[:k], output)
+    fast = _score(folded, x[:k].contiguous(memory_format=torch.channels_last), y[:k], output)
+    if torch.allclose(fast, own, rtol=1e-4, atol=1e-4 * max(1.0, float(own.abs().max()))):
+        return folded
+    _log_once(model, "folded", "gives other outputs with its batch norms folded; forwarding the model itself.")
+    return None
 
 
 def _incremental_drops(

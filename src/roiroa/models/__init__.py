@@ -1,6 +1,6 @@
 """Reference architectures (a registry by name), training with a cached checkpoint, predictions."""
 
-from roiroa.models import lenet, mnist_cnn, resnet  # noqa: F401  (register "mnist-cnn", "lenet5", "resnet20"...)
+from roiroa.models import lenet, mnist_cnn, mobilenet, resnet  # noqa: F401  (register "mnist-cnn", "resnet20"...)
 from roiroa.models.lenet import LeNet5
 from roiroa.models.loading import check_model_fits, load_model, load_weights, read_state_dict
 from roiroa.models.mnist_cnn import MnistCNN
