@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from roiroa.cache import StageCache, hash_tensors
-from roiroa.utils import batch_slices, progress, stage_seed
+from roiroa.utils import batch_slices, progress, progress_stage, stage_seed
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,8 @@ class Timings(dict):
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         start = time.perf_counter()
-        yield
+        with progress_stage(stage):
+            yield
         elapsed = time.perf_counter() - start
         self[stage] = round(self.get(stage, 0.0) + elapsed, 3)
         log.info("  %-16s %6.1f s", stage, elapsed)
@@ -41,7 +42,7 @@ class Task:
 
 def run_tasks(tasks: Sequence[Task], cache: StageCache, desc: str = "") -> list[dict[str, torch.Tensor]]:
     """Every task's tensors, read from the cache or computed (and stored), in order."""
-    return [cache.tensors(t.key, t.compute) for t in progress(tasks, desc, total=len(tasks))]
+    return [cache.tensors(t.key, t.compute) for t in progress(tasks, desc, total=len(tasks), unit="chunks")]
 
 
 @dataclass(frozen=True)
