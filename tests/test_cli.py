@@ -259,7 +259,8 @@ def test_set_overrides_apply_as_a_config_file_would(capsys):
 
 
 def test_set_appends_a_list_entry(capsys):
-    assert main(["config", "--format", "json", "--set", 'attacks.3={name = "pgd-linf", label = "pgd-small", eps = 0.05}']) == 0
+    entry = '{name = "pgd-linf", label = "pgd-small", eps = 0.05}'
+    assert main(["config", "--format", "json", "--set", f"attacks.3={entry}"]) == 0
     assert json.loads(capsys.readouterr().out)["attacks"][3] == {"name": "pgd-linf", "label": "pgd-small", "eps": 0.05}
 
 
