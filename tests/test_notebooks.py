@@ -26,7 +26,7 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
 
     src = str(ROOT / "src")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # figures as image/png outputs
     book = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         book, timeout=900, kernel_name=NATIVE_KERNEL_NAME, resources={"metadata": {"path": str(tmp_path)}}

@@ -270,9 +270,8 @@ def cli_setup(tmp_path_factory, session_cache, reference):
 
 
 def fresh_cache(session_cache: Path, folder: Path) -> Path:
-    """A new cache folder holding only the session's trained model and parsed MNIST."""
-    for name in ("models", "data"):
-        shutil.copytree(session_cache / name, folder / name)
+    """A new cache folder holding only the session's trained model."""
+    shutil.copytree(session_cache / "models", folder / "models")
     return folder
 
 
