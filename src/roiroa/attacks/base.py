@@ -107,7 +107,8 @@ def run_in_chunks(
     check_model_output(model, x, y)
     device = model_device(model)
     outs = []
-    for s in progress(batch_slices(len(x), batch_size), desc):
+    slices = batch_slices(len(x), batch_size)
+    for s in progress(slices, desc, unit="images", sizes=[s.stop - s.start for s in slices]):
         m = None if mask is None else (mask if len(mask) == 1 else mask[s]).to(device, x.dtype)
         outs.append(attack_chunk(model, x[s].to(device), y[s].to(device), m))
     return torch.cat(outs).to(x.device)
@@ -142,7 +143,7 @@ class AttackCalls:
         Returns:
             x_adv: (N, C, H, W) in [0, 1] on x's device.
         """
-        return run_in_chunks(self._attack_chunk, model, x, y, mask, self.batch_size, type(self).__name__)
+        return run_in_chunks(self._attack_chunk, model, x, y, mask, self.batch_size, self.name)
 
     def _attack_chunk(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None

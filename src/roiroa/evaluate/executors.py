@@ -49,7 +49,7 @@ class LocalExecutor:
 
     def run(self, tasks: Sequence[Work], cache: StageCache, desc: str = "") -> list[Result]:
         """Every task's tensors, read from the cache or computed (and stored), in order."""
-        return [cache.tensors(t.key, t.compute) for t in progress(tasks, desc, total=len(tasks))]
+        return [cache.tensors(t.key, t.compute) for t in progress(tasks, desc, total=len(tasks), unit="chunks")]
 
 
 def _compute_on_worker(compute: Callable[[], Result]) -> Result:
@@ -81,7 +81,7 @@ class RayExecutor:
         out: list[Result | None] = [cache.stored(t.key) for t in tasks]
         pending = {self.remote.remote(t.compute): i for i, t in enumerate(tasks) if out[i] is None}
         done = iter(range(len(pending)))
-        for _ in progress(done, desc, total=len(pending)):
+        for _ in progress(done, desc, total=len(pending), unit="chunks"):
             ready, _rest = self.ray.wait(list(pending), num_returns=1)
             i = pending.pop(ready[0])
             value = self.ray.get(ready[0])

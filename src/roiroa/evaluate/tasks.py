@@ -15,7 +15,7 @@ import torch
 
 from roiroa.cache import StageCache, hash_tensors
 from roiroa.evaluate.executors import current_executor
-from roiroa.utils import batch_slices, stage_seed
+from roiroa.utils import batch_slices, progress_stage, stage_seed
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ class Timings(dict):
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         start = time.perf_counter()
-        yield
+        with progress_stage(stage):
+            yield
         elapsed = time.perf_counter() - start
         self[stage] = round(self.get(stage, 0.0) + elapsed, 3)
         log.info("  %-16s %6.1f s", stage, elapsed)

@@ -118,7 +118,7 @@ def _train(
     steps_per_epoch = len(batch_slices(len(data), recipe.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=recipe.epochs * steps_per_epoch)
     model.train()
-    for _ in progress(range(recipe.epochs), "train model", total=recipe.epochs):
+    for _ in progress(range(recipe.epochs), "train model", total=recipe.epochs, unit="epochs"):
         order = torch.randperm(len(data), generator=gen)
         for s in batch_slices(len(data), recipe.batch_size):
             idx = order[s]
