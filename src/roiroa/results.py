@@ -125,6 +125,39 @@ class OracleRow:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """Defence a against b (its equal-area control, or the undefended model) on the same n images.
+
+    relation: what b is to a ('undefended' or 'control'); setting, attack: the cells compared (the same for
+    both). acc_a, acc_b with their 95% Wilson intervals; diff = acc_a - acc_b with its 95% Agresti-Min interval
+    (diff_ci) and its percentile bootstrap interval over images (diff_bootstrap_ci); n10 (a right, b wrong) and
+    n01 (a wrong, b right), the discordant images; p_value: McNemar's exact two-sided test; p_equivalent: TOST
+    that |diff| < margin; p_no_better: one-sided test that diff < margin; verdict: the comparison in words.
+    """
+
+    a: str
+    b: str
+    relation: str
+    setting: str
+    attack: str
+    n_images: int
+    acc_a: float
+    acc_a_ci: list[float]
+    acc_b: float
+    acc_b_ci: list[float]
+    diff: float
+    diff_ci: list[float]
+    diff_bootstrap_ci: list[float]
+    n10: int
+    n01: int
+    p_value: float
+    margin: float
+    p_equivalent: float
+    p_no_better: float
+    verdict: str
+
+
+@dataclass(frozen=True)
 class SweepRow:
     """One mask setting of the sweep: clean, non-adaptive and adaptive accuracy, area, Pareto membership."""
 
