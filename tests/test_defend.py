@@ -382,7 +382,15 @@ def test_defend_quick_end_to_end(tmp_path, mnist_model):
     out = tmp_path / "d"
     assert main(["defend", "--quick", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    assert names == ["config.json", "defence.png", "flags.csv", "metrics.csv", "report.html", "results.json"]
+    assert names == [
+        "comparisons.csv",
+        "config.json",
+        "defence.png",
+        "flags.csv",
+        "metrics.csv",
+        "report.html",
+        "results.json",
+    ]
     summary = json.loads((out / "results.json").read_text())
     names = {r["defence"] for r in summary["table"]}
     expected = {"none", "global", "random[global]", "random_blobs[global]", "per_class", "per_input"}
@@ -396,3 +404,9 @@ def test_defend_quick_end_to_end(tmp_path, mnist_model):
     assert any(r["pareto"] for r in summary["sweep"])
     for r in summary["sanity"]:
         assert r["accuracy"][-1] <= r["accuracy"][0] and r["n_images"] == 6
+    pairs = {(c["a"], c["b"], c["setting"], c["attack"]): c for c in summary["comparisons"]}
+    assert ("global", "random[global]", "worst-case", "all") in pairs  # every scope against its control
+    assert ("bit_depth", "none", "adaptive", "pgd-linf") in pairs  # every defence against f
+    for c in summary["comparisons"]:
+        assert c["n_images"] == 12 and c["diff"] == pytest.approx(c["acc_a"] - c["acc_b"])
+        assert c["diff"] == pytest.approx((c["n10"] - c["n01"]) / 12)

@@ -236,6 +236,9 @@ def test_patch_evaluation_end_to_end(mnist_model) -> None:
     flagged = cells[("pixel", "non-adaptive", "patch-lavan@0.08")]["area"]
     assert cells[("random-block", "non-adaptive", "patch-lavan@0.08")]["area"] <= flagged + 0.02
     assert cells[("pixel", "non-adaptive", "patch-lavan@0.08")]["detection_iou"] > 0.0
+    pairs = {(c["a"], c["b"], c["setting"], c["attack"]) for c in result.results["comparisons"]}
+    assert ("pixel", "random-block", "non-adaptive", "patch-lavan@0.08") in pairs
+    assert ("lgs", "none", "clean", "none") in pairs
 
 
 def test_patches_cli_bad_config_exits_2(tmp_path: Path, capsys) -> None:

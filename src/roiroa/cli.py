@@ -145,7 +145,7 @@ def protected_paths(config: Config) -> list[Path]:
 def run_command(args: argparse.Namespace) -> int:
     """run, defend or patches: checks, the lock on --out, the work, the folder, the table."""
     from roiroa.cache import StageCache
-    from roiroa.report import claim_folder, release, terminal_table, write_folder
+    from roiroa.report import claim_folder, release, write_folder
     from roiroa.report.figures import set_figure_cache
     from roiroa.utils import set_progress
 
@@ -159,7 +159,7 @@ def run_command(args: argparse.Namespace) -> int:
         write_folder(result.folder, out, claim=claim)
     finally:
         release(claim)
-    print(terminal_table(result.results))
+    print(result.table())
     print(f"results: {out}/ (report.html, results.json, metrics.csv, ...)")
     return 0
 

@@ -199,6 +199,8 @@ class EvaluationConfig:
     n_sanity, sanity_eps: images and L-inf budgets of the check that adaptive robust accuracy falls with eps.
     run_defences, run_images: the defences (labels of ``defences``) and test images of the short table that
         ``roiroa run`` adds against its own attacks (0 images turns it off).
+    equivalence_margin: the margin (a fraction of accuracy) of the equivalence and "no better than" tests of
+        every comparison of a defence with its control and with the undefended model.
     """
 
     n_test: int = bounded(100, 1)
@@ -213,6 +215,7 @@ class EvaluationConfig:
     sanity_eps: tuple[float, ...] = bounded((0.05, 0.1, 0.15, 0.2, 0.3, 1.0), 0.0, 1.0, open_low=True)
     run_defences: tuple[str, ...] = ("per_class", "per_input", "bit_depth", "median", "jpeg", "blur")
     run_images: int = bounded(50, 0)
+    equivalence_margin: float = bounded(0.02, 0.0, 0.5, open_low=True)
 
 
 FRAGMENT_VARIANTS: dict[str, dict[str, Any]] = {

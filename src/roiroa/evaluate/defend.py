@@ -18,6 +18,7 @@ from roiroa.cache import StageCache
 from roiroa.data.dataset import ImageDataset, sample_per_class
 from roiroa.evaluate.analysis import oracle_rows
 from roiroa.evaluate.attacking import AttackEntry, attack_entries, attack_entry
+from roiroa.evaluate.comparisons import comparison_table, comparisons
 from roiroa.evaluate.config import Config
 from roiroa.evaluate.defences import (
     BuildContext,
@@ -208,11 +209,13 @@ def run_defend(
             "attacks": [{"label": a.label, "params": a.params, "gradient_free": a.gradient_free} for a in attacks],
             "n_test": len(test),
             "table": table_rows(defences, attacks, results),
+            "comparisons": comparisons(defences, results, e.equivalence_margin, config.seed),
             "notes": notes(config, defences),
         }
         | more
     )
-    folder = ResultsFolder("defend", to_json(summary), config.to_dict(), {"flags.csv": flag_table(results, test)})
+    tables = {"flags.csv": flag_table(results, test), "comparisons.csv": comparison_table(summary["comparisons"])}
+    folder = ResultsFolder("defend", to_json(summary), config.to_dict(), tables)
     return DefendResult(prepared, folder)
 
 

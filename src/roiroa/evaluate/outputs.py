@@ -17,6 +17,7 @@ from roiroa.data.dataset import ImageDataset
 from roiroa.defence.baselines import AdversarialTraining
 from roiroa.defence.scopes import FitData
 from roiroa.evaluate.attacking import AttackEntry
+from roiroa.evaluate.comparisons import comparison_lines
 from roiroa.evaluate.defences import BuildContext
 from roiroa.evaluate.grid import Cell, CellResult, Defence, GridContext, evaluate_grid
 from roiroa.evaluate.maps_stage import compute_maps
@@ -153,7 +154,7 @@ class CommandResult:
         """The terminal table of the results."""
         from roiroa.report.tables import terminal_table
 
-        return terminal_table(self.results)
+        return "\n".join([terminal_table(self.results), *comparison_lines(self.results)])
 
     def write(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write the results folder ``out`` (results.json, CSV tables, figures, report.html) and return it."""

@@ -19,6 +19,7 @@ from torch import nn
 from roiroa.cache import StageCache
 from roiroa.data.dataset import sample_per_class
 from roiroa.evaluate.attacking import AttackEntry, attack_entry
+from roiroa.evaluate.comparisons import comparison_table, comparisons
 from roiroa.evaluate.config import Config
 from roiroa.evaluate.defences import BuildContext, build_defences, none_defence, parse_defences
 from roiroa.evaluate.grid import Cell, CellResult, Defence, grid_row, table_rows, worst_case
@@ -118,6 +119,8 @@ def run_patches(
         "attacks": [{"label": a.label, "area": area, "params": a.params} for area, a in attacks],
         "n_test": len(test),
         "table": patch_rows(defences, entries, results),
+        "comparisons": comparisons(defences, results, config.evaluation.equivalence_margin, config.seed),
     }
-    folder = ResultsFolder("patches", to_json(summary), config.to_dict(), {"flags.csv": flag_table(results, test)})
+    tables = {"flags.csv": flag_table(results, test), "comparisons.csv": comparison_table(summary["comparisons"])}
+    folder = ResultsFolder("patches", to_json(summary), config.to_dict(), tables)
     return PatchesResult(prepared, folder)
