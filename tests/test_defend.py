@@ -404,6 +404,11 @@ def test_defend_quick_end_to_end(tmp_path, mnist_model):
     assert any(r["pareto"] for r in summary["sweep"])
     for r in summary["sanity"]:
         assert r["accuracy"][-1] <= r["accuracy"][0] and r["n_images"] == 6
+    decomposition = {(r["mask"], r["replacement"]) for r in summary["oracle_decomposition"]}
+    assert ("oracle S_A", "restore") in decomposition and ("top-|delta| outside RoI", "fill") in decomposition
+    assert all(
+        r["n_images"] == 12 and r["ci_low"] <= r["accuracy"] <= r["ci_high"] for r in summary["oracle_decomposition"]
+    )
     pairs = {(c["a"], c["b"], c["setting"], c["attack"]): c for c in summary["comparisons"]}
     assert ("global", "random[global]", "worst-case", "all") in pairs  # every scope against its control
     assert ("bit_depth", "none", "adaptive", "pgd-linf") in pairs  # every defence against f

@@ -158,6 +158,33 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class OracleControlRow:
+    """One mask of the oracle decomposition (one attack, RoI and RoA fractions): the oracle's own S_A or an
+    equal-area control, applied with the defence's fill ('fill') or by restoring the clean pixels ('restore').
+
+    mask: 'oracle S_A', 'random', 'random outside RoI', 'top-|delta|', 'top-|delta| outside RoI', 'RoA ignoring
+    RoI' or 'random inside RoA'; knows: what the mask is chosen with; area: mean blocked fraction; accuracy =
+    correct / n_images with its 95% Wilson interval; diff_vs_oracle: accuracy minus the oracle mask's (same
+    replacement, same images) and p_vs_oracle its McNemar exact p-value (None for the oracle itself).
+    """
+
+    attack: str
+    q_roi: float
+    q_roa: float
+    mask: str
+    replacement: str
+    knows: str
+    area: float
+    n_images: int
+    correct: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    diff_vs_oracle: float | None = None
+    p_vs_oracle: float | None = None
+
+
+@dataclass(frozen=True)
 class SweepRow:
     """One mask setting of the sweep: clean, non-adaptive and adaptive accuracy, area, Pareto membership."""
 

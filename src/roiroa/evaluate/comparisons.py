@@ -23,7 +23,10 @@ WORST = ("worst-case", ALL)
 
 def _cell_flags(results: dict[Cell, CellResult], defence: str) -> dict[tuple[str, str], torch.Tensor]:
     """(setting, attack) -> (N,) bool flags of one defence, with its worst case over the attacked cells."""
-    out = {(c.setting, c.attack or "none"): r.correct for c, r in results.items() if c.defence == defence}
+    out: dict[tuple[str, str], torch.Tensor] = {}
+    for c, r in results.items():
+        if c.defence == defence:
+            out[(c.setting, c.attack or "none")] = r.correct
     worst = worst_case(results, defence)
     if worst is not None:
         out[WORST] = worst

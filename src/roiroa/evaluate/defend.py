@@ -31,6 +31,7 @@ from roiroa.evaluate.defences import (
 )
 from roiroa.evaluate.grid import Cell, CellResult, Defence, finite_mean, standard_cells, table_rows
 from roiroa.evaluate.maps_stage import compute_maps
+from roiroa.evaluate.oracle import ORACLE_NOTE, oracle_decomposition
 from roiroa.evaluate.outputs import CommandResult, build_context, dataset_info, flag_table, header, model_info, run_grid
 from roiroa.evaluate.prepare import DataLike, Prepared, prepare
 from roiroa.evaluate.tasks import Timings
@@ -168,6 +169,8 @@ def beside_the_table(
         oracle = oracle_rows(
             prepared.model, prepared.model_key, test.images, test.labels, maps, fill, key, c, cache, (c.regions.q_roa,)
         )
+        data = (test.images, test.labels)
+        decomposition = oracle_decomposition(prepared.model, prepared.model_key, data, maps, fill, key, c, cache)
     with timings("sweep"):
         specs = sweep_specs(c)
         swept = [build_defences(s, ctx, None)[0] for s in specs]
@@ -177,7 +180,13 @@ def beside_the_table(
         first_spec = next(s for s in e.attacks if attack_entry(s, c.batch_size).label == first.label)
         subset = sample_per_class(test, n, stage_seed(c.seed, "sanity"))  # every class, as the table
         sanity = sanity_rows(prepared, cache, defences, first_spec, subset)
-    return {"n_sanity": n, "oracle": oracle, "sweep": sweep_rows(specs, swept, first, sweep_results), "sanity": sanity}
+    oracle_more = {"oracle_decomposition": decomposition, "oracle_note": ORACLE_NOTE}
+    return oracle_more | {
+        "n_sanity": n,
+        "oracle": oracle,
+        "sweep": sweep_rows(specs, swept, first, sweep_results),
+        "sanity": sanity,
+    }
 
 
 def run_defend(

@@ -21,6 +21,7 @@ from roiroa.evaluate.comparisons import comparison_lines
 from roiroa.evaluate.defences import BuildContext
 from roiroa.evaluate.grid import Cell, CellResult, Defence, GridContext, evaluate_grid
 from roiroa.evaluate.maps_stage import compute_maps
+from roiroa.evaluate.oracle import oracle_lines
 from roiroa.evaluate.prepare import Prepared
 from roiroa.evaluate.tasks import Timings
 from roiroa.models.loading import accuracy_warning, checkpoint_metadata
@@ -154,7 +155,8 @@ class CommandResult:
         """The terminal table of the results."""
         from roiroa.report.tables import terminal_table
 
-        return "\n".join([terminal_table(self.results), *comparison_lines(self.results)])
+        more = [*comparison_lines(self.results), *oracle_lines(self.results)]
+        return "\n".join([terminal_table(self.results), *more])
 
     def write(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write the results folder ``out`` (results.json, CSV tables, figures, report.html) and return it."""

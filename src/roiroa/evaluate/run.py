@@ -30,6 +30,7 @@ from roiroa.evaluate.defences import (
 )
 from roiroa.evaluate.grid import Defence, standard_cells, table_rows
 from roiroa.evaluate.maps_stage import MapSet, attack_maps, compute_maps, vulnerability_maps
+from roiroa.evaluate.oracle import ORACLE_NOTE, oracle_decomposition
 from roiroa.evaluate.outputs import CommandResult, build_context, dataset_info, flag_table, header, model_info, run_grid
 from roiroa.evaluate.prepare import DataLike, Prepared, prepare
 from roiroa.evaluate.tasks import Timings
@@ -308,7 +309,12 @@ def run_experiment(
         oracle = oracle_rows(
             prepared.model, prepared.model_key, test.images, test.labels, found.maps, fill, glob.key, config, cache, qs
         )
+        data = (test.images, test.labels)
+        decomposition = oracle_decomposition(
+            prepared.model, prepared.model_key, data, found.maps, fill, glob.key, config, cache
+        )
     results = results_of(prepared, attacks, found, tables, oracle, timings)
+    results |= {"oracle_decomposition": decomposition, "oracle_note": ORACLE_NOTE}
     folder = folder_of(prepared, attacks, found, tables, results)
     return RunResult(prepared, found.maps, found.segments, found.predictions, found.per_image, folder)
 
