@@ -185,6 +185,32 @@ class OracleControlRow:
 
 
 @dataclass(frozen=True)
+class CertifiedRow:
+    """A certified defence against one square patch of ``patch_side`` pixels (about ``area`` of the image).
+
+    defence: 'patchcleanser' (double masking); mask_side: [height, width] of each mask; masks: how many; k:
+    masks per axis; fill: the per-channel value of masked positions; clean_accuracy: the defence's output on clean
+    images; certified_accuracy: images whose every two-mask prediction is the true label (a lower bound on
+    robust accuracy against any patch of that size); each with its 95% Wilson interval and counts.
+    """
+
+    defence: str
+    area: float
+    patch_side: int
+    mask_side: list[int]
+    masks: int
+    k: int
+    fill: list[float]
+    n_images: int
+    clean_correct: int
+    clean_accuracy: float
+    clean_ci: list[float]
+    certified_correct: int
+    certified_accuracy: float
+    certified_ci: list[float]
+
+
+@dataclass(frozen=True)
 class SweepRow:
     """One mask setting of the sweep: clean, non-adaptive and adaptive accuracy, area, Pareto membership."""
 

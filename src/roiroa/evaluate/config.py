@@ -257,6 +257,8 @@ class PatchesConfig:
     adaptive: labels of defences attacked through the defence, at ``adaptive_areas``.
     window, stride, contamination: the fragment detectors' defaults (an entry's own keys win).
     penalty_weight: the adaptive attack's weight on a fragment detector's anomaly surrogate.
+    certified_masks: masks per axis (k) of PatchCleanser double masking, the certified reference point reported at
+        every area (k x k masks; about k^4 / 2 forward passes per image); 0 turns it off.
     """
 
     n_test: int = bounded(200, 1)
@@ -270,6 +272,7 @@ class PatchesConfig:
     stride: int = bounded(2, 1)
     contamination: float = bounded(0.01, 0.0, 0.5, open_low=True)
     penalty_weight: float = bounded(1.0, 0.0)
+    certified_masks: int = bounded(6, 0, 32)
 
 
 @dataclass(frozen=True)
@@ -438,7 +441,11 @@ def quick(config: Config) -> Config:
         defence=dataclasses.replace(d, eot_draws=min(d.eot_draws, 2), adv_steps=min(d.adv_steps, 2), adv_epochs=1),
         evaluation=evaluation,
         patches=dataclasses.replace(
-            p, n_test=min(p.n_test, 50), n_fit=min(p.n_fit, 100), attacks=capped(p.attacks, 20, 100)
+            p,
+            n_test=min(p.n_test, 50),
+            n_fit=min(p.n_fit, 100),
+            attacks=capped(p.attacks, 20, 100),
+            certified_masks=min(p.certified_masks, 3),
         ),
     )
 

@@ -17,6 +17,7 @@ from roiroa.data.dataset import ImageDataset
 from roiroa.defence.baselines import AdversarialTraining
 from roiroa.defence.scopes import FitData
 from roiroa.evaluate.attacking import AttackEntry
+from roiroa.evaluate.certified import certified_lines
 from roiroa.evaluate.comparisons import comparison_lines
 from roiroa.evaluate.defences import BuildContext
 from roiroa.evaluate.grid import Cell, CellResult, Defence, GridContext, evaluate_grid
@@ -155,7 +156,7 @@ class CommandResult:
         """The terminal table of the results."""
         from roiroa.report.tables import terminal_table
 
-        more = [*comparison_lines(self.results), *oracle_lines(self.results)]
+        more = [*comparison_lines(self.results), *oracle_lines(self.results), *certified_lines(self.results)]
         return "\n".join([terminal_table(self.results), *more])
 
     def write(self, out: str | Path, overwrite: bool = False) -> Path:

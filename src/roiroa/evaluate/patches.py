@@ -19,6 +19,8 @@ from torch import nn
 from roiroa.cache import StageCache
 from roiroa.data.dataset import sample_per_class
 from roiroa.evaluate.attacking import AttackEntry, attack_entry
+from roiroa.evaluate.certified import NOTE as CERTIFIED_NOTE
+from roiroa.evaluate.certified import certified_rows
 from roiroa.evaluate.comparisons import comparison_table, comparisons
 from roiroa.evaluate.config import Config
 from roiroa.evaluate.defences import BuildContext, build_defences, none_defence, parse_defences
@@ -112,6 +114,11 @@ def run_patches(
     with timings("grid"):
         entries = [a for _, a in attacks]
         results = run_grid(prepared, cache, defences, entries, patch_cells(config, defences, attacks), test, fit)
+    with timings("certified"):
+        data = (test, fit)
+        certified, certified_flags = certified_rows(
+            prepared.model, prepared.model_key, data, p.areas, p.certified_masks, cache
+        )
     accuracy = float(results[Cell("none", "clean")].correct.double().mean())
     summary = header("patches", prepared, timings) | {
         "dataset": dataset_info(prepared, test, fit),
@@ -120,7 +127,11 @@ def run_patches(
         "n_test": len(test),
         "table": patch_rows(defences, entries, results),
         "comparisons": comparisons(defences, results, config.evaluation.equivalence_margin, config.seed),
+        "certified": certified,
+        "certified_note": CERTIFIED_NOTE,
     }
-    tables = {"flags.csv": flag_table(results, test), "comparisons.csv": comparison_table(summary["comparisons"])}
+    columns, flag_rows = flag_table(results, test)
+    tables = {"flags.csv": (columns, flag_rows + certified_flags)}
+    tables["comparisons.csv"] = comparison_table(summary["comparisons"])
     folder = ResultsFolder("patches", to_json(summary), config.to_dict(), tables)
     return PatchesResult(prepared, folder)
