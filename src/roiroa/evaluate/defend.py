@@ -202,6 +202,7 @@ def run_defend(
     timings = Timings()
     with timings("prepare"):
         prepared = prepare(config, model=model, data=data, fit_data=fit_data)
+    config = prepared.config  # with the values left open chosen from the data
     e, splits = config.evaluation, prepared.splits
     test = sample_per_class(splits.test, e.n_test, stage_seed(config.seed, "defend-test"))
     attacks = attack_entries(e.attacks, config.batch_size)

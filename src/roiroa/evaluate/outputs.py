@@ -138,7 +138,21 @@ def header(command: str, prepared: Prepared, timings: Timings) -> dict[str, Any]
         "device": str(prepared.device),
         "timings": timings,
         "versions": versions,
+        "chosen": prepared.chosen,
     }
+
+
+def quick_lines(results: dict[str, Any]) -> list[str]:
+    """A warning line when the run was a --quick one: its sample is small and its intervals wide."""
+    if not results.get("quick"):
+        return []
+    n = int(results.get("n_test") or results["dataset"]["n_test"])
+    half = 100 * 1.96 * (0.25 / n) ** 0.5
+    return [
+        "",
+        f"quick run: only {n} test images (95% intervals up to +-{half:.0f} points) and short attacks; a smoke "
+        "test, not numbers to publish (drop --quick).",
+    ]
 
 
 class CommandResult:
@@ -156,7 +170,12 @@ class CommandResult:
         """The terminal table of the results."""
         from roiroa.report.tables import terminal_table
 
-        more = [*comparison_lines(self.results), *oracle_lines(self.results), *certified_lines(self.results)]
+        more = [
+            *quick_lines(self.results),
+            *comparison_lines(self.results),
+            *oracle_lines(self.results),
+            *certified_lines(self.results),
+        ]
         return "\n".join([terminal_table(self.results), *more])
 
     def write(self, out: str | Path, overwrite: bool = False) -> Path:

@@ -105,6 +105,7 @@ def run_patches(
     timings = Timings()
     with timings("prepare"):
         prepared = prepare(config, model=model, data=data, fit_data=fit_data)
+    config = prepared.config  # with the values left open chosen from the data
     p, splits = config.patches, prepared.splits
     test = sample_per_class(splits.test, p.n_test, stage_seed(config.seed, "test-subset"))
     fit = sample_per_class(splits.fit, p.n_fit, stage_seed(config.seed, "fit-subset"))

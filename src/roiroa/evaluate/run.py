@@ -297,6 +297,7 @@ def run_experiment(
     timings = Timings()
     with timings("prepare"):
         prepared = prepare(config, model=model, data=data, fit_data=fit_data)
+    config = prepared.config  # with the values left open chosen from the data
     attacks = attack_entries(config.attacks, config.batch_size)
     found = analyse(prepared, attacks, cache, timings)
     ctx = build_context(prepared, prepared.splits.fit, attacks, cache)
@@ -328,7 +329,7 @@ def maps_summary(config: Config, maps: MapSet) -> dict[str, Any]:
             "window": m.window,
             "stride": m.stride,
             "baseline": m.baseline,
-            "output": "softmax probability drop",
+            "output": "logit drop" if m.importance_params.get("output") == "logit" else "softmax probability drop",
         }
     roa = "mean of the attacks' maps, each scaled to unit mean |A|"
     if m.vulnerability_estimator is not None:
