@@ -10,7 +10,8 @@ default) and, for occlusion, ``maps.importance_params`` without 'output'. A valu
   images, where a black square is far from every image and costs clean accuracy by itself.
 - occlusion output: the softmax probability drop, unless it saturates: when more than 5% of the maps of a sample
   of test images are all zero (a confident model's probability does not move under any one window), 'logit'.
-The choices and their reasons are in results.json ('chosen') and logged at the start of a run.
+The choices and their reasons are in results.json ('chosen'); one other than the MNIST value is logged (a
+warning) at the start of the run, the others at INFO level (--verbose).
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ GREY_EPS = {"linf": 0.15, "l2": 2.0}
 RGB_EPS = {"linf": 8 / 255, "l2": 0.5}
 SATURATED = 0.05  # share of all-zero occlusion maps above which the probability drop saturates
 PROBE_IMAGES = 32
+MNIST_CHOICES: dict[str, tuple[Any, ...]] = {
+    "eps": (GREY_EPS,),
+    "fill": ("zero",),
+    "occlusion_output": ("probability",),
+}
 PROBE_WINDOWS = 20_000  # at most about this many occluded images in the saturation probe (at least 4 images)
 
 
@@ -118,6 +124,7 @@ def choose_defaults(
     if output is not None and output[0] == "logit":  # 'probability' is the estimator's own default
         params = {**config.maps.importance_params, "output": output[0]}
         config = dataclasses.replace(config, maps=dataclasses.replace(config.maps, importance_params=params))
-    for k, v in chosen.items():
-        log.warning("roiroa: chose %s = %s (%s)", k, v["value"], v["reason"])
+    for k, v in chosen.items():  # a choice other than the MNIST one is said at the start of the run
+        level = logging.INFO if v["value"] in MNIST_CHOICES.get(k, ()) else logging.WARNING
+        log.log(level, "roiroa: chose %s = %s (%s)", k, v["value"], v["reason"])
     return config, chosen
