@@ -7,7 +7,7 @@ the other defences on the first ``evaluation.run_images`` -> the oracle analysis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from roiroa.data.dataset import ImageDataset, sample_per_class
 from roiroa.defence.neutralizer import Neutralized, neutralize
 from roiroa.evaluate.analysis import attack_summary, oracle_masks, oracle_rows, segment_summary, segments_of
 from roiroa.evaluate.attacking import AttackEntry, attack_entries
+from roiroa.evaluate.comparisons import comparisons
 from roiroa.evaluate.config import Config
 from roiroa.evaluate.dataset_statistics import PerImage, dataset_statistics
 from roiroa.evaluate.defences import (
@@ -85,6 +86,7 @@ class DefenceTables:
     short_rows: list[Any]
     flags: tuple[list[str], list[dict[str, Any]]]
     global_defence: Defence
+    comparisons: list[Any] = field(default_factory=list)
 
 
 def defence_tables(
@@ -96,6 +98,8 @@ def defence_tables(
     defences = [none_defence(ctx), *build_defences(parse_defence("global", c), ctx)]
     results = run_grid(prepared, cache, defences, attacks, standard_cells(defences, attacks), test)
     columns, flags = flag_table(results, test)
+    margin = c.evaluation.equivalence_margin
+    compared = comparisons(defences, results, margin, c.seed)
     n = min(c.evaluation.run_images, len(test))
     short_rows: list[Any] = []
     if n:
@@ -108,7 +112,9 @@ def defence_tables(
         short_results = run_grid(prepared, cache, short, attacks, standard_cells(short, attacks), first)
         short_rows = table_rows(short, attacks, short_results)
         flags += [row for row in flag_table(short_results, first)[1] if row["defence"] != "none"]
-    return DefenceTables(table_rows(defences, attacks, results), short_rows, (columns, flags), defences[1])
+        compared += comparisons(short, short_results, margin, c.seed)
+    rows = table_rows(defences, attacks, results)
+    return DefenceTables(rows, short_rows, (columns, flags), defences[1], compared)
 
 
 def gallery_arrays(
@@ -264,6 +270,7 @@ def results_of(
         "statistics": found.statistics,
         "defence": tables.rows,
         "defence_short": tables.short_rows,
+        "comparisons": tables.comparisons,
         "oracle": oracle,
     }
 
