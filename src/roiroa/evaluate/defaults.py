@@ -125,6 +125,8 @@ def choose_defaults(
         params = {**config.maps.importance_params, "output": output[0]}
         config = dataclasses.replace(config, maps=dataclasses.replace(config.maps, importance_params=params))
     for k, v in chosen.items():  # a choice other than the MNIST one is said at the start of the run
-        level = logging.INFO if v["value"] in MNIST_CHOICES.get(k, ()) else logging.WARNING
-        log.log(level, "roiroa: chose %s = %s (%s)", k, v["value"], v["reason"])
+        if v["value"] in MNIST_CHOICES.get(k, ()):
+            log.info("  chose %s = %s (%s)", k, v["value"], v["reason"])  # --verbose lines are indented
+        else:
+            log.warning("roiroa: chose %s = %s (%s)", k, v["value"], v["reason"])
     return config, chosen
