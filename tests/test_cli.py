@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import subprocess
@@ -17,6 +18,7 @@ import torch
 from conftest import RUN_FILES
 from roiroa.cli import main
 from roiroa.evaluate.config import Config, quick
+from roiroa.evaluate.defaults import GREY_EPS, open_attacks
 from roiroa.evaluate.validate import load_config
 from roiroa.results import schema
 
@@ -183,7 +185,14 @@ def test_run_quick_per_image_and_maps(e2e_runs):
 def test_run_quick_config_json_is_the_effective_config(e2e_runs):
     _, _, out, _, _ = e2e_runs
     loaded = load_config(out / "config.json")
-    assert loaded == quick(Config())
+    # quick(Config()) with the values it leaves open chosen from the (grey MNIST) data: eps and fill
+    q = quick(Config())
+    grey = dataclasses.replace(q, attacks=open_attacks(q.attacks, GREY_EPS))
+    grey = dataclasses.replace(grey, defence=dataclasses.replace(q.defence, fill="zero"))
+    grey = dataclasses.replace(
+        grey, evaluation=dataclasses.replace(q.evaluation, attacks=open_attacks(q.evaluation.attacks, GREY_EPS))
+    )
+    assert loaded == grey
     assert loaded.quick is True and loaded.data.max_test == 200
 
 
@@ -194,6 +203,9 @@ def test_run_repeated_from_config_json_is_identical(e2e_runs):
     a, b = check_results(out / "results.json"), check_results(out2 / "results.json")
     for r in (a, b):
         r.pop("timings")
+    # the first run chose eps and fill from the data; config.json states them, so the second has nothing to choose
+    chosen_a, chosen_b = a.pop("chosen"), b.pop("chosen")
+    assert {"eps", "fill"} <= set(chosen_a) and not {"eps", "fill"} & set(chosen_b)
     assert a == b
     assert (out2 / "config.json").read_text() == (out / "config.json").read_text()
     with np.load(out / "maps.npz") as m1, np.load(out2 / "maps.npz") as m2:

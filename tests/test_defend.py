@@ -382,7 +382,15 @@ def test_defend_quick_end_to_end(tmp_path, mnist_model, capsys):
     out = tmp_path / "d"
     assert main(["defend", "--quick", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
-    assert names == ["config.json", "defence.png", "flags.csv", "metrics.csv", "report.html", "results.json"]
+    assert names == [
+        "comparisons.csv",
+        "config.json",
+        "defence.png",
+        "flags.csv",
+        "metrics.csv",
+        "report.html",
+        "results.json",
+    ]
     summary = json.loads((out / "results.json").read_text())
     names = {r["defence"] for r in summary["table"]}
     expected = {"none", "global", "random[global]", "random_blobs[global]", "per_class", "per_input"}
@@ -410,3 +418,14 @@ def test_defend_quick_end_to_end(tmp_path, mnist_model, capsys):
     assert any(r["attack"] == "pgd-linf[surrogate]" for r in summary["table"] if r["defence"] == "bit_depth")
     printed = capsys.readouterr().out
     assert "attack suite 'quick'" in printed and "sanity verdicts:" in printed
+    decomposition = {(r["mask"], r["replacement"]) for r in summary["oracle_decomposition"]}
+    assert ("oracle S_A", "restore") in decomposition and ("top-|delta| outside RoI", "fill") in decomposition
+    assert all(
+        r["n_images"] == 12 and r["ci_low"] <= r["accuracy"] <= r["ci_high"] for r in summary["oracle_decomposition"]
+    )
+    pairs = {(c["a"], c["b"], c["setting"], c["attack"]): c for c in summary["comparisons"]}
+    assert ("global", "random[global]", "worst-case", "all") in pairs  # every scope against its control
+    assert ("bit_depth", "none", "adaptive", "pgd-linf") in pairs  # every defence against f
+    for c in summary["comparisons"]:
+        assert c["n_images"] == 12 and c["diff"] == pytest.approx(c["acc_a"] - c["acc_b"])
+        assert c["diff"] == pytest.approx((c["n10"] - c["n01"]) / 12)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ from roiroa.errors import InputError
 from roiroa.evaluate.patches import run_patches
 from roiroa.evaluate.validate import config_from_dict
 from roiroa.regions.statistics import iou
+from roiroa.results import schema
 
 PIXEL = ("mean", "std", "highfreq")
 
@@ -236,6 +239,15 @@ def test_patch_evaluation_end_to_end(mnist_model) -> None:
     flagged = cells[("pixel", "non-adaptive", "patch-lavan@0.08")]["area"]
     assert cells[("random-block", "non-adaptive", "patch-lavan@0.08")]["area"] <= flagged + 0.02
     assert cells[("pixel", "non-adaptive", "patch-lavan@0.08")]["detection_iou"] > 0.0
+    pairs = {(c["a"], c["b"], c["setting"], c["attack"]) for c in result.results["comparisons"]}
+    assert ("pixel", "random-block", "non-adaptive", "patch-lavan@0.08") in pairs
+    assert ("lgs", "none", "clean", "none") in pairs
+    (cert,) = result.results["certified"]  # PatchCleanser at the one area: a lower bound of any attack's number
+    assert cert["n_images"] == 8 and cert["patch_side"] == 8 and cert["masks"] == 36
+    assert cert["certified_accuracy"] <= cert["clean_accuracy"]
+    assert cert["certified_accuracy"] <= cells[("pixel", "worst-case", "patch-lavan@0.08")]["accuracy"]
+    assert "certified" in result.table()
+    jsonschema.validate(json.loads(json.dumps(result.results)), schema())
 
 
 def test_patches_cli_bad_config_exits_2(tmp_path: Path, capsys) -> None:

@@ -125,6 +125,92 @@ class OracleRow:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """Defence a against b (its equal-area control, or the undefended model) on the same n images.
+
+    relation: what b is to a ('undefended' or 'control'); setting, attack: the cells compared (the same for
+    both). acc_a, acc_b with their 95% Wilson intervals; diff = acc_a - acc_b with its 95% Agresti-Min interval
+    (diff_ci) and its percentile bootstrap interval over images (diff_bootstrap_ci); n10 (a right, b wrong) and
+    n01 (a wrong, b right), the discordant images; p_value: McNemar's exact two-sided test; p_equivalent: TOST
+    that |diff| < margin; p_no_better: one-sided test that diff < margin; verdict: the comparison in words.
+    """
+
+    a: str
+    b: str
+    relation: str
+    setting: str
+    attack: str
+    n_images: int
+    acc_a: float
+    acc_a_ci: list[float]
+    acc_b: float
+    acc_b_ci: list[float]
+    diff: float
+    diff_ci: list[float]
+    diff_bootstrap_ci: list[float]
+    n10: int
+    n01: int
+    p_value: float
+    margin: float
+    p_equivalent: float
+    p_no_better: float
+    verdict: str
+
+
+@dataclass(frozen=True)
+class OracleControlRow:
+    """One mask of the oracle decomposition (one attack, RoI and RoA fractions): the oracle's own S_A or an
+    equal-area control, applied with the defence's fill ('fill') or by restoring the clean pixels ('restore').
+
+    mask: 'oracle S_A', 'random', 'random outside RoI', 'top-|delta|', 'top-|delta| outside RoI', 'RoA ignoring
+    RoI' or 'random inside RoA'; knows: what the mask is chosen with; area: mean blocked fraction; accuracy =
+    correct / n_images with its 95% Wilson interval; diff_vs_oracle: accuracy minus the oracle mask's (same
+    replacement, same images) and p_vs_oracle its McNemar exact p-value (None for the oracle itself).
+    """
+
+    attack: str
+    q_roi: float
+    q_roa: float
+    mask: str
+    replacement: str
+    knows: str
+    area: float
+    n_images: int
+    correct: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    diff_vs_oracle: float | None = None
+    p_vs_oracle: float | None = None
+
+
+@dataclass(frozen=True)
+class CertifiedRow:
+    """A certified defence against one square patch of ``patch_side`` pixels (about ``area`` of the image).
+
+    defence: 'patchcleanser' (double masking); mask_side: [height, width] of each mask; masks: how many; k:
+    masks per axis; fill: the per-channel value of masked positions; clean_accuracy: the defence's output on clean
+    images; certified_accuracy: images whose every two-mask prediction is the true label (a lower bound on
+    robust accuracy against any patch of that size); each with its 95% Wilson interval and counts.
+    """
+
+    defence: str
+    area: float
+    patch_side: int
+    mask_side: list[int]
+    masks: int
+    k: int
+    fill: list[float]
+    n_images: int
+    clean_correct: int
+    clean_accuracy: float
+    clean_ci: list[float]
+    certified_correct: int
+    certified_accuracy: float
+    certified_ci: list[float]
+
+
+@dataclass(frozen=True)
 class SweepRow:
     """One mask setting of the sweep: clean, non-adaptive and adaptive accuracy, area, the per-image worst case over
     its attacked cells, and membership of the Pareto front on (clean, worst case)."""

@@ -17,26 +17,42 @@ from roiroa.attacks.base import attack_params, resolve_attack
 from roiroa.errors import InputError
 
 
-def default_suite_specs(eps: float = 0.15, queries: int = 5000) -> tuple[dict[str, Any], ...]:
-    """PGD (100 steps x 2 restarts, best iterate) with cross-entropy and with the CW margin, APGD-CE and APGD-DLR
-    (100 steps), and Square (``queries`` queries), all L-infinity at ``eps``."""
-    pgd = {"name": "pgd-linf", "eps": eps, "steps": 100, "restarts": 2, "step_size": eps / 15, "best_iterate": True}
+def default_suite_specs(eps: float | None = 0.15, queries: int = 5000) -> tuple[dict[str, Any], ...]:
+    """PGD (100 steps x 2 restarts, best iterate, step eps/15) with cross-entropy and with the CW margin, APGD-CE
+    and APGD-DLR (100 steps), and Square (``queries`` queries), all L-infinity at ``eps``. ``eps=None`` leaves
+    the budget open (no eps, no step size) for :func:`roiroa.evaluate.defaults.choose_defaults` to fill."""
+    pgd = {"name": "pgd-linf", "steps": 100, "restarts": 2, "best_iterate": True} | _budget(eps, 1 / 15)
     return (
         pgd | {"label": "pgd-ce", "loss": "ce"},
         pgd | {"label": "pgd-margin", "loss": "margin"},
-        {"name": "apgd-ce", "eps": eps, "steps": 100},
-        {"name": "apgd-dlr", "eps": eps, "steps": 100},
-        {"name": "square", "eps": eps, "queries": queries},
+        {"name": "apgd-ce", "steps": 100} | _budget(eps),
+        {"name": "apgd-dlr", "steps": 100} | _budget(eps),
+        {"name": "square", "queries": queries} | _budget(eps),
     )
 
 
-def quick_suite_specs(eps: float = 0.15) -> tuple[dict[str, Any], ...]:
+def quick_suite_specs(eps: float | None = 0.15) -> tuple[dict[str, Any], ...]:
     """The --quick suite: PGD with the margin loss (5 steps, best iterate) and Square (20 queries): a smoke test,
-    not a number to publish."""
+    not a number to publish. ``eps=None`` leaves the budget open."""
     return (
-        {"name": "pgd-linf", "eps": eps, "steps": 5, "loss": "margin", "best_iterate": True},
-        {"name": "square", "eps": eps, "queries": 20},
+        {"name": "pgd-linf", "steps": 5, "loss": "margin", "best_iterate": True} | _budget(eps),
+        {"name": "square", "queries": 20} | _budget(eps),
     )
+
+
+def _budget(eps: float | None, step: float | None = None) -> dict[str, float]:
+    """{'eps': eps} (and 'step_size': step * eps when ``step`` is given); {} for an open budget."""
+    if eps is None:
+        return {}
+    return {"eps": eps} | ({"step_size": eps * step} if step is not None else {})
+
+
+def suite_with_eps(specs: tuple[dict[str, Any], ...], eps: float) -> tuple[dict[str, Any], ...] | None:
+    """The default or quick suite at ``eps`` when ``specs`` is that suite with its budget open, else None."""
+    for make in (default_suite_specs, quick_suite_specs):
+        if specs == make(None):
+            return make(eps)
+    return None
 
 
 _BUDGET_KEYS = ("eps", "steps", "restarts", "queries", "loss", "best_iterate", "step_size")

@@ -146,13 +146,14 @@ class DefenceConfig:
     """What every neutralization defence shares.
 
     fill: the value of blocked positions ('zero', 'mean', 'pixel_mean', 'blur', 'noise', 'lowrank' or user code);
-        fill_params: its keywords. dilation: grow every mask by this many pixels.
+        'auto' (default): 'zero' for grey images, 'mean' for colour ones (roiroa.evaluate.defaults); fill_params:
+        its keywords. dilation: grow every mask by this many pixels.
     eot_draws: draws per gradient when a defence is random (EOT).
     oracle_q: the RoA fractions of the oracle analysis (each image's own S_A from the known attack).
     adv_eps, adv_steps, adv_epochs: PGD adversarial training of the same architecture ('adv_training').
     """
 
-    fill: str = named("zero", "fill")
+    fill: str = named("auto", "fill")
     fill_params: dict[str, Any] = field(default_factory=dict)
     dilation: int = bounded(0, 0, 8)
     eot_draws: int = bounded(4, 1, 1000)
@@ -163,11 +164,12 @@ class DefenceConfig:
 
 
 def default_attacks() -> tuple[dict[str, Any], ...]:
-    """FGSM and PGD L-infinity at eps 0.15, PGD L2 at eps 2.0, 20 steps (MNIST budgets)."""
+    """FGSM, PGD L-infinity and PGD L2 (20 steps); no 'eps': the budget is chosen from the data
+    (roiroa.evaluate.defaults: MNIST-like grey images 0.15 L-inf and 2.0 L2, colour images 8/255 and 0.5)."""
     return (
-        {"name": "fgsm", "eps": 0.15},
-        {"name": "pgd-linf", "eps": 0.15, "steps": 20},
-        {"name": "pgd-l2", "eps": 2.0, "steps": 20},
+        {"name": "fgsm"},
+        {"name": "pgd-linf", "steps": 20},
+        {"name": "pgd-l2", "steps": 20},
     )
 
 
@@ -188,24 +190,29 @@ def default_defences() -> tuple[Any, ...]:
 
 
 def default_evaluation_attacks() -> tuple[dict[str, Any], ...]:
-    """The default attack suite at L-infinity eps 0.15: PGD (100 steps x 2 restarts, best iterate) with the
-    cross-entropy and the margin loss, APGD-CE, APGD-DLR (100 steps) and Square (5,000 queries); see
-    :func:`roiroa.attacks.suite.default_suite_specs`."""
-    return default_suite_specs(0.15)
+    """The default attack suite, L-infinity: PGD (100 steps x 2 restarts, best iterate) with the cross-entropy
+    and the margin loss, APGD-CE, APGD-DLR (100 steps) and Square (5,000 queries); see
+    :func:`roiroa.attacks.suite.default_suite_specs`. Its eps is chosen from the data (0.15 on MNIST-like
+    images, 8/255 on colour images; :mod:`roiroa.evaluate.defaults`)."""
+    return default_suite_specs(None)
 
 
 def suite_name(attacks: tuple[dict[str, Any], ...], quick: bool) -> str:
-    """'default', 'quick' (the --quick overlay's small suite) or 'custom' (the user's own list)."""
-    if attacks == default_evaluation_attacks():
+    """'default', 'quick' (the --quick overlay's small suite) or 'custom' (the user's own list), whether its
+    budget is still open or already chosen."""
+    eps = next((a["eps"] for a in attacks if isinstance(a, dict) and "eps" in a), None)
+    if attacks == default_suite_specs(None) or (eps is not None and attacks == default_suite_specs(eps)):
         return "default"
-    return "quick" if quick and attacks == quick_suite_specs(0.15) else "custom"
+    is_quick = attacks == quick_suite_specs(None) or (eps is not None and attacks == quick_suite_specs(eps))
+    return "quick" if quick and is_quick else "custom"
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
     """The robustness grid of ``roiroa defend`` (and the short defence table of ``roiroa run``).
 
-    n_test: test images of the table and the sweep (a class-balanced subset of the test split).
+    n_test: test images of the table and the sweep (a class-balanced subset of the test split; default 500, so a
+        95% interval is at most about +-4.4 points; the bundled MNIST split has 1,000 test images).
     defences: names or {name, label?, fill?, dilation?, parameters...} of mask scopes ('global', 'per_class',
         'per_input', 'fragments' or user code), input transformations ('bit_depth', 'median', 'jpeg', 'blur',
         'lgs') and 'adv_training'. Every scope gets its equal-area random control when ``controls`` is true.
@@ -218,9 +225,11 @@ class EvaluationConfig:
     n_sanity, sanity_eps: images and L-inf budgets of the check that adaptive robust accuracy falls with eps.
     run_defences, run_images: the defences (labels of ``defences``) and test images of the short table that
         ``roiroa run`` adds against its own attacks (0 images turns it off).
+    equivalence_margin: the margin (a fraction of accuracy) of the equivalence and "no better than" tests of
+        every comparison of a defence with its control and with the undefended model.
     """
 
-    n_test: int = bounded(100, 1)
+    n_test: int = bounded(500, 1)
     defences: tuple[Any, ...] = field(default_factory=default_defences)
     controls: bool = True
     attacks: tuple[dict[str, Any], ...] = field(default_factory=default_evaluation_attacks)
@@ -232,6 +241,7 @@ class EvaluationConfig:
     sanity_eps: tuple[float, ...] = bounded((0.05, 0.1, 0.15, 0.2, 0.3, 1.0), 0.0, 1.0, open_low=True)
     run_defences: tuple[str, ...] = ("per_class", "per_input", "bit_depth", "median", "jpeg", "blur")
     run_images: int = bounded(50, 0)
+    equivalence_margin: float = bounded(0.02, 0.0, 0.5, open_low=True)
 
 
 FRAGMENT_VARIANTS: dict[str, dict[str, Any]] = {
@@ -273,6 +283,8 @@ class PatchesConfig:
     adaptive: labels of defences attacked through the defence, at ``adaptive_areas``.
     window, stride, contamination: the fragment detectors' defaults (an entry's own keys win).
     penalty_weight: the adaptive attack's weight on a fragment detector's anomaly surrogate.
+    certified_masks: masks per axis (k) of PatchCleanser double masking, the certified reference point reported at
+        every area (k x k masks; about k^4 / 2 forward passes per image); 0 turns it off.
     """
 
     n_test: int = bounded(200, 1)
@@ -286,6 +298,7 @@ class PatchesConfig:
     stride: int = bounded(2, 1)
     contamination: float = bounded(0.01, 0.0, 0.5, open_low=True)
     penalty_weight: float = bounded(1.0, 0.0)
+    certified_masks: int = bounded(6, 0, 32)
 
 
 @dataclass(frozen=True)
@@ -442,7 +455,7 @@ def quick(config: Config) -> Config:
     evaluation = dataclasses.replace(
         e,
         n_test=min(e.n_test, 40),
-        attacks=quick_suite_specs(0.15) if e.attacks == default_evaluation_attacks() else capped(e.attacks, 5, 20),
+        attacks=quick_suite_specs(None) if e.attacks == default_evaluation_attacks() else capped(e.attacks, 5, 20),
         sweep_q_roa=e.sweep_q_roa[:2],
         sweep_dilation=e.sweep_dilation[:1],
         sweep_fills=tuple(f for f in e.sweep_fills if f in ("zero", "noise")),
@@ -460,7 +473,11 @@ def quick(config: Config) -> Config:
         defence=dataclasses.replace(d, eot_draws=min(d.eot_draws, 2), adv_steps=min(d.adv_steps, 2), adv_epochs=1),
         evaluation=evaluation,
         patches=dataclasses.replace(
-            p, n_test=min(p.n_test, 50), n_fit=min(p.n_fit, 100), attacks=capped(p.attacks, 20, 100)
+            p,
+            n_test=min(p.n_test, 50),
+            n_fit=min(p.n_fit, 100),
+            attacks=capped(p.attacks, 20, 100),
+            certified_masks=min(p.certified_masks, 3),
         ),
     )
 

@@ -99,6 +99,7 @@ def parse_defence(entry: Any, config: Config, patches: bool = False) -> DefenceS
     name, kind = entry["name"], spec_kind(entry["name"], given)
     d = config.defence
     fill = str(entry.get("fill", d.fill))
+    fill = "zero" if fill == "auto" else fill  # 'auto' is chosen from the data in prepare(); zero before
     spec = DefenceSpec(
         label=str(entry.get("label", name)),
         name=name,

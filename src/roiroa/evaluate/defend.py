@@ -20,6 +20,7 @@ from roiroa.cache import StageCache
 from roiroa.data.dataset import ImageDataset, sample_per_class
 from roiroa.evaluate.analysis import oracle_rows
 from roiroa.evaluate.attacking import AttackEntry, attack_entries, attack_entry
+from roiroa.evaluate.comparisons import comparison_table, comparisons
 from roiroa.evaluate.config import Config, suite_name
 from roiroa.evaluate.defences import (
     BuildContext,
@@ -42,6 +43,7 @@ from roiroa.evaluate.grid import (
     worst_case,
 )
 from roiroa.evaluate.maps_stage import compute_maps
+from roiroa.evaluate.oracle import ORACLE_NOTE, oracle_decomposition
 from roiroa.evaluate.outputs import CommandResult, build_context, dataset_info, flag_table, header, model_info, run_grid
 from roiroa.evaluate.prepare import DataLike, Prepared, prepare
 from roiroa.evaluate.sanity import (
@@ -194,6 +196,8 @@ def beside_the_table(
         oracle = oracle_rows(
             prepared.model, prepared.model_key, test.images, test.labels, maps, fill, key, c, cache, (c.regions.q_roa,)
         )
+        data = (test.images, test.labels)
+        decomposition = oracle_decomposition(prepared.model, prepared.model_key, data, maps, fill, key, c, cache)
     with timings("sweep"):
         specs = sweep_specs(c)
         swept = [build_defences(s, ctx, None)[0] for s in specs]
@@ -206,6 +210,8 @@ def beside_the_table(
         converged = convergence_check(prepared, cache, defences, first_spec, subset)
     sweep = sweep_rows(specs, swept, first, sweep_results)
     return {
+        "oracle_decomposition": decomposition,
+        "oracle_note": ORACLE_NOTE,
         "n_sanity": n,
         "oracle": oracle,
         "sweep": sweep,
@@ -251,6 +257,7 @@ def run_defend(
     timings = Timings()
     with timings("prepare"):
         prepared = prepare(config, model=model, data=data, fit_data=fit_data)
+    config = prepared.config  # with the values left open chosen from the data
     e, splits = config.evaluation, prepared.splits
     test = sample_per_class(splits.test, e.n_test, stage_seed(config.seed, "defend-test"))
     attacks = attack_entries(e.attacks, config.batch_size)
@@ -268,12 +275,14 @@ def run_defend(
             "n_test": len(test),
             "suite": suite_info(config, attacks),
             "table": table_rows(defences, attacks, results),
+            "comparisons": comparisons(defences, results, e.equivalence_margin, config.seed),
             "notes": notes(config, defences),
         }
         | more
     )
     summary["verdicts"] = worst_verdicts(defences, results) + masking_verdicts(defences, results) + more["verdicts"]
-    folder = ResultsFolder("defend", to_json(summary), config.to_dict(), {"flags.csv": flag_table(results, test)})
+    tables = {"flags.csv": flag_table(results, test), "comparisons.csv": comparison_table(summary["comparisons"])}
+    folder = ResultsFolder("defend", to_json(summary), config.to_dict(), tables)
     return DefendResult(prepared, folder, grid_flags(results))
 
 

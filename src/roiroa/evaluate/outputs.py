@@ -17,9 +17,12 @@ from roiroa.data.dataset import ImageDataset
 from roiroa.defence.baselines import AdversarialTraining
 from roiroa.defence.scopes import FitData
 from roiroa.evaluate.attacking import AttackEntry
+from roiroa.evaluate.certified import certified_lines
+from roiroa.evaluate.comparisons import comparison_lines
 from roiroa.evaluate.defences import BuildContext
 from roiroa.evaluate.grid import Cell, CellResult, Defence, GridContext, evaluate_grid, grid_flags
 from roiroa.evaluate.maps_stage import compute_maps
+from roiroa.evaluate.oracle import oracle_lines
 from roiroa.evaluate.prepare import Prepared
 from roiroa.evaluate.tasks import Timings
 from roiroa.models.loading import accuracy_warning, checkpoint_metadata
@@ -132,7 +135,21 @@ def header(command: str, prepared: Prepared, timings: Timings) -> dict[str, Any]
         "device": str(prepared.device),
         "timings": timings,
         "versions": versions,
+        "chosen": prepared.chosen,
     }
+
+
+def quick_lines(results: dict[str, Any]) -> list[str]:
+    """A warning line when the run was a --quick one: its sample is small and its intervals wide."""
+    if not results.get("quick"):
+        return []
+    n = int(results.get("n_test") or results["dataset"]["n_test"])
+    half = 100 * 1.96 * (0.25 / n) ** 0.5
+    return [
+        "",
+        f"quick run: only {n} test images (95% intervals up to +-{half:.0f} points) and short attacks; a smoke "
+        "test, not numbers to publish (drop --quick).",
+    ]
 
 
 class CommandResult:
@@ -150,7 +167,14 @@ class CommandResult:
         """The terminal table of the results."""
         from roiroa.report.tables import terminal_table
 
-        return "\n".join([terminal_table(self.results), *suite_lines(self.results)])
+        more = [
+            *suite_lines(self.results),
+            *quick_lines(self.results),
+            *comparison_lines(self.results),
+            *oracle_lines(self.results),
+            *certified_lines(self.results),
+        ]
+        return "\n".join([terminal_table(self.results), *more])
 
     def _repr_html_(self) -> str:
         """The summary Jupyter shows: the model, the attacks, and the verdict on every defence."""

@@ -19,6 +19,9 @@ from torch import nn
 from roiroa.cache import StageCache
 from roiroa.data.dataset import sample_per_class
 from roiroa.evaluate.attacking import AttackEntry, attack_entry
+from roiroa.evaluate.certified import NOTE as CERTIFIED_NOTE
+from roiroa.evaluate.certified import certified_rows
+from roiroa.evaluate.comparisons import comparison_table, comparisons
 from roiroa.evaluate.config import Config
 from roiroa.evaluate.defences import BuildContext, build_defences, none_defence, parse_defences
 from roiroa.evaluate.executors import uses_executor
@@ -107,6 +110,7 @@ def run_patches(
     timings = Timings()
     with timings("prepare"):
         prepared = prepare(config, model=model, data=data, fit_data=fit_data)
+    config = prepared.config  # with the values left open chosen from the data
     p, splits = config.patches, prepared.splits
     test = sample_per_class(splits.test, p.n_test, stage_seed(config.seed, "test-subset"))
     fit = sample_per_class(splits.fit, p.n_fit, stage_seed(config.seed, "fit-subset"))
@@ -116,6 +120,11 @@ def run_patches(
     with timings("grid"):
         entries = [a for _, a in attacks]
         results = run_grid(prepared, cache, defences, entries, patch_cells(config, defences, attacks), test, fit)
+    with timings("certified"):
+        data = (test, fit)
+        certified, certified_flags = certified_rows(
+            prepared.model, prepared.model_key, data, p.areas, p.certified_masks, cache
+        )
     accuracy = float(results[Cell("none", "clean")].correct.double().mean())
     summary = header("patches", prepared, timings) | {
         "dataset": dataset_info(prepared, test, fit),
@@ -123,6 +132,12 @@ def run_patches(
         "attacks": [{"label": a.label, "area": area, "params": a.params} for area, a in attacks],
         "n_test": len(test),
         "table": patch_rows(defences, entries, results),
+        "comparisons": comparisons(defences, results, config.evaluation.equivalence_margin, config.seed),
+        "certified": certified,
+        "certified_note": CERTIFIED_NOTE,
     }
-    folder = ResultsFolder("patches", to_json(summary), config.to_dict(), {"flags.csv": flag_table(results, test)})
+    columns, flag_rows = flag_table(results, test)
+    tables = {"flags.csv": (columns, flag_rows + certified_flags)}
+    tables["comparisons.csv"] = comparison_table(summary["comparisons"])
+    folder = ResultsFolder("patches", to_json(summary), config.to_dict(), tables)
     return PatchesResult(prepared, folder)

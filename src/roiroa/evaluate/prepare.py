@@ -7,7 +7,7 @@ and ``patches``, so every command evaluates the same model on the same images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from roiroa.data.imagenet import LabelledFiles
 from roiroa.data.sources import open_dataset
 from roiroa.errors import InputError
 from roiroa.evaluate.config import Config
+from roiroa.evaluate.defaults import choose_defaults
 from roiroa.geometry import window_starts
 from roiroa.models.loading import check_model_fits, load_model
 from roiroa.models.normalize import normalization_values
@@ -52,7 +53,8 @@ class Splits:
 
 @dataclass(frozen=True)
 class Prepared:
-    """The splits, the model (eval mode, on ``device``), its content hash and where it came from."""
+    """The splits, the model (eval mode, on ``device``), its content hash and where it came from; ``config`` with
+    its open values chosen from the data, and ``chosen``: {name: {value, reason}} of those choices."""
 
     config: Config
     splits: Splits
@@ -60,6 +62,7 @@ class Prepared:
     model_key: str
     info: ModelInfo
     device: torch.device
+    chosen: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def as_dataset(data: DataLike, name: str = "data") -> ImageDataset:
@@ -181,4 +184,5 @@ def prepare(
         params = sum(p.numel() for p in model.parameters())
         info = ModelInfo(type(model).__name__, "in-memory", params, None, False, None)
     check_model_fits(model, splits.test.images[0], splits.test.num_classes)
-    return Prepared(config, splits, model, model_hash(model), info, device)
+    config, chosen = choose_defaults(config, splits.test.images, splits.test.labels, model)
+    return Prepared(config, splits, model, model_hash(model), info, device, chosen)

@@ -7,7 +7,7 @@ the other defences on the first ``evaluation.run_images`` -> the oracle analysis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,6 +18,7 @@ from roiroa.data.dataset import ImageDataset, sample_per_class
 from roiroa.defence.neutralizer import Neutralized, neutralize
 from roiroa.evaluate.analysis import attack_summary, oracle_masks, oracle_rows, segment_summary, segments_of
 from roiroa.evaluate.attacking import AttackEntry, attack_entries
+from roiroa.evaluate.comparisons import comparisons
 from roiroa.evaluate.config import Config
 from roiroa.evaluate.dataset_statistics import PerImage, dataset_statistics
 from roiroa.evaluate.defences import (
@@ -31,6 +32,7 @@ from roiroa.evaluate.defences import (
 from roiroa.evaluate.executors import uses_executor
 from roiroa.evaluate.grid import Defence, standard_cells, table_rows
 from roiroa.evaluate.maps_stage import MapSet, attack_maps, compute_maps, vulnerability_maps
+from roiroa.evaluate.oracle import ORACLE_NOTE, oracle_decomposition
 from roiroa.evaluate.outputs import CommandResult, build_context, dataset_info, flag_table, header, model_info, run_grid
 from roiroa.evaluate.prepare import DataLike, Prepared, prepare
 from roiroa.evaluate.tasks import Timings
@@ -85,6 +87,7 @@ class DefenceTables:
     short_rows: list[Any]
     flags: tuple[list[str], list[dict[str, Any]]]
     global_defence: Defence
+    comparisons: list[Any] = field(default_factory=list)
 
 
 def defence_tables(
@@ -96,6 +99,8 @@ def defence_tables(
     defences = [none_defence(ctx), *build_defences(parse_defence("global", c), ctx)]
     results = run_grid(prepared, cache, defences, attacks, standard_cells(defences, attacks), test)
     columns, flags = flag_table(results, test)
+    margin = c.evaluation.equivalence_margin
+    compared = comparisons(defences, results, margin, c.seed)
     n = min(c.evaluation.run_images, len(test))
     short_rows: list[Any] = []
     if n:
@@ -108,7 +113,9 @@ def defence_tables(
         short_results = run_grid(prepared, cache, short, attacks, standard_cells(short, attacks), first)
         short_rows = table_rows(short, attacks, short_results)
         flags += [row for row in flag_table(short_results, first)[1] if row["defence"] != "none"]
-    return DefenceTables(table_rows(defences, attacks, results), short_rows, (columns, flags), defences[1])
+        compared += comparisons(short, short_results, margin, c.seed)
+    rows = table_rows(defences, attacks, results)
+    return DefenceTables(rows, short_rows, (columns, flags), defences[1], compared)
 
 
 GALLERY_CLASSES = 20
@@ -268,6 +275,7 @@ def results_of(
         "statistics": found.statistics,
         "defence": tables.rows,
         "defence_short": tables.short_rows,
+        "comparisons": tables.comparisons,
         "oracle": oracle,
     }
 
@@ -302,6 +310,7 @@ def run_experiment(
     timings = Timings()
     with timings("prepare"):
         prepared = prepare(config, model=model, data=data, fit_data=fit_data)
+    config = prepared.config  # with the values left open chosen from the data
     attacks = attack_entries(config.attacks, config.batch_size)
     found = analyse(prepared, attacks, cache, timings)
     ctx = build_context(prepared, prepared.splits.fit, attacks, cache)
@@ -314,7 +323,12 @@ def run_experiment(
         oracle = oracle_rows(
             prepared.model, prepared.model_key, test.images, test.labels, found.maps, fill, glob.key, config, cache, qs
         )
+        data = (test.images, test.labels)
+        decomposition = oracle_decomposition(
+            prepared.model, prepared.model_key, data, found.maps, fill, glob.key, config, cache
+        )
     results = results_of(prepared, attacks, found, tables, oracle, timings)
+    results |= {"oracle_decomposition": decomposition, "oracle_note": ORACLE_NOTE}
     folder = folder_of(prepared, attacks, found, tables, results)
     return RunResult(prepared, found.maps, found.segments, found.predictions, found.per_image, folder)
 
@@ -328,7 +342,7 @@ def maps_summary(config: Config, maps: MapSet) -> dict[str, Any]:
             "window": m.window,
             "stride": m.stride,
             "baseline": m.baseline,
-            "output": "softmax probability drop",
+            "output": "logit drop" if m.importance_params.get("output") == "logit" else "softmax probability drop",
         }
     roa = "mean of the attacks' maps, each scaled to unit mean |A|"
     if m.vulnerability_estimator is not None:

@@ -66,7 +66,8 @@ def field_errors(config: Config) -> list[str]:
             for v in value if isinstance(value, tuple) else (value,):
                 bounds = {"low": meta["low"], "high": meta["high"], "low_open": meta["open_low"]}
                 _collect(errors, partial(check_number, "config", name, v, **bounds))
-        if "registry" in meta and value is not None and not is_plugin(value):
+        auto = meta.get("registry") == "fill" and value == "auto"  # chosen from the data
+        if "registry" in meta and value is not None and not auto and not is_plugin(value):
             names = REGISTRIES[meta["registry"]]()
             if value not in names:
                 errors.append(
@@ -171,7 +172,8 @@ def component_errors(config: Config, defences: bool = True) -> list[str]:
             )
     for name in e.sweep_fills:
         _collect(errors, partial(FILLS.get, name), "evaluation.sweep_fills")
-    _collect(errors, lambda: FILLS.create(config.defence.fill, **config.defence.fill_params), "defence.fill")
+    if config.defence.fill != "auto":  # chosen from the data (roiroa.evaluate.defaults)
+        _collect(errors, lambda: FILLS.create(config.defence.fill, **config.defence.fill_params), "defence.fill")
     return errors
 
 

@@ -1,0 +1,134 @@
+"""Defaults that fit the data: the attack budget, the fill and the occlusion output, chosen where the config
+leaves them open, with the reason for each.
+
+Open means: an attack spec without 'eps' (the default specs leave it out), ``defence.fill = 'auto'`` (its
+default) and, for occlusion, ``maps.importance_params`` without 'output'. A value the user writes is kept.
+- eps: grey images (one channel; MNIST-like, pixels mostly near 0 or 1) get the MNIST budget, 0.15 L-inf and
+  2.0 L2; colour images get the standard CIFAR/ImageNet budget, 8/255 L-inf and 0.5 L2 (at 0.15 a CIFAR ResNet
+  keeps no robust accuracy at all, so the RoA and the oracle would say little).
+- fill: 'zero' for grey images (their background is 0); 'mean' (the fitting images' per-channel mean) for colour
+  images, where a black square is far from every image and costs clean accuracy by itself.
+- occlusion output: the softmax probability drop, unless it saturates: when more than 5% of the maps of a sample
+  of test images are all zero (a confident model's probability does not move under any one window), 'logit'.
+The choices and their reasons are in results.json ('chosen'); one other than the MNIST value is logged (a
+warning) at the start of the run, the others at INFO level (--verbose).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from roiroa.attacks import create_attack
+from roiroa.attacks.base import attack_parameters
+from roiroa.attacks.suite import suite_with_eps
+from roiroa.evaluate.config import Config
+from roiroa.utils import model_device
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+GREY_EPS = {"linf": 0.15, "l2": 2.0}
+RGB_EPS = {"linf": 8 / 255, "l2": 0.5}
+SATURATED = 0.05  # share of all-zero occlusion maps above which the probability drop saturates
+PROBE_IMAGES = 32
+MNIST_CHOICES: dict[str, tuple[Any, ...]] = {
+    "eps": (GREY_EPS,),
+    "fill": ("zero",),
+    "occlusion_output": ("probability",),
+}
+PROBE_WINDOWS = 20_000  # at most about this many occluded images in the saturation probe (at least 4 images)
+
+
+def binary_share(images: torch.Tensor) -> float:
+    """Share of the pixel values of images: (N, C, H, W) in [0, 1] within 0.1 of 0 or 1."""
+    return float(((images < 0.1) | (images > 0.9)).double().mean())
+
+
+def choose_eps(images: torch.Tensor) -> tuple[dict[str, float], str]:
+    """The L-inf and L2 budgets for images: (N, C, H, W) in [0, 1], and why."""
+    c, h, w = images.shape[1:]
+    share = binary_share(images)
+    if c == 1:
+        return dict(GREY_EPS), f"grey {h}x{w} images, {100 * share:.0f}% of pixels near 0 or 1: the MNIST budget"
+    return dict(RGB_EPS), f"{c}-channel {h}x{w} images: the CIFAR/ImageNet budget (MNIST's 0.15 leaves nothing)"
+
+
+def choose_fill(images: torch.Tensor) -> tuple[str, str]:
+    """'zero' for grey images, 'mean' for colour images, and why."""
+    if images.shape[1] == 1:
+        return "zero", "grey images: their background is 0"
+    return "mean", "colour images: the per-channel mean fill is closer to every image than black"
+
+
+def open_attacks(specs: tuple[dict[str, Any], ...], eps: dict[str, float]) -> tuple[dict[str, Any], ...]:
+    """Attack specs with the budget of their norm where they take 'eps' and leave it out."""
+    out = []
+    for spec in specs:
+        name = spec.get("name")
+        if "eps" in spec or not isinstance(name, str) or ":" in name or "eps" not in attack_parameters(name):
+            out.append(spec)
+            continue
+        norm = getattr(create_attack(name), "norm", "linf")
+        out.append({**spec, "eps": eps["l2" if norm == "l2" else "linf"]})
+    return tuple(out)
+
+
+def occlusion_saturation(config: Config, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of all-zero probability-drop occlusion maps on x: (N, C, H, W) in [0, 1] with labels y: (N,)."""
+    from roiroa.evaluate.maps_stage import importance_spec
+    from roiroa.maps.registry import create_estimator
+
+    name, params = importance_spec(config)
+    device = model_device(model)
+    maps = create_estimator(name, **params)(model, x.to(device), y.to(device))
+    return float((maps.flatten(1).abs().amax(1) == 0).double().mean())
+
+
+def choose_output(config: Config, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[str, str] | None:
+    """'logit' or 'probability' for occlusion left open, and why; None when the config decides."""
+    m = config.maps
+    if m.importance != "occlusion" or "output" in m.importance_params:
+        return None
+    windows = x.shape[-2] * x.shape[-1] / m.stride**2
+    n = max(4, min(PROBE_IMAGES, int(PROBE_WINDOWS / windows)))
+    share = occlusion_saturation(config, model, x[:n], y[:n])
+    if share > SATURATED:
+        return "logit", f"{100 * share:.0f}% of {min(n, len(x))} probability-drop maps are all zero (saturated)"
+    return "probability", f"{100 * share:.0f}% of {min(n, len(x))} probability-drop maps are all zero (not saturated)"
+
+
+def choose_defaults(
+    config: Config, images: torch.Tensor, labels: torch.Tensor, model: nn.Module
+) -> tuple[Config, dict[str, dict[str, Any]]]:
+    """The config with its open values chosen from the test images (N, C, H, W) and f, and {name: {value,
+    reason}} for each choice made."""
+    chosen: dict[str, dict[str, Any]] = {}
+    eps, why = choose_eps(images)
+    attacks = open_attacks(config.attacks, eps)
+    evaluation = suite_with_eps(config.evaluation.attacks, eps["linf"]) or open_attacks(config.evaluation.attacks, eps)
+    if attacks != config.attacks or evaluation != config.evaluation.attacks:
+        chosen["eps"] = {"value": eps, "reason": why}
+    config = dataclasses.replace(
+        config, attacks=attacks, evaluation=dataclasses.replace(config.evaluation, attacks=evaluation)
+    )
+    if config.defence.fill == AUTO:
+        fill, why = choose_fill(images)
+        chosen["fill"] = {"value": fill, "reason": why}
+        config = dataclasses.replace(config, defence=dataclasses.replace(config.defence, fill=fill))
+    output = choose_output(config, model, images, labels)
+    if output is not None:
+        chosen["occlusion_output"] = {"value": output[0], "reason": output[1]}
+    if output is not None and output[0] == "logit":  # 'probability' is the estimator's own default
+        params = {**config.maps.importance_params, "output": output[0]}
+        config = dataclasses.replace(config, maps=dataclasses.replace(config.maps, importance_params=params))
+    for k, v in chosen.items():  # a choice other than the MNIST one is said at the start of the run
+        if v["value"] in MNIST_CHOICES.get(k, ()):
+            log.info("  chose %s = %s (%s)", k, v["value"], v["reason"])  # --verbose lines are indented
+        else:
+            log.warning("roiroa: chose %s = %s (%s)", k, v["value"], v["reason"])
+    return config, chosen

@@ -1,0 +1,68 @@
+"""Defaults that fit the data: budget, fill and occlusion output chosen only where the config leaves them open."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from roiroa.evaluate.config import Config
+from roiroa.evaluate.defaults import GREY_EPS, RGB_EPS, choose_defaults, choose_eps, choose_fill, open_attacks
+from roiroa.evaluate.validate import config_from_dict
+
+
+def test_grey_images_keep_the_mnist_budget_and_colour_images_get_8_255() -> None:
+    grey, rgb = torch.rand(4, 1, 28, 28).round(), torch.rand(4, 3, 32, 32)
+    assert choose_eps(grey)[0] == {"linf": 0.15, "l2": 2.0}
+    assert choose_eps(rgb)[0] == {"linf": 8 / 255, "l2": 0.5}
+    assert choose_fill(grey)[0] == "zero" and choose_fill(rgb)[0] == "mean"
+
+
+def test_only_open_attack_budgets_are_chosen() -> None:
+    specs = ({"name": "pgd-linf", "steps": 5}, {"name": "pgd-l2"}, {"name": "fgsm", "eps": 0.3}, {"name": "cw-l2"})
+    out = open_attacks(specs, RGB_EPS)
+    assert out[0]["eps"] == 8 / 255 and out[1]["eps"] == 0.5  # each norm its own budget
+    assert out[2]["eps"] == 0.3  # the user's value is kept
+    assert "eps" not in out[3]  # an attack without a budget
+
+
+class Confident(nn.Module):
+    """A linear model with huge logits on colour images: softmax probabilities are exactly 0 or 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * 8 * 8, 2)
+        with torch.no_grad():
+            self.linear.weight.zero_()
+            self.linear.bias.copy_(torch.tensor([1e4, 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.flatten(1))
+
+
+def test_choose_defaults_on_colour_images_with_a_saturated_model() -> None:
+    x, y = torch.rand(6, 3, 8, 8), torch.zeros(6, dtype=torch.long)
+    config = config_from_dict({"maps": {"window": 2, "stride": 2}})
+    resolved, chosen = choose_defaults(config, x, y, Confident())
+    assert set(chosen) == {"eps", "fill", "occlusion_output"} and all(c["reason"] for c in chosen.values())
+    assert resolved.defence.fill == "mean" and resolved.maps.importance_params == {"output": "logit"}
+    assert chosen["occlusion_output"]["value"] == "logit"  # every probability-drop map is all zero
+    assert {a.get("eps") for a in resolved.attacks} == {8 / 255, 0.5}
+
+
+def test_mnist_defaults_are_kept_and_explicit_values_win(mnist_model, mnist_batch) -> None:
+    x, y = mnist_batch
+    resolved, chosen = choose_defaults(Config(), x, y, mnist_model)
+    assert resolved.defence.fill == "zero" and resolved.maps.importance_params == {}
+    assert [a["eps"] for a in resolved.attacks] == [0.15, 0.15, 2.0]
+    assert [a["eps"] for a in resolved.evaluation.attacks] == [0.15, 0.15]
+    explicit = dataclasses.replace(
+        Config(),
+        defence=dataclasses.replace(Config().defence, fill="blur"),
+        maps=dataclasses.replace(Config().maps, importance_params={"output": "probability"}),
+    )
+    rgb = torch.rand(4, 3, 28, 28)
+    kept, chosen = choose_defaults(explicit, rgb, y[:4], nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 10)))
+    assert kept.defence.fill == "blur" and "fill" not in chosen and "occlusion_output" not in chosen
+    assert GREY_EPS != chosen["eps"]["value"]
