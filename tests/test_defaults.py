@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 from torch import nn
 
@@ -56,7 +57,8 @@ def test_mnist_defaults_are_kept_and_explicit_values_win(mnist_model, mnist_batc
     resolved, chosen = choose_defaults(Config(), x, y, mnist_model)
     assert resolved.defence.fill == "zero" and resolved.maps.importance_params == {}
     assert [a["eps"] for a in resolved.attacks] == [0.15, 0.15, 2.0]
-    assert [a["eps"] for a in resolved.evaluation.attacks] == [0.15, 0.15]
+    assert [a["eps"] for a in resolved.evaluation.attacks] == [0.15] * 5  # the default suite at the MNIST budget
+    assert resolved.evaluation.attacks[0]["step_size"] == pytest.approx(0.01)
     explicit = dataclasses.replace(
         Config(),
         defence=dataclasses.replace(Config().defence, fill="blur"),

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from roiroa.attacks.suite import AttackSuite, budget_of, default_suite_specs, describe_budget, quick_suite_specs
+from roiroa.attacks.suite import (
+    AttackSuite,
+    budget_of,
+    default_suite_specs,
+    describe_budget,
+    quick_suite_specs,
+    suite_with_eps,
+)
 from roiroa.defence.adaptive import StraightThrough, box_mean, soft_bit_depth
 from roiroa.defence.baselines import BitDepth, MedianSmoothing, Preprocessed, bit_depth
 from roiroa.defence.neutralizer import Neutralized
@@ -40,7 +47,13 @@ def test_default_and_quick_suites_state_their_budget():
     assert config.evaluation.attacks == default_evaluation_attacks()
     assert suite_name(config.evaluation.attacks, False) == "default"
     small = quick(config).evaluation.attacks
-    assert small == quick_suite_specs(0.15) and suite_name(small, True) == "quick"
+    assert small == quick_suite_specs(None) and suite_name(small, True) == "quick"
+    # the budget is left open in the config and chosen from the data; the chosen suite keeps its name
+    assert all("eps" not in a and "step_size" not in a for a in config.evaluation.attacks)
+    assert suite_with_eps(config.evaluation.attacks, 0.03) == default_suite_specs(0.03)
+    assert suite_with_eps(small, 0.03) == quick_suite_specs(0.03) and suite_with_eps(({"name": "fgsm"},), 0.1) is None
+    assert suite_name(default_suite_specs(0.03), False) == "default"
+    assert suite_name(quick_suite_specs(0.03), True) == "quick"
     assert suite_name(({"name": "fgsm"},), False) == "custom"
 
 
