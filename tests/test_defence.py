@@ -307,3 +307,24 @@ def test_wilson_interval_equals_scipy(correct, n):
     ci = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
     # bound: the closed form and SciPy's evaluate the same square roots in float64: ~1e-15, not 1e-12
     assert interval(correct, n) == pytest.approx((ci.low, ci.high), abs=1e-12)
+
+
+def test_equal_area_control_copies_the_area_blocked_after_dilation():
+    """A control of a dilated defence blocks as many pixels as the defence blocks (its mask grown), and is not
+    grown again: a 4 x 4 block dilated by 2 blocks 64 pixels, so does the control (16 random pixels each grown
+    by 2 would block far more)."""
+    from roiroa.defence.scopes import FitData, FixedMask
+    from roiroa.evaluate.config import Config
+    from roiroa.evaluate.defences import BuildContext, DefenceSpec, _neutralized, control_defences
+
+    mask = torch.zeros(16, 16, dtype=torch.bool)
+    mask[6:10, 6:10] = True
+    model = nn.Sequential(nn.Flatten(), nn.Linear(256, 3))
+    fit = FitData(model, torch.rand(4, 1, 16, 16), torch.tensor([0, 1, 2, 0]), 3)
+    ctx = BuildContext(model, "m", fit, "fit", Config())
+    spec = DefenceSpec("fixed", "fixed", "scope", dilation=2)
+    x = torch.rand(5, 1, 16, 16)
+    defended = _neutralized(spec, FixedMask(mask), ctx)[0]
+    (control,) = control_defences(spec, FixedMask(mask), ctx, "pixels")
+    assert defended.masks(x).sum((1, 2)).tolist() == [64] * 5  # an 8 x 8 square
+    assert control.model.masks(x).sum((1, 2)).tolist() == [64] * 5

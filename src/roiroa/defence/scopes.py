@@ -134,6 +134,18 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 @dataclass
+class Dilated:
+    """A scope's masks grown by ``radius`` pixels: what a neutralizer with that dilation blocks, so that an
+    equal-area control copies the area actually blocked (and is not dilated itself)."""
+
+    scope: MaskScope
+    radius: int
+
+    def masks(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return dilate(self.scope.masks(model, x), self.radius)
+
+
+@dataclass
 class FixedMask:
     """The same mask (H, W) bool for every input (a given mask, or a control)."""
 

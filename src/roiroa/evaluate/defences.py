@@ -9,6 +9,7 @@ parameters an entry leaves out. Scopes are fitted on the fitting images and neut
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,7 +22,17 @@ from roiroa.defence.adaptive import EOT, StraightThrough
 from roiroa.defence.baselines import BASELINES, Preprocessed, describe_transform, has_surrogate
 from roiroa.defence.fills import FILLS, Fill, is_random, make_fill
 from roiroa.defence.neutralizer import Neutralized
-from roiroa.defence.scopes import SCOPES, EqualAreaControl, FitData, FixedMask, GlobalMask, MaskScope, random_blob_mask
+from roiroa.defence.scopes import (
+    SCOPES,
+    Dilated,
+    EqualAreaControl,
+    FitData,
+    FixedMask,
+    GlobalMask,
+    MaskScope,
+    dilate,
+    random_blob_mask,
+)
 from roiroa.errors import InputError
 from roiroa.evaluate.config import Config
 from roiroa.evaluate.grid import AdaptiveVariant, Defence
@@ -193,31 +204,41 @@ def scope_defences(spec: DefenceSpec, ctx: BuildContext, controls: str | None) -
     ]
     if controls is None:
         return out
+    return out + control_defences(spec, scope, ctx, controls)
+
+
+def control_defences(spec: DefenceSpec, scope: MaskScope, ctx: BuildContext, controls: str) -> list[Defence]:
+    """The scope's equal-area random control ('pixels' or 'block') and, for a global mask with 'pixels', its blobs
+    moved at random. Both copy the area the defence blocks after its dilation and are not dilated again."""
+    blocked = Dilated(scope, spec.dilation) if spec.dilation else scope
+    plain = dataclasses.replace(spec, dilation=0)
     seed = stage_seed(ctx.config.seed, f"control:{spec.label}")
-    control = EqualAreaControl(scope, seed, "block" if controls == "block" else "pixels")
+    control = EqualAreaControl(blocked, seed, "block" if controls == "block" else "pixels")
     name = "random-block" if controls == "block" else f"random[{spec.label}]"
     words = (
         "one square of the same area per input, at a random place"
         if controls == "block"
         else "the same pixel count per input, random positions"
     )
-    out.append(
+    out = [
         Defence(
             name,
             "control",
             f"{words} as {spec.label}",
-            *_neutralized(spec, control, ctx),
-            _key(spec, ctx, name),
+            *_neutralized(plain, control, ctx),
+            _key(spec, ctx, f"{name}:area after dilation"),
             spec.label,
         )
-    )
+    ]
     if isinstance(scope, GlobalMask) and controls == "pixels":
+        grown = dilate(scope.mask_[None], spec.dilation)[0]
         blobs = FixedMask(
-            random_blob_mask(scope.mask_, torch.Generator().manual_seed(stage_seed(ctx.config.seed, "control:blobs")))
+            random_blob_mask(grown, torch.Generator().manual_seed(stage_seed(ctx.config.seed, "control:blobs")))
         )
         words = f"the {spec.label} mask's blobs moved to random places (same count and spread)"
         name = f"random_blobs[{spec.label}]"
-        out.append(Defence(name, "control", words, *_neutralized(spec, blobs, ctx), _key(spec, ctx, name), spec.label))
+        key = _key(spec, ctx, f"{name}:area after dilation")
+        out.append(Defence(name, "control", words, *_neutralized(plain, blobs, ctx), key, spec.label))
     return out
 
 

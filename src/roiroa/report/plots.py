@@ -87,20 +87,27 @@ def _oracle_lines(ax: plt.Axes, oracle: Sequence[Row]) -> None:
         ax.plot(area, random, ":x", color=colour, label=f"random mask, {text(attack)}")
 
 
-def _sweep_points(ax: plt.Axes, sweep: Sequence[Row]) -> None:
-    """The mask sweep's adaptive accuracy against area per scope, and its Pareto front (on clean, adaptive)."""
+def sweep_robust_key(sweep: Sequence[Row]) -> str:
+    """The sweep's robust column its Pareto front is on: the worst case over the suite where the folder has it
+    (version 0.2 on), else the adaptive attack's."""
+    return "worst_case_accuracy" if sweep and "worst_case_accuracy" in sweep[0] else "adaptive_accuracy"
+
+
+def _sweep_scatter(ax: plt.Axes, sweep: Sequence[Row], x: str, size: int) -> None:
+    """The mask sweep as points (``x`` against its robust column) per scope, and its Pareto front."""
+    y = sweep_robust_key(sweep)
+    word = "worst case" if y == "worst_case_accuracy" else "adaptive"
     for scope in dict.fromkeys(str(r["scope"]) for r in sweep):
         pts = [r for r in sweep if r["scope"] == scope]
-        ax.scatter(
-            [r["area"] for r in pts],
-            [r["adaptive_accuracy"] for r in pts],
-            s=18,
-            alpha=0.6,
-            label=f"sweep {text(scope)}, adaptive",
-        )
-    front = sorted((r for r in sweep if r.get("pareto")), key=lambda r: r["area"])
+        ax.scatter([r[x] for r in pts], [r[y] for r in pts], s=size, alpha=0.6, label=f"sweep {text(scope)}, {word}")
+    front = sorted((r for r in sweep if r.get("pareto")), key=lambda r: r[x])
     if front:
-        ax.plot([r["area"] for r in front], [r["adaptive_accuracy"] for r in front], "k--", lw=1, label="Pareto front")
+        ax.plot([r[x] for r in front], [r[y] for r in front], "k--", lw=1, label="Pareto front")
+
+
+def _sweep_points(ax: plt.Axes, sweep: Sequence[Row]) -> None:
+    """The mask sweep's robust accuracy against area per scope, and its Pareto front."""
+    _sweep_scatter(ax, sweep, "area", 18)
 
 
 def _table_points(ax: plt.Axes, rows: Sequence[Row], attacks: Sequence[str]) -> None:
@@ -140,37 +147,21 @@ def tradeoff_figure(results: Mapping[str, Any]) -> plt.Figure:
 
 
 def draw_pareto(ax: plt.Axes, results: Mapping[str, Any]) -> None:
-    """The mask sweep's clean against adaptive accuracy with its Pareto front, and the baselines, on ``ax``."""
+    """The mask sweep's clean against robust accuracy (worst case, or adaptive in older folders) with its Pareto
+    front, and the baselines, on ``ax``."""
     sweep = results.get("sweep") or []
-    for scope in dict.fromkeys(str(r["scope"]) for r in sweep):
-        pts = [r for r in sweep if r["scope"] == scope]
-        ax.scatter(
-            [r["clean_accuracy"] for r in pts],
-            [r["adaptive_accuracy"] for r in pts],
-            s=20,
-            alpha=0.7,
-            label=f"{text(scope)} (sweep)",
-        )
-    front = sorted((r for r in sweep if r.get("pareto")), key=lambda r: r["clean_accuracy"])
-    if front:
-        ax.plot(
-            [r["clean_accuracy"] for r in front],
-            [r["adaptive_accuracy"] for r in front],
-            "k--",
-            lw=1,
-            label="Pareto front",
-        )
+    _sweep_scatter(ax, sweep, "clean_accuracy", 20)
     _baseline_points(ax, results.get("table") or [])
     _styled(
         ax,
-        f"Mask sweep: clean against adaptive accuracy ({results.get('n_test', '?')} test images)",
+        f"Mask sweep: clean against robust accuracy ({results.get('n_test', '?')} test images)",
         "clean accuracy",
-        "robust accuracy, adaptive attack",
+        "robust accuracy" + (", worst case" if sweep_robust_key(sweep) == "worst_case_accuracy" else ", adaptive"),
     )
 
 
 def pareto_figure(results: Mapping[str, Any]) -> plt.Figure:
-    """The mask sweep's clean against adaptive accuracy with its Pareto front, and the table's baselines."""
+    """The mask sweep's clean against robust accuracy with its Pareto front, and the table's baselines."""
     fig, (ax,) = figure(height=4.5)
     draw_pareto(ax, results)
     fig.tight_layout()

@@ -241,12 +241,21 @@ def oracle_lines(results: dict[str, Any]) -> list[str]:
 
 
 def front_lines(results: dict[str, Any]) -> list[str]:
-    """The sweep's size and its Pareto front on (clean, adaptive)."""
-    front = [r for r in results.get("sweep", []) if r["pareto"]]
-    lines = ["", f"sweep: {len(results.get('sweep', []))} mask settings; Pareto front on (clean, adaptive):"]
+    """The sweep's size and its Pareto front on (clean, worst case), or (clean, adaptive) in older folders."""
+    sweep = results.get("sweep", [])
+    front = [r for r in sweep if r["pareto"]]
+    key, word = (
+        ("worst_case_accuracy", "worst case")
+        if front and "worst_case_accuracy" in front[0]
+        else (
+            "adaptive_accuracy",
+            "adaptive",
+        )
+    )
+    lines = ["", f"sweep: {len(sweep)} mask settings; Pareto front on (clean, {word}):"]
     return lines + [
         f"  {r['scope']:<17} {r['threshold']:<6} q_roa={r['q_roa']} dil={r['dilation']} fill={r['fill']:<14} "
-        f"area {pct(r['area'])} clean {pct(r['clean_accuracy'])} adaptive {pct(r['adaptive_accuracy'])}"
+        f"area {pct(r['area'])} clean {pct(r['clean_accuracy'])} {word} {pct(r[key])}"
         for r in front
     ]
 
