@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 from roiroa.files import atomic_write, cache_dir
 
-FIGURE_VERSION = 4  # bump when a figure's drawing changes, so cached images are drawn again
+FIGURE_VERSION = 5  # bump when a figure's drawing changes, so cached images are drawn again
 _CACHE = {"enabled": True}
 SEGMENT_COLOURS = ["#ffffff", "#1f77b4", "#d62728", "#9467bd"]  # S_0, S_I, S_A, S_IA
 
@@ -84,6 +84,12 @@ def cached_png(key: str, draw: Callable[[], bytes]) -> bytes:
 
 
 SEGMENT_LABELS = ["S_0: neither", "S_I: RoI only (critical, safe)", "S_A: RoA only (neutralized)", "S_IA: RoI and RoA"]
+
+
+def short(name: str, width: int = 11) -> str:
+    """``name`` cut to ``width`` characters (an ellipsis marks the cut), so labels under a thumbnail do not run
+    into the next one (ImageNet class names are long)."""
+    return name if len(name) <= width else name[: width - 1] + "…"
 
 
 def text(name: str) -> str:
@@ -163,8 +169,8 @@ def _gallery_row(
 
     seg, roi, roa = regions
     _image(ax[0], arrays["gallery_x"][row])
-    ax[0].set_ylabel(f"true {text(classes[label])}", fontsize=FONT)
-    ax[0].set_xlabel(f"pred {text(classes[int(arrays['gallery_pred'][row])])}", fontsize=FONT)
+    ax[0].set_ylabel(short(text(classes[label])), fontsize=FONT)
+    ax[0].set_xlabel(f"pred {short(text(classes[int(arrays['gallery_pred'][row])]))}", fontsize=FONT)
     heat = _map(ax[1], np.clip(arrays["importance"][i], 0, None), roi[row], "cyan")
     _map(ax[2], arrays["roa_map"][i], roa[row], "lime")
     ax[3].imshow(seg[row], cmap=ListedColormap(SEGMENT_COLOURS), vmin=-0.5, vmax=3.5, interpolation="nearest")
@@ -173,7 +179,8 @@ def _gallery_row(
             a = ax[4 + 3 * k + j]
             _image(a, arrays[f"gallery_{name}[{attack}]"][row])
             pred = int(arrays[f"gallery_pred_{name}[{attack}]"][row])
-            a.set_xlabel(f"pred {text(classes[pred])}", fontsize=FONT, color="green" if pred == label else "red")
+            colour = "green" if pred == label else "red"
+            a.set_xlabel(short(text(classes[pred])), fontsize=FONT, color=colour)
     return heat
 
 
@@ -194,7 +201,11 @@ def draw_gallery(arrays: Mapping[str, np.ndarray], classes: Sequence[str], attac
         axes[0, col].set_title(title, fontsize=FONT - 1)
     legend = [Patch(facecolor=c, edgecolor="k", label=t) for c, t in zip(SEGMENT_COLOURS, SEGMENT_LABELS, strict=True)]
     fig.legend(handles=legend, loc="upper center", ncol=4, fontsize=FONT, frameon=False)
-    fig.suptitle("Gallery: one test image per class, every attack", fontsize=FONT + 1, y=1 - 0.35 / fig.get_figheight())
+    fig.suptitle(
+        "Gallery: one test image per class (row: its class), every attack (below: f's prediction, green if right)",
+        fontsize=FONT + 1,
+        y=1 - 0.35 / fig.get_figheight(),
+    )
     if heat is not None:
         box = axes[0, -1].get_position()
         cax = fig.add_axes((box.x1 + 0.01, 0.3, 0.01, 0.4))
