@@ -74,12 +74,15 @@ def comparison_table(rows: Sequence[Comparison]) -> tuple[list[str], list[dict[s
     return COLUMNS, out
 
 
-def comparison_lines(results: dict[str, Any], settings: tuple[str, ...] = ("clean", "worst-case")) -> list[str]:
-    """Terminal lines of results.json's 'comparisons' on the clean and worst-case cells."""
-    rows = [r for r in results.get("comparisons", []) if r["setting"] in settings]
+def comparison_lines(results: dict[str, Any], settings: tuple[str, ...] = ("worst-case",)) -> list[str]:
+    """Terminal lines of results.json's 'comparisons': every defence (not its controls) against f and against
+    its controls, on the worst case; the rest is in comparisons.csv and the report."""
+    rows = results.get("comparisons", [])
+    controls = {r["b"] for r in rows if r["relation"] == "control"}
+    rows = [r for r in rows if r["setting"] in settings and r["a"] not in controls]
     if not rows:
         return []
-    lines = ["", "significance (same images; McNemar's exact test; 95% interval of the difference):"]
+    lines = ["", "significance on the worst case (same images; McNemar's exact test; 95% interval of the difference):"]
     for r in rows:
         low, high = (100 * v for v in r["diff_ci"])
         lines.append(

@@ -167,7 +167,11 @@ def oracle_lines(results: dict[str, Any]) -> list[str]:
     rows = results.get("oracle_decomposition", [])
     if not rows:
         return []
-    lines = ["", f"oracle decomposition (equal-area controls; {results.get('oracle_note', ORACLE_NOTE)})"]
+    lines = [
+        "",
+        "oracle decomposition (equal-area controls, accuracy [95% CI] with the blocked pixels filled or restored;",
+        "  the oracle is an analysis that knows the true label and the attack, not a defence):",
+    ]
     lines.append(f"  {'attack':<12}{'mask':<26}{'fill':>18}{'restore':>18}   knows")
     by = {(r["attack"], r["mask"], r["replacement"]): r for r in rows}
     for attack, mask in dict.fromkeys((r["attack"], r["mask"]) for r in rows):
