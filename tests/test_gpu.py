@@ -12,7 +12,7 @@ from roiroa.attacks import LinfPGD
 from roiroa.maps import GradCAM, Occlusion, Saliency
 from roiroa.models import create_model
 from roiroa.models.normalize import NORMALIZATIONS, Normalized
-from test_engine import SMALL, TwoSquares, squares
+from test_engine import SMALL, squares, train_two_squares
 
 pytestmark = [
     pytest.mark.gpu,
@@ -49,14 +49,7 @@ def test_gradient_maps_and_pgd_stay_on_the_gpu(mobilenet):
 
 
 def test_a_whole_run_on_cuda_matches_the_cpu_run():
-    torch.manual_seed(0)
-    model = TwoSquares()
-    xs, ys = squares(256, seed=1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(xs), ys).backward()
-        opt.step()
+    model = train_two_squares()
     x, y = squares(48, seed=2)
     runs = {}
     for device in ("cpu", "cuda"):

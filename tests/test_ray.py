@@ -15,7 +15,7 @@ import roiroa  # noqa: E402
 from roiroa.cache import StageCache  # noqa: E402
 from roiroa.evaluate.executors import LocalExecutor, RayExecutor, use_executor  # noqa: E402
 from roiroa.evaluate.tasks import Task, run_tasks  # noqa: E402
-from test_engine import SMALL, TwoSquares, squares  # noqa: E402, F401
+from test_engine import SMALL, TwoSquares, squares, train_two_squares  # noqa: E402, F401
 
 pytestmark = pytest.mark.slow
 
@@ -31,15 +31,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def model() -> TwoSquares:
-    torch.manual_seed(0)
-    net = TwoSquares()
-    x, y = squares(256, seed=1)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-    return net.eval()
+    return train_two_squares()
 
 
 def without_timings(results: dict) -> dict:
