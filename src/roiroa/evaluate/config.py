@@ -276,7 +276,8 @@ def default_patch_attacks() -> tuple[dict[str, Any], ...]:
 class PatchesConfig:
     """``roiroa patches``: localized attacks against per-input fragment defences and LGS.
 
-    n_test, n_fit: test images, and clean images that fit the detectors (class-balanced subsets).
+    n_test, n_fit: test images (default 500: a Wilson interval of about +-4 points), and clean images that fit the
+        detectors (class-balanced subsets).
     areas: patch sizes as fractions of the image. attacks: patch attacks {name, hyperparameters...}.
     defences: as in ``evaluation.defences`` (fragment scopes and transformations); the first scope also gets
         a random square block of the same area as its control.
@@ -287,7 +288,7 @@ class PatchesConfig:
         every area (k x k masks; about k^4 / 2 forward passes per image); 0 turns it off.
     """
 
-    n_test: int = bounded(200, 1)
+    n_test: int = bounded(500, 1)
     n_fit: int = bounded(200, 1)
     areas: tuple[float, ...] = bounded((0.02, 0.05, 0.08), 0.0, 0.5, open_low=True)
     attacks: tuple[dict[str, Any], ...] = field(default_factory=default_patch_attacks)
