@@ -33,8 +33,9 @@ def test_readme_quick_start_is_the_example_script():
 
 def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
-    assert 'pip install -e ".[test]" && python -m pytest -q' in README
-    assert 'pip install --quiet -e ".[test]"' in ci and "\npython -m pytest -q\n" in ci
+    assert 'pip install -e ".[test]" && pip install --no-deps torchattacks==3.5.1 && python -m pytest -q' in README
+    assert 'pip install --quiet -e ".[test]"' in ci and "pip install --quiet --no-deps torchattacks==3.5.1" in ci
+    assert "\npython -m pytest -q\n" in ci
 
 
 def test_readme_links_exist():
