@@ -16,7 +16,6 @@ from torch.nn import functional as F
 from roiroa.errors import InputError
 
 Loss = Literal["ce", "margin", "dlr"]
-LOSS_NAMES: tuple[Loss, ...] = ("ce", "margin", "dlr")
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -222,15 +222,3 @@ def list_labelled_files(
     found = LabelledFiles(tuple(p for p, _ in files), y, tuple(classes), root.name, torch.arange(len(y)), resize, crop)
     check_two_classes(found)
     return found
-
-
-def read_labelled_images(
-    root: str | Path,
-    labels: str | Path | None = None,
-    class_index: str | Path | None = None,
-    resize: int | None = None,
-    crop: int | None = None,
-) -> ImageDataset:
-    """Every image of :func:`list_labelled_files`, decoded: images (N, 3, H, W) float32 in [0, 1], labels (N,)
-    int64, K class names (K = the class index's length, else max label + 1)."""
-    return list_labelled_files(root, labels, class_index, resize, crop).decode()
