@@ -1,6 +1,6 @@
 """ImageNet-scale speed, as ratios measured in one run on the same inputs (MobileNetV1 x0.25, 224x224).
 
-    python benchmarks/imagenet.py [--images 2] [--repeats 1] [--device cpu] [--skip-ray]
+    python benchmarks/imagenet.py [--images 2] [--repeats 1] [--device cpu] [--skip-ray] [--only ray]
 
 Prints:
 1. occlusion maps (16x16 windows, stride 8: 729 windows per image, zero baseline, softmax drop): ours against
@@ -169,17 +169,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ray-tasks", type=int, default=8)
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--only", choices=["occlusion", "pgd", "ray"], help="run one comparison only")
     args = parser.parse_args()
+    run = lambda part: args.only in (None, part)  # noqa: E731
     set_progress(False)
     device = torch.device(args.device)
     model, x, y, source = mobilenet_and_images(max(args.images, 16), device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {name}; MobileNetV1 x0.25 ({source}), 224x224\n")
-    print(f"1. occlusion, 16x16 windows, stride 8 (729 per image), {args.images} images")
-    compare_occlusion(model, x[: args.images], y[: args.images], args.repeats)
-    print("\n2. PGD L-inf eps 4/255, 10 steps, 16 images")
-    compare_pgd(model, x[:16], y[:16], args.repeats)
-    if not args.skip_ray:
+    if run("occlusion"):
+        print(f"1. occlusion, 16x16 windows, stride 8 (729 per image), {args.images} images")
+        compare_occlusion(model, x[: args.images], y[: args.images], args.repeats)
+    if run("pgd"):
+        print("\n2. PGD L-inf eps 4/255, 10 steps, 16 images")
+        compare_pgd(model, x[:16], y[:16], args.repeats)
+    if run("ray") and not args.skip_ray:
         print("\n3. Ray executor, occlusion tasks (32x32 windows, stride 16) of one image each")
         compare_ray(model, x, y, args.ray_tasks)
 

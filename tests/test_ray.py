@@ -63,3 +63,43 @@ def test_tasks_run_on_the_workers_and_in_order(cluster, tmp_path):
     with use_executor(LocalExecutor()):
         assert [float(r["v"][1]) for r in run_tasks(tasks, cache)] == [0, 1, 2, 3, 4, 5]
     assert cache.misses == 6 and cache.hits == 6
+
+
+def test_a_worker_keeps_the_model_of_its_tasks(cluster, model, tmp_path):
+    """The model a stage's tasks capture is shipped once and kept by each worker, so per-model caches (the folded
+    copy, the occlusion engine) survive from task to task: a worker's second task sees its first task's mark."""
+
+    x, _ = squares(1, seed=3)
+
+    def visit(i: int) -> dict[str, torch.Tensor]:
+        model.visits = getattr(model, "visits", 0) + 1  # type: ignore[attr-defined]
+        with torch.no_grad():
+            return {"visits": torch.tensor([model.visits]), "logits": model(x)}
+
+    tasks = [Task(f"v{i}", lambda i=i: visit(i)) for i in range(6)]
+    with use_executor(RayExecutor()):
+        out = run_tasks(tasks, StageCache(tmp_path), "test")
+    visits = [int(r["visits"]) for r in out]
+    assert max(visits) >= 2  # 6 tasks on 2 workers: rebuilding the model for every task would give all 1s
+    assert all(torch.equal(r["logits"], out[0]["logits"]) for r in out)
+
+
+def test_the_packer_ships_each_module_once():
+    from roiroa.evaluate.executors import ModulePacker
+
+    put: list[bytes] = []
+    packer = ModulePacker(lambda data: put.append(data) or len(put) - 1)
+    net = torch.nn.Linear(64, 64)
+    payloads = [packer.dumps(lambda k=k: {"y": net(torch.ones(1, 64)) * k}) for k in range(3)]
+    assert len(put) == 1 and all(refs == {next(iter(packer.refs)): 0} for _, refs in payloads)
+    assert all(len(p) < len(put[0]) / 4 for p, _ in payloads)  # the weights travel once, not in each closure
+
+
+def test_the_packer_sends_a_view_without_its_whole_storage():
+    from roiroa.evaluate.executors import ModulePacker
+
+    images = torch.rand(100, 3, 16, 16)
+    chunk = images[10:12]  # a chunk sliced from the whole set shares its storage
+    payload, _ = ModulePacker(lambda data: None).dumps(lambda: {"x": chunk * 2})
+    assert len(payload) < images.numel()  # about 2 images' bytes (6 KB), not 100 images' (300 KB)
+    assert torch.equal(ray.cloudpickle.loads(payload)()["x"], chunk * 2)

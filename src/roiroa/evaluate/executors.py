@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import hashlib
+import io
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 import torch
+from torch import nn
 
 from roiroa.cache import StageCache
 from roiroa.errors import InputError
@@ -52,9 +56,94 @@ class LocalExecutor:
         return [cache.tensors(t.key, t.compute) for t in progress(tasks, desc, total=len(tasks), unit="chunks")]
 
 
-def _compute_on_worker(compute: Callable[[], Result]) -> Result:
-    """Runs on a Ray worker: the task's tensors, on the CPU (to travel back to the driver)."""
-    return {k: v.detach().cpu() for k, v in compute().items()}
+# Ray pickles a task's closure with every call, so a model captured by the closures of a stage would travel, and
+# be rebuilt on the worker, once per task; and a rebuilt model is a new object, so the per-model caches (the
+# batch-norm-folded traced copy, the incremental occlusion engine) would miss on every task. So each distinct
+# module a stage's closures capture goes through the object store once, and each worker keeps the last
+# WORKER_MODULES modules it received, keyed by the hash of their bytes: the tasks of a stage, and of later stages
+# with the same model, share one object per worker.
+WORKER_MODULES = 4
+_MODULES: OrderedDict[str, nn.Module] = OrderedDict()  # on a worker: key -> module
+
+
+def _worker_module(key: str) -> nn.Module:
+    """On a worker, while a task unpickles: the module stored under ``key`` (see :class:`ModulePacker`)."""
+    return _MODULES[key]
+
+
+def _compute_on_worker(payload: bytes, modules: dict[str, Any]) -> Result:
+    """Runs on a Ray worker: the task's tensors, on the CPU (to travel back to the driver).
+
+    Args:
+        payload: the task's ``compute``, pickled by :class:`ModulePacker` (its modules replaced by keys).
+        modules: key -> object-store reference of each module's pickled bytes; fetched only when not held.
+    """
+    import ray
+    from ray import cloudpickle
+
+    for key, ref in modules.items():
+        if key not in _MODULES:
+            _MODULES[key] = cloudpickle.loads(ray.get(ref))
+        _MODULES.move_to_end(key)
+    while len(_MODULES) > max(WORKER_MODULES, len(modules)):
+        _MODULES.popitem(last=False)
+    compute = cloudpickle.loads(payload)
+    return {k: compact(v.detach().cpu()) for k, v in compute().items()}
+
+
+def compact(t: torch.Tensor) -> torch.Tensor:
+    """``t``, copied when it is a view of a larger storage: pickling a view sends the whole storage (a chunk of
+    images sliced from the test set would carry the whole test set)."""
+    if t.untyped_storage().nbytes() <= t.numel() * t.element_size():
+        return t
+    copy = t.detach().clone()
+    return copy.requires_grad_() if t.requires_grad and t.is_leaf else copy
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+class ModulePacker:
+    """Pickles task closures for Ray with every ``nn.Module`` they capture replaced by a key (each module is
+    pickled once per packer and put in the object store once: ``refs``) and every tensor view compacted."""
+
+    def __init__(self, put: Callable[[bytes], Any]) -> None:
+        self.put = put
+        self.keys: dict[int, str] = {}  # id(module) -> key
+        self.refs: dict[str, Any] = {}  # key -> object-store reference of the module's bytes
+
+    def key(self, module: nn.Module) -> str:
+        """The key of ``module``: the SHA-256 of its pickled bytes (stored the first time)."""
+        from ray import cloudpickle
+
+        if id(module) not in self.keys:
+            data = cloudpickle.dumps(module)
+            key = hashlib.sha256(data).hexdigest()
+            self.keys[id(module)] = key
+            self.refs.setdefault(key, self.put(data))
+        return self.keys[id(module)]
+
+    def dumps(self, compute: Callable[[], Result]) -> tuple[bytes, dict[str, Any]]:
+        """(the pickled closure, key -> reference of every module it needs)."""
+        from ray import cloudpickle
+
+        used: set[str] = set()
+        packer = self
+
+        class Pickler(cloudpickle.Pickler):
+            def reducer_override(self, obj: Any) -> Any:
+                if isinstance(obj, nn.Module):
+                    key = packer.key(obj)
+                    used.add(key)
+                    return _worker_module, (key,)
+                if isinstance(obj, torch.Tensor) and compact(obj) is not obj:
+                    return _same, (compact(obj),)
+                return super().reducer_override(obj)
+
+        buffer = io.BytesIO()
+        Pickler(buffer).dump(compute)
+        return buffer.getvalue(), {k: self.refs[k] for k in used}
 
 
 class RayExecutor:
@@ -79,7 +168,8 @@ class RayExecutor:
     def run(self, tasks: Sequence[Work], cache: StageCache, desc: str = "") -> list[Result]:
         """Every task's tensors, in order: cached ones read, the others computed on the cluster and stored."""
         out: list[Result | None] = [cache.stored(t.key) for t in tasks]
-        pending = {self.remote.remote(t.compute): i for i, t in enumerate(tasks) if out[i] is None}
+        packer = ModulePacker(self.ray.put)
+        pending = {self.remote.remote(*packer.dumps(t.compute)): i for i, t in enumerate(tasks) if out[i] is None}
         done = iter(range(len(pending)))
         for _ in progress(done, desc, total=len(pending), unit="chunks"):
             ready, _rest = self.ray.wait(list(pending), num_returns=1)
