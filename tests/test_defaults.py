@@ -46,10 +46,28 @@ def test_choose_defaults_on_colour_images_with_a_saturated_model() -> None:
     x, y = torch.rand(6, 3, 8, 8), torch.zeros(6, dtype=torch.long)
     config = config_from_dict({"maps": {"window": 2, "stride": 2}})
     resolved, chosen = choose_defaults(config, x, y, Confident())
-    assert set(chosen) == {"eps", "fill", "occlusion_output"} and all(c["reason"] for c in chosen.values())
+    assert set(chosen) == {"eps", "budgets", "fill", "occlusion_output"} and all(c["reason"] for c in chosen.values())
     assert resolved.defence.fill == "mean" and resolved.maps.importance_params == {"output": "logit"}
     assert chosen["occlusion_output"]["value"] == "logit"  # every probability-drop map is all zero
     assert {a.get("eps") for a in resolved.attacks} == {8 / 255, 0.5}
+    e = 8 / 255  # the budgets that follow eps: the sanity grid around it, adversarial training, the probe
+    assert resolved.evaluation.sanity_eps == pytest.approx((e / 3, 2 * e / 3, e, 4 * e / 3, 2 * e, 1.0), abs=1e-6)
+    assert resolved.defence.adv_eps == pytest.approx(e)
+    probes = [d["probe_eps"] for d in resolved.evaluation.defences if isinstance(d, dict) and "probe_eps" in d]
+    assert probes == pytest.approx([2 * e / 3] * 2, abs=1e-6)  # both per-input scopes
+
+
+def test_the_eps_relative_budgets_on_mnist_are_the_values_always_used(mnist_model, mnist_batch) -> None:
+    x, y = mnist_batch
+    resolved, _ = choose_defaults(Config(), x, y, mnist_model)
+    assert resolved.evaluation.sanity_eps == (0.05, 0.1, 0.15, 0.2, 0.3, 1.0)
+    assert resolved.defence.adv_eps == 0.15
+    assert [d.get("probe_eps") for d in resolved.evaluation.defences if isinstance(d, dict)][:2] == [0.1, 0.1]
+    quick = choose_defaults(dataclasses.replace(Config(), quick=True), x, y, mnist_model)[0]
+    assert quick.evaluation.sanity_eps == (0.05, 0.2, 1.0)
+    mine = config_from_dict({"evaluation": {"sanity_eps": [0.3, 1.0]}, "defence": {"adv_eps": 0.2}})
+    kept, chosen = choose_defaults(mine, x, y, mnist_model)
+    assert kept.evaluation.sanity_eps == (0.3, 1.0) and kept.defence.adv_eps == 0.2  # a written value wins
 
 
 def test_mnist_defaults_are_kept_and_explicit_values_win(mnist_model, mnist_batch) -> None:

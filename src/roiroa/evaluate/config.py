@@ -13,11 +13,13 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from roiroa.attacks.base import attack_parameters
 from roiroa.attacks.suite import default_suite_specs, quick_suite_specs
 from roiroa.models.train import TrainingRecipe
+
+T = TypeVar("T")
 
 
 def bounded(default: Any, low: float | None = None, high: float | None = None, *, open_low: bool = False) -> Any:
@@ -150,7 +152,8 @@ class DefenceConfig:
         its keywords. dilation: grow every mask by this many pixels.
     eot_draws: draws per gradient when a defence is random (EOT).
     oracle_q: the RoA fractions of the oracle analysis (each image's own S_A from the known attack).
-    adv_eps, adv_steps, adv_epochs: PGD adversarial training of the same architecture ('adv_training').
+    adv_eps, adv_steps, adv_epochs: PGD adversarial training of the same architecture ('adv_training'); adv_eps
+        None (default): the run's L-infinity budget (chosen from the data: roiroa.evaluate.defaults).
     """
 
     fill: str = named("auto", "fill")
@@ -158,7 +161,7 @@ class DefenceConfig:
     dilation: int = bounded(0, 0, 8)
     eot_draws: int = bounded(4, 1, 1000)
     oracle_q: tuple[float, ...] = bounded((0.05, 0.1, 0.2, 0.3), 0.0, 1.0, open_low=True)
-    adv_eps: float = bounded(0.15, 0.0, 1.0, open_low=True)
+    adv_eps: float | None = bounded(None, 0.0, 1.0, open_low=True)
     adv_steps: int = bounded(7, 1)
     adv_epochs: int = bounded(12, 1, 1000)
 
@@ -175,12 +178,13 @@ def default_attacks() -> tuple[dict[str, Any], ...]:
 
 def default_defences() -> tuple[Any, ...]:
     """The defences of ``roiroa defend``: the three mask scopes (with their equal-area controls), the shift
-    variant of the per-input scope, four input transformations and PGD adversarial training."""
+    variant of the per-input scope, four input transformations and PGD adversarial training. The per-input scopes'
+    probe budget is left open: 2/3 of the run's L-infinity budget (roiroa.evaluate.defaults)."""
     return (
         "global",
         "per_class",
-        {"name": "per_input", "probe_eps": 0.1, "probe_steps": 5},
-        {"name": "per_input", "label": "per_input[shift]", "roa": "shift", "probe_eps": 0.1, "probe_steps": 5},
+        {"name": "per_input", "probe_steps": 5},
+        {"name": "per_input", "label": "per_input[shift]", "roa": "shift", "probe_steps": 5},
         {"name": "bit_depth", "bits": 1},
         {"name": "median", "size": 3},
         {"name": "jpeg", "quality": 50},
@@ -222,7 +226,9 @@ class EvaluationConfig:
         gradient-free one ('square') runs on the defence; the worst case per image is over all of them.
     sweep_scopes, sweep_q_roa, sweep_dilation, sweep_fills: the mask parameter sweep (clean, non-adaptive and
         adaptive accuracy with the first attack), with its Pareto front.
-    n_sanity, sanity_eps: images and L-inf budgets of the check that adaptive robust accuracy falls with eps.
+    n_sanity, sanity_eps: images and L-inf budgets of the check that adaptive robust accuracy falls with eps;
+        sanity_eps None (default): 1/3, 2/3, 1, 4/3 and 2 times the run's budget, and 1.0 (unbounded): on MNIST
+        0.05, 0.1, 0.15, 0.2, 0.3, 1.0 (three of them with --quick).
     run_defences, run_images: the defences (labels of ``defences``) and test images of the short table that
         ``roiroa run`` adds against its own attacks (0 images turns it off).
     equivalence_margin: the margin (a fraction of accuracy) of the equivalence and "no better than" tests of
@@ -238,7 +244,7 @@ class EvaluationConfig:
     sweep_dilation: tuple[int, ...] = bounded((0, 1), 0, 8)
     sweep_fills: tuple[str, ...] = ("zero", "mean", "pixel_mean", "blur", "noise")
     n_sanity: int = bounded(50, 1)
-    sanity_eps: tuple[float, ...] = bounded((0.05, 0.1, 0.15, 0.2, 0.3, 1.0), 0.0, 1.0, open_low=True)
+    sanity_eps: tuple[float, ...] | None = bounded(None, 0.0, 1.0, open_low=True)
     run_defences: tuple[str, ...] = ("per_class", "per_input", "bit_depth", "median", "jpeg", "blur")
     run_images: int = bounded(50, 0)
     equivalence_margin: float = bounded(0.02, 0.0, 0.5, open_low=True)
@@ -443,6 +449,18 @@ def _quick_defence(entry: Any) -> Any:
     return entry
 
 
+def filled(value: T | None, name: str) -> T:
+    """A setting left open (None) in the config, after ``prepare`` chose it from the data."""
+    if value is None:
+        raise RuntimeError(f"{name} is still open: roiroa.evaluate.prepare chooses it from the data; call it first.")
+    return value
+
+
+def quick_sanity_eps(eps: tuple[float, ...]) -> tuple[float, ...]:
+    """The --quick sanity budgets: the smallest, the middle and the largest of ``eps``."""
+    return tuple(sorted({eps[0], eps[len(eps) // 2], eps[-1]}))
+
+
 def quick(config: Config) -> Config:
     """The --quick overlay: ``run`` on at most 200 test and 200 fitting images with at most 10 attack steps;
     ``defend`` on 40 images with the quick attack suite (or the user's attacks capped at 5 steps and 20
@@ -461,7 +479,7 @@ def quick(config: Config) -> Config:
         sweep_dilation=e.sweep_dilation[:1],
         sweep_fills=tuple(f for f in e.sweep_fills if f in ("zero", "noise")),
         n_sanity=min(e.n_sanity, 20),
-        sanity_eps=tuple(sorted({e.sanity_eps[0], e.sanity_eps[len(e.sanity_eps) // 2], e.sanity_eps[-1]})),
+        sanity_eps=None if e.sanity_eps is None else quick_sanity_eps(e.sanity_eps),
         run_images=min(e.run_images, 40),
     )
     d, p = config.defence, config.patches

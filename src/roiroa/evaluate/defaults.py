@@ -8,6 +8,9 @@ default) and, for occlusion, ``maps.importance_params`` without 'output'. A valu
   keeps no robust accuracy at all, so the RoA and the oracle would say little).
 - fill: 'zero' for grey images (their background is 0); 'mean' (the fitting images' per-channel mean) for colour
   images, where a black square is far from every image and costs clean accuracy by itself.
+- budgets that follow eps where left open (None): the sanity check's budgets (eps x 1/3, 2/3, 1, 4/3, 2, and 1.0
+  unbounded), adversarial training's eps (eps) and the per-input scopes' probe (2/3 eps); on MNIST these are the
+  values the project always used (0.05 ... 0.3 and 1.0; 0.15; 0.1).
 - occlusion output: the softmax probability drop, unless it saturates: when more than 5% of the maps of a sample
   of test images are all zero (a confident model's probability does not move under any one window), 'logit'.
 The choices and their reasons are in results.json ('chosen'); one other than the MNIST value is logged (a
@@ -40,7 +43,9 @@ MNIST_CHOICES: dict[str, tuple[Any, ...]] = {
     "eps": (GREY_EPS,),
     "fill": ("zero",),
     "occlusion_output": ("probability",),
-}
+}  # 'budgets' follow eps: said at INFO level, with eps
+SANITY_FACTORS = (1 / 3, 2 / 3, 1.0, 4 / 3, 2.0)  # times eps; then 1.0, unbounded
+PROBE_FACTOR = 2 / 3  # the per-input scopes' probe attack, times eps
 PROBE_WINDOWS = 20_000  # at most about this many occluded images in the saturation probe (at least 4 images)
 
 
@@ -76,6 +81,43 @@ def open_attacks(specs: tuple[dict[str, Any], ...], eps: dict[str, float]) -> tu
         norm = getattr(create_attack(name), "norm", "linf")
         out.append({**spec, "eps": eps["l2" if norm == "l2" else "linf"]})
     return tuple(out)
+
+
+def budget(value: float) -> float:
+    """A budget rounded to 6 decimals (2/3 of 0.15 is 0.1, not 0.09999999999999999)."""
+    return round(value, 6)
+
+
+def sanity_eps(eps: float, quick: bool) -> tuple[float, ...]:
+    """The sanity check's L-inf budgets around ``eps``, ending at 1.0 (three of them when ``quick``)."""
+    from roiroa.evaluate.config import quick_sanity_eps
+
+    grid = tuple(sorted({*(budget(f * eps) for f in SANITY_FACTORS if f * eps < 1.0), 1.0}))
+    return quick_sanity_eps(grid) if quick else grid
+
+
+def with_probe(entry: Any, eps: float) -> Any:
+    """A defence entry, with a per-input scope's probe budget (2/3 eps) where it leaves it out."""
+    spec = {"name": entry} if isinstance(entry, str) else entry
+    if not isinstance(spec, dict) or spec.get("name") != "per_input" or "probe_eps" in spec:
+        return entry
+    return {**spec, "probe_eps": budget(PROBE_FACTOR * eps)}
+
+
+def eps_relative(config: Config, eps: float) -> tuple[Config, dict[str, Any]]:
+    """The config with its open eps-relative budgets filled from the L-inf ``eps``, and what was filled."""
+    e, d = config.evaluation, config.defence
+    filled: dict[str, Any] = {}
+    if e.sanity_eps is None:
+        filled["sanity_eps"] = sanity_eps(eps, config.quick)
+    if d.adv_eps is None:
+        filled["adv_eps"] = eps
+    defences = tuple(with_probe(x, eps) for x in e.defences)
+    if defences != e.defences:
+        filled["probe_eps"] = budget(PROBE_FACTOR * eps)
+    evaluation = dataclasses.replace(e, defences=defences, sanity_eps=filled.get("sanity_eps", e.sanity_eps))
+    defence = dataclasses.replace(d, adv_eps=filled.get("adv_eps", d.adv_eps))
+    return dataclasses.replace(config, evaluation=evaluation, defence=defence), filled
 
 
 def occlusion_saturation(config: Config, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -116,6 +158,9 @@ def choose_defaults(
     config = dataclasses.replace(
         config, attacks=attacks, evaluation=dataclasses.replace(config.evaluation, attacks=evaluation)
     )
+    config, filled = eps_relative(config, eps["linf"])
+    if filled:
+        chosen["budgets"] = {"value": filled, "reason": f"relative to the L-inf budget {eps['linf']:g}"}
     if config.defence.fill == AUTO:
         fill, why = choose_fill(images)
         chosen["fill"] = {"value": fill, "reason": why}
@@ -127,7 +172,7 @@ def choose_defaults(
         params = {**config.maps.importance_params, "output": output[0]}
         config = dataclasses.replace(config, maps=dataclasses.replace(config.maps, importance_params=params))
     for k, v in chosen.items():  # a choice other than the MNIST one is said at the start of the run
-        if v["value"] in MNIST_CHOICES.get(k, ()):
+        if k == "budgets" or v["value"] in MNIST_CHOICES.get(k, ()):
             log.info("  chose %s = %s (%s)", k, v["value"], v["reason"])  # --verbose lines are indented
         else:
             log.warning("roiroa: chose %s = %s (%s)", k, v["value"], v["reason"])

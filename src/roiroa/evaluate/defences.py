@@ -34,7 +34,7 @@ from roiroa.defence.scopes import (
     random_blob_mask,
 )
 from roiroa.errors import InputError
-from roiroa.evaluate.config import Config
+from roiroa.evaluate.config import Config, filled
 from roiroa.evaluate.grid import AdaptiveVariant, Defence
 from roiroa.registry import accepted, is_plugin
 from roiroa.utils import stage_seed
@@ -258,6 +258,6 @@ def build_defences(spec: DefenceSpec, ctx: BuildContext, controls: str | None = 
     if ctx.adv_model is None:
         return []
     d = ctx.config.defence
-    words = f"PGD-{d.adv_steps} eps={d.adv_eps:g}, {d.adv_epochs} epochs (Madry et al. 2018)"
+    words = f"PGD-{d.adv_steps} eps={filled(d.adv_eps, 'defence.adv_eps'):g}, {d.adv_epochs} epochs (Madry et al. 2018)"
     adv = ctx.adv_model()
     return [Defence(spec.label, "baseline", words, adv, adv, "exact", _key(spec, ctx, hash_json(words)))]

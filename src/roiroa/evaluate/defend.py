@@ -21,7 +21,7 @@ from roiroa.data.dataset import ImageDataset, sample_per_class
 from roiroa.evaluate.analysis import oracle_rows
 from roiroa.evaluate.attacking import AttackEntry, attack_entries, attack_entry
 from roiroa.evaluate.comparisons import comparison_table, comparisons
-from roiroa.evaluate.config import Config, suite_name
+from roiroa.evaluate.config import Config, filled, suite_name
 from roiroa.evaluate.defences import (
     BuildContext,
     DefenceSpec,
@@ -142,7 +142,7 @@ def sanity_rows(
 ) -> list[SanityRow]:
     """Adaptive robust accuracy against eps for every defence but the controls: it must fall, and reach ~0."""
     c = prepared.config
-    eps = c.evaluation.sanity_eps
+    eps = filled(c.evaluation.sanity_eps, "evaluation.sanity_eps")
     scaled = {k: v for k, v in attack.items() if k != "step_size"}  # the attack's default step, scaled with eps
     attacks = [attack_entry(scaled | {"eps": e, "label": f"eps={e:g}"}, c.batch_size) for e in eps]
     chosen = [d for d in defences if d.kind != "control"]

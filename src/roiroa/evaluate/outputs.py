@@ -19,6 +19,7 @@ from roiroa.defence.scopes import FitData
 from roiroa.evaluate.attacking import AttackEntry
 from roiroa.evaluate.certified import certified_lines
 from roiroa.evaluate.comparisons import comparison_lines
+from roiroa.evaluate.config import filled
 from roiroa.evaluate.defences import BuildContext
 from roiroa.evaluate.grid import Cell, CellResult, Defence, GridContext, evaluate_grid, grid_flags
 from roiroa.evaluate.maps_stage import compute_maps
@@ -59,7 +60,7 @@ def adv_model_provider(prepared: Prepared) -> Callable[[], nn.Module] | None:
     def train() -> nn.Module:
         recipe = c.model.training.recipe()
         recipe = type(recipe)(d.adv_epochs, recipe.lr, recipe.batch_size, recipe.shift)
-        adv = AdversarialTraining(eps=d.adv_eps, steps=d.adv_steps)
+        adv = AdversarialTraining(eps=filled(d.adv_eps, "defence.adv_eps"), steps=d.adv_steps)
         return load_or_train(c.model.arch, prepared.splits.train, recipe, c.seed, prepared.device, adv).model
 
     return train
