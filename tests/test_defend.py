@@ -17,7 +17,15 @@ from roiroa.cache import StageCache, model_hash
 from roiroa.data.dataset import ImageDataset
 from roiroa.defence import FitData, Neutralized
 from roiroa.defence.adaptive import EOT, bpda
-from roiroa.defence.baselines import BASELINES, AdversarialTraining, Preprocessed, bit_depth, jpeg, median_smoothing
+from roiroa.defence.baselines import (
+    BASELINES,
+    AdversarialTraining,
+    Preprocessed,
+    bit_depth,
+    jpeg,
+    median_smoothing,
+    median_unfold,
+)
 from roiroa.defence.fills import make_fill
 from roiroa.defence.scopes import (
     EqualAreaControl,
@@ -266,9 +274,10 @@ def test_baselines_match_art(batch):
         for bits in (1, 3, 5):
             ref = FeatureSqueezing(clip_values=(0.0, 1.0), bit_depth=bits)(xn)[0]
             np.testing.assert_allclose(bit_depth(imgs, bits).numpy(), ref, atol=1e-6)
-        for size in (2, 3):
+        for size in (2, 3, 5):
             ref = SpatialSmoothing(window_size=size, channels_first=True)(xn)[0]
             np.testing.assert_allclose(median_smoothing(imgs, size).numpy(), ref, atol=1e-6)
+            np.testing.assert_array_equal(median_unfold(imgs, size).numpy(), ref)  # the GPU path, on the CPU
         for quality in (30, 75):
             ref = JpegCompression(clip_values=(0.0, 1.0), quality=quality, channels_first=True)(xn)[0]
             np.testing.assert_allclose(jpeg(imgs, quality).numpy(), ref, atol=1e-6)

@@ -33,12 +33,33 @@ def bit_depth(x: torch.Tensor, bits: int = 3) -> torch.Tensor:
 
 def median_smoothing(x: torch.Tensor, size: int = 3) -> torch.Tensor:
     """Median over a size x size window of each channel, scipy.ndimage.median_filter (mode 'reflect'), as ART's
-    SpatialSmoothing does; SciPy's C filter is faster here than unfolding in torch."""
+    SpatialSmoothing does. On the CPU SciPy's C filter is faster than unfolding in torch; on a GPU the images
+    stay on the device (:func:`median_unfold`, the same values)."""
     check_number("median_smoothing", "size", size, low=1, integer=True)
+    if x.device.type != "cpu":
+        return median_unfold(x, size)
     from scipy import ndimage  # imported where it is used (a cached run never needs it)
 
     out = ndimage.median_filter(x.detach().cpu().numpy(), size=(1, 1, size, size), mode="reflect")
     return torch.from_numpy(out).to(x.device, x.dtype)
+
+
+def median_unfold(x: torch.Tensor, size: int) -> torch.Tensor:
+    """:func:`median_smoothing` in torch: x (N, C, H, W) padded by mirroring with the edge repeated (SciPy's
+    'reflect'), each size x size window's median (of an even window, the value at rank size*size // 2 from 0,
+    the upper middle one, as SciPy's rank filter picks)."""
+    before, after = size // 2, (size - 1) // 2  # SciPy centres an even window at offset size // 2
+    rows = _symmetric_index(x.shape[-2], before, after, x.device)
+    cols = _symmetric_index(x.shape[-1], before, after, x.device)
+    padded = x[..., rows, :][..., cols]
+    windows = padded.unfold(-2, size, 1).unfold(-2, size, 1).flatten(-2)  # (N, C, H, W, size * size)
+    return windows.sort(-1).values[..., size * size // 2]
+
+
+def _symmetric_index(n: int, before: int, after: int, device: torch.device) -> torch.Tensor:
+    """Indices of a length-n axis padded by ``before`` and ``after`` mirrored positions (d c b a | a b c d)."""
+    i = torch.arange(-before, n + after, device=device) % (2 * n)
+    return torch.where(i < n, i, 2 * n - 1 - i)
 
 
 def jpeg(x: torch.Tensor, quality: int = 50) -> torch.Tensor:
