@@ -229,9 +229,7 @@ def _check_placement(owner: str, location: str, roi_corner: Any, search_grid: in
     """Check the placement fields; the corner as a (top, left) tuple of ints (TOML gives a list)."""
     check_number(owner, "search_grid", search_grid, low=1, integer=True)
     check_number(owner, "search_steps", search_steps, low=1, integer=True)
-    if roi_corner is None:
-        if location == "roi":
-            raise InputError(f"{owner}: location 'roi' needs roi_corner = [top, left] (see attacks.patch.roi_square).")
+    if roi_corner is None:  # 'roi' without it fails at run time (roiroa patches sets it from the global RoI)
         return None
     if not isinstance(roi_corner, (list, tuple)) or len(roi_corner) != 2:
         raise InputError(f"{owner}: roi_corner must be [top, left]; got {roi_corner!r}.")
@@ -266,7 +264,7 @@ class _SquareAttack(PatchCalls, GradientAttack):
         check_choice(owner, "location", self.location, LOCATIONS)
         check_number(owner, "seed", self.seed, low=0, integer=True)
         _check_penalty(owner, self.penalty_weight)
-        self.roi_corner = _check_placement(owner, self.location, self.roi_corner, self.search_grid, self.search_steps)
+        self.roi_corner = _check_placement(owner, self.roi_corner, self.search_grid, self.search_steps)
 
     def step_size_value(self) -> float:
         """``step_size`` if given, else 2.5 * eps / steps."""
@@ -444,7 +442,7 @@ class UniversalPatch(PatchCalls, GradientAttack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.roi_corner = _check_placement("UniversalPatch", self.location, self.roi_corner, self.search_grid, 1)
+        self.roi_corner = _check_placement("UniversalPatch", self.roi_corner, self.search_grid, 1)
         check_number("UniversalPatch", "area", self.area, low=0.0, low_open=True, high=1.0)
         check_choice("UniversalPatch", "location", self.location, LOCATIONS)
         check_number("UniversalPatch", "seed", self.seed, low=0, integer=True)
