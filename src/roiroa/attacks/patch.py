@@ -225,7 +225,7 @@ def _check_penalty(owner: str, weight: float) -> None:
     check_number(owner, "penalty_weight", weight, low=0.0)
 
 
-def _check_placement(owner: str, location: str, roi_corner: Any, search_grid: int, search_steps: int) -> Corner | None:
+def _check_placement(owner: str, roi_corner: Any, search_grid: int, search_steps: int) -> Corner | None:
     """Check the placement fields; the corner as a (top, left) tuple of ints (TOML gives a list)."""
     check_number(owner, "search_grid", search_grid, low=1, integer=True)
     check_number(owner, "search_steps", search_steps, low=1, integer=True)
