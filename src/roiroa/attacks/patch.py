@@ -253,7 +253,7 @@ class _SquareAttack(PatchCalls, GradientAttack):
     penalty_weight: float = 0.0
     roi_corner: Corner | None = None
     search_grid: int = 3
-    search_steps: int = 10
+    search_steps: int = 5
     seed: int = 0
     batch_size: int = 64
 
@@ -336,7 +336,7 @@ class LocalizedPatch(_SquareAttack):
         roi_corner: [top, left] of the square in the region of importance ('roi'; a candidate of 'search').
         search_grid: the search's candidate grid is search_grid x search_grid corners. Default 3.
         search_steps: steps of the screening attack at each candidate (its step 2.5 * eps / search_steps).
-            Default 10.
+            Default 5.
         steps: sign-gradient steps. Default 100.
         step_size: absolute step; None means 2.5 / steps.
         eps: L-infinity bound inside the square; 1.0 (the default) leaves the pixels unconstrained.

@@ -271,7 +271,7 @@ def default_patch_attacks() -> tuple[dict[str, Any], ...]:
     return (
         lavan,
         lavan | {"label": "patch-lavan-roi", "location": "roi"},
-        lavan | {"label": "patch-lavan-search", "location": "search", "search_grid": 3, "search_steps": 10},
+        lavan | {"label": "patch-lavan-search", "location": "search", "search_grid": 3, "search_steps": 5},
         {"name": "pgd-square", "eps": 0.3, "steps": 40},
         {"name": "patch-universal", "steps": 10, "step_size": 0.02},
         {"name": "patch-universal", "label": "patch-universal-search", "steps": 10, "step_size": 0.02}
