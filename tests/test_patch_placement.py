@@ -151,4 +151,3 @@ def test_quick_keeps_the_search_small() -> None:
     specs = {s.get("label", s["name"]): s for s in quick(Config()).patches.attacks}
     assert specs["patch-lavan-search"]["search_grid"] == 2 and specs["patch-lavan-search"]["search_steps"] == 5
     assert specs["patch-universal-search"]["search_grid"] == 2 and "search_steps" not in specs["patch-universal-search"]
-    assert specs["patch-lavan-roi"]["location"] == "roi"

@@ -265,12 +265,11 @@ def default_patch_defences() -> tuple[Any, ...]:
 
 
 def default_patch_attacks() -> tuple[dict[str, Any], ...]:
-    """LaVAN at a random place, in the global RoI and searched; masked PGD; the universal patch at a random place
-    and searched (``roiroa patches`` gives the 'roi' and 'search' entries the RoI's corner)."""
+    """LaVAN at a random place and searched (the search's candidates include the global RoI's square, which
+    ``roiroa patches`` sets); masked PGD; the universal patch at a random place and searched."""
     lavan = {"name": "patch-lavan", "steps": 50, "step_size": 0.05}
     return (
         lavan,
-        lavan | {"label": "patch-lavan-roi", "location": "roi"},
         lavan | {"label": "patch-lavan-search", "location": "search", "search_grid": 3, "search_steps": 5},
         {"name": "pgd-square", "eps": 0.3, "steps": 40},
         {"name": "patch-universal", "steps": 10, "step_size": 0.02},
