@@ -9,8 +9,8 @@ has its 95% interval, the mean blocked area and the detection IoU with the true 
 defence and attack, and per defence and area over every attack at that area ('all@area': an image counts as
 broken if any attack or placement broke it on the defended model).
 
-Placement: an attack entry with ``location = 'roi'`` or ``'search'`` (the default suite has both for the LaVAN
-patch, and a searched universal patch) gets ``roi_corner``, the corner of the square of each area that lies in the
+Placement: an attack entry with ``location = 'roi'`` or ``'search'`` (the default suite searches the LaVAN and the
+universal patch) gets ``roi_corner``, the corner of the square of each area that lies in the
 global region of importance (the top ``regions.q_roi`` of the fitting images' mean importance map: the region a
 fragment defence never blocks), unless the entry gives its own.
 """
