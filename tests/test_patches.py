@@ -213,7 +213,12 @@ def test_patch_evaluation_end_to_end(mnist_model) -> None:
                 "n_test": 8,
                 "n_fit": 20,
                 "areas": [0.08],
-                "attacks": [{"name": "patch-lavan", "steps": 3, "step_size": 0.3}],
+                "attacks": [
+                    {"name": "patch-lavan", "steps": 3, "step_size": 0.3},
+                    {"name": "patch-lavan", "label": "roi", "steps": 2, "step_size": 0.3, "location": "roi"},
+                    {"name": "patch-lavan", "label": "search", "steps": 2, "location": "search", "search_grid": 2}
+                    | {"search_steps": 1},
+                ],
                 "defences": [{"name": "fragments", "label": "pixel", "features": list(PIXEL)}, "lgs"],
                 "adaptive": ["pixel"],
                 "adaptive_areas": [0.08],
@@ -232,6 +237,15 @@ def test_patch_evaluation_end_to_end(mnist_model) -> None:
     ]:
         assert expected in cells, expected
     assert "penalty_weight=1.0" in cells[("pixel", "adaptive", "patch-lavan@0.08")]["attack_params"]
+    # placement in the global RoI and the placement search, with the per-area worst case over every attack
+    for setting in ("non-adaptive", "adaptive", "worst-case"):
+        assert ("pixel", setting, "search@0.08") in cells and ("pixel", setting, "roi@0.08") in cells
+    assert "location=search" in cells[("pixel", "adaptive", "search@0.08")]["attack_params"]
+    per_attack = [cells[("pixel", "worst-case", f"{a}@0.08")]["accuracy"] for a in ("patch-lavan", "roi", "search")]
+    assert cells[("pixel", "worst-case", "all@0.08")]["accuracy"] <= min(per_attack)
+    placed = {a["label"]: a["params"] for a in result.results["attacks"]}
+    assert placed["search@0.08"]["roi_corner"] == placed["roi@0.08"]["roi_corner"]
+    assert placed["patch-lavan@0.08"]["roi_corner"] is None
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["n_images"] == 8 for r in rows)
     worst = cells[("pixel", "worst-case", "patch-lavan@0.08")]["accuracy"]
     assert worst <= min(cells[("pixel", s, "patch-lavan@0.08")]["accuracy"] for s in ("adaptive", "non-adaptive"))

@@ -271,10 +271,16 @@ def default_patch_defences() -> tuple[Any, ...]:
 
 
 def default_patch_attacks() -> tuple[dict[str, Any], ...]:
+    """LaVAN at a random place and searched (the search's candidates include the global RoI's square, which
+    ``roiroa patches`` sets); masked PGD; the universal patch at a random place and searched."""
+    lavan = {"name": "patch-lavan", "steps": 50, "step_size": 0.05}
     return (
-        {"name": "patch-lavan", "steps": 50, "step_size": 0.05},
+        lavan,
+        lavan | {"label": "patch-lavan-search", "location": "search", "search_grid": 3, "search_steps": 5},
         {"name": "pgd-square", "eps": 0.3, "steps": 40},
         {"name": "patch-universal", "steps": 10, "step_size": 0.02},
+        {"name": "patch-universal", "label": "patch-universal-search", "steps": 10, "step_size": 0.02}
+        | {"location": "search", "search_grid": 3},
     )
 
 
@@ -284,7 +290,9 @@ class PatchesConfig:
 
     n_test, n_fit: test images (default 500: a Wilson interval of about +-4 points), and clean images that fit the
         detectors (class-balanced subsets).
-    areas: patch sizes as fractions of the image. attacks: patch attacks {name, hyperparameters...}.
+    areas: patch sizes as fractions of the image. attacks: patch attacks {name, hyperparameters...}; ``location``
+        'random' (the default), 'center', 'roi' (in the global RoI) or 'search' (the best of a grid, the RoI
+        square and a random place per image; ``search_grid``, ``search_steps``).
     defences: as in ``evaluation.defences`` (fragment scopes and transformations); the first scope also gets
         a random square block of the same area as its control.
     adaptive: labels of defences attacked through the defence, at ``adaptive_areas``.
@@ -442,6 +450,18 @@ def capped(specs: tuple[dict[str, Any], ...], steps: int, queries: int) -> tuple
     return tuple(out)
 
 
+def quick_search(specs: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+    """Patch attack specs with a placement search of at most a 2 x 2 grid and 5 screening steps (--quick)."""
+    out = []
+    for spec in specs:
+        if spec.get("location") == "search":
+            known = attack_parameters(spec["name"]) if ":" not in str(spec.get("name")) else []
+            caps = {"search_grid": 2, "search_steps": 5}
+            spec = {**spec, **{k: min(int(spec.get(k, cap)), cap) for k, cap in caps.items() if k in known}}
+        out.append(spec)
+    return tuple(out)
+
+
 def _quick_defence(entry: Any) -> Any:
     """A defence entry with its probe attack at most 2 steps (a per-input scope attacks every input it sees)."""
     if isinstance(entry, dict) and isinstance(entry.get("probe_steps"), int):
@@ -464,7 +484,8 @@ def quick_sanity_eps(eps: tuple[float, ...]) -> tuple[float, ...]:
 def quick(config: Config) -> Config:
     """The --quick overlay: ``run`` on at most 200 test and 200 fitting images with at most 10 attack steps;
     ``defend`` on 40 images with the quick attack suite (or the user's attacks capped at 5 steps and 20
-    queries) and a small sweep; ``patches`` on 50 images, 20 steps."""
+    queries) and a small sweep; ``patches`` on 50 images, 20 steps, a placement search of a 2 x 2 grid with 5
+    screening steps."""
     data = dataclasses.replace(
         config.data,
         max_test=min(config.data.max_test or QUICK_TEST_IMAGES, QUICK_TEST_IMAGES),
@@ -495,7 +516,7 @@ def quick(config: Config) -> Config:
             p,
             n_test=min(p.n_test, 50),
             n_fit=min(p.n_fit, 100),
-            attacks=capped(p.attacks, 20, 100),
+            attacks=quick_search(capped(p.attacks, 20, 100)),
             certified_masks=min(p.certified_masks, 3),
         ),
     )

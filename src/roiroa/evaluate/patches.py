@@ -6,7 +6,13 @@ Every attack of ``patches.attacks`` runs at every area of ``patches.areas``; eve
 detector the attack also pays ``penalty_weight`` times the detector's anomaly surrogate, so its patch learns to
 look clean). The first scope gets a random square block of the same area per input as its control. Each row
 has its 95% interval, the mean blocked area and the detection IoU with the true patch; the worst case is per
-defence and attack.
+defence and attack, and per defence and area over every attack at that area ('all@area': an image counts as
+broken if any attack or placement broke it on the defended model).
+
+Placement: an attack entry with ``location = 'roi'`` or ``'search'`` (the default suite searches the LaVAN and the
+universal patch) gets ``roi_corner``, the corner of the square of each area that lies in the
+global region of importance (the top ``regions.q_roi`` of the fitting images' mean importance map: the region a
+fragment defence never blocks), unless the entry gives its own.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
+from roiroa.attacks.patch import Corner, patch_side, roi_square
 from roiroa.cache import StageCache
 from roiroa.data.dataset import sample_per_class
 from roiroa.evaluate.attacking import AttackEntry, attack_entry
@@ -29,6 +37,8 @@ from roiroa.evaluate.grid import Cell, CellResult, Defence, grid_row, table_rows
 from roiroa.evaluate.outputs import CommandResult, build_context, dataset_info, flag_table, header, model_info, run_grid
 from roiroa.evaluate.prepare import DataLike, Prepared, prepare
 from roiroa.evaluate.tasks import Timings
+from roiroa.maps.vulnerability import unit_mean
+from roiroa.regions.thresholds import top_q_mask
 from roiroa.results import GridRow, ResultsFolder, to_json
 from roiroa.utils import stage_seed
 
@@ -41,13 +51,40 @@ class PatchesResult(CommandResult):
     folder: ResultsFolder
 
 
-def patch_attacks(config: Config) -> list[tuple[float, AttackEntry]]:
-    """(area, entry) for every patch attack at every area; labels 'name@area'."""
-    out = []
+PLACED = ("roi", "search")  # the locations that use the global RoI's corner
+
+
+def global_roi(importance: torch.Tensor, q_roi: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global RoI, (H, W) bool: the top ``q_roi`` of the mean of the unit-mean importance maps (N, H, W) of
+    the fitting images, as the fragment detector's; and that mean map (H, W), for ties."""
+    mean = unit_mean(importance.float()).mean(0, keepdim=True)
+    return top_q_mask(mean, q_roi)[0], mean[0]
+
+
+def roi_corners(config: Config, ctx: BuildContext, shape: tuple[int, int]) -> dict[float, Corner]:
+    """Per area, the corner of the square (of that area, images H x W = ``shape``) most inside the global RoI;
+    empty where no attack entry places its patch by the RoI."""
+    if not any(spec.get("location") in PLACED for spec in config.patches.attacks):
+        return {}
+    roi, mean = global_roi(ctx.fit.importance.cpu(), config.regions.q_roi)
+    out = {}
+    for area in {*config.patches.areas, *config.patches.adaptive_areas}:
+        tops, lefts = roi_square(roi[None], patch_side(*shape, area), mean[None])
+        out[area] = (int(tops[0]), int(lefts[0]))
+    return out
+
+
+def patch_attacks(config: Config, corners: dict[float, Corner] | None = None) -> list[tuple[float, AttackEntry]]:
+    """(area, entry) for every patch attack at every area; labels 'name@area'. An entry placed by the RoI
+    ('roi' or 'search') without its own ``roi_corner`` gets the area's corner of ``corners``."""
+    out, corners = [], corners or {}
     for area in sorted({*config.patches.areas, *config.patches.adaptive_areas}):
         for spec in config.patches.attacks:
             label = f"{spec.get('label', spec['name'])}@{area:g}"
-            out.append((area, attack_entry(spec | {"area": area, "label": label}, config.batch_size, seed=config.seed)))
+            given = spec | {"area": area, "label": label}
+            if spec.get("location") in PLACED and "roi_corner" not in spec and area in corners:
+                given["roi_corner"] = list(corners[area])
+            out.append((area, attack_entry(given, config.batch_size, seed=config.seed)))
     return out
 
 
@@ -83,16 +120,37 @@ def patch_cells(config: Config, defences: list[Defence], attacks: list[tuple[flo
     return cells
 
 
-def patch_rows(defences: list[Defence], attacks: list[AttackEntry], results: dict[Cell, CellResult]) -> list[GridRow]:
-    """Every cell's row, and per defence and attack the worst case over its settings where it has several."""
-    rows = [r for r in table_rows(defences, attacks, results) if r.setting != "worst-case"]
+def patch_rows(
+    defences: list[Defence], attacks: list[tuple[float, AttackEntry]], results: dict[Cell, CellResult]
+) -> list[GridRow]:
+    """Every cell's row; per defence and attack the worst case over its settings where it has several; per
+    defence and area the worst case over every attack (and placement) at that area where there are several."""
+    entries = [a for _, a in attacks]
+    rows = [r for r in table_rows(defences, entries, results) if r.setting != "worst-case"]
     for d in defences:
-        for a in attacks:
+        for a in entries:
             flags = worst_case(results, d.name, a.label)
             if flags is not None and sum(c.defence == d.name and c.attack == a.label for c in results) > 1:
                 rows.append(
                     grid_row(d, "worst-case", a.label, "per image: robust only if every setting above failed", flags)
                 )
+        rows += area_worst_cases(d, attacks, results)
+    return rows
+
+
+def area_worst_cases(
+    defence: Defence, attacks: list[tuple[float, AttackEntry]], results: dict[Cell, CellResult]
+) -> list[GridRow]:
+    """Per area, ``defence``'s worst case over every attack and setting at that area ('all@area'), where more
+    than one attack ran there."""
+    rows = []
+    for area in sorted({area for area, _ in attacks}):
+        labels = {a.label for at, a in attacks if at == area}
+        flags = [r.correct for c, r in results.items() if c.defence == defence.name and c.attack in labels]
+        ran = {c.attack for c in results if c.defence == defence.name and c.attack in labels}
+        if len(ran) > 1:
+            words = "per image: robust only if every attack, placement and setting at this area failed"
+            rows.append(grid_row(defence, "worst-case", f"all@{area:g}", words, torch.stack(flags).all(0)))
     return rows
 
 
@@ -115,8 +173,10 @@ def run_patches(
     test = sample_per_class(splits.test, p.n_test, stage_seed(config.seed, "test-subset"))
     fit = sample_per_class(splits.fit, p.n_fit, stage_seed(config.seed, "fit-subset"))
     with timings("fit"):
-        defences = patch_defences(config, build_context(prepared, fit, [], cache))
-    attacks = patch_attacks(config)
+        ctx = build_context(prepared, fit, [], cache)
+        defences = patch_defences(config, ctx)
+        height, width = test.images.shape[2:]
+        attacks = patch_attacks(config, roi_corners(config, ctx, (height, width)))
     with timings("grid"):
         entries = [a for _, a in attacks]
         results = run_grid(prepared, cache, defences, entries, patch_cells(config, defences, attacks), test, fit)
@@ -131,7 +191,7 @@ def run_patches(
         "model": model_info(prepared, accuracy),
         "attacks": [{"label": a.label, "area": area, "params": a.params} for area, a in attacks],
         "n_test": len(test),
-        "table": patch_rows(defences, entries, results),
+        "table": patch_rows(defences, attacks, results),
         "comparisons": comparisons(defences, results, config.evaluation.equivalence_margin, config.seed),
         "certified": certified,
         "certified_note": CERTIFIED_NOTE,

@@ -219,7 +219,7 @@ def patches_figure(results: Mapping[str, Any], path: Path) -> None:
     plt = pyplot()
     rows = results["table"]
     attacks = {a["label"]: a for a in results["attacks"]}
-    names = sorted({a["params"].get("attack", label.split("@")[0]) for label, a in attacks.items()})
+    names = sorted({label.rsplit("@", 1)[0] for label in attacks})  # one panel per attack entry (and placement)
     defences = list(dict.fromkeys(r["defence"] for r in rows))
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5 * max(1, len(names)), 4.5), squeeze=False)
     for ax, name in zip(axes[0], names, strict=False):
@@ -231,7 +231,7 @@ def patches_figure(results: Mapping[str, Any], path: Path) -> None:
                     if r["defence"] == d
                     and r["setting"] == setting
                     and r["attack"] in attacks
-                    and attacks[r["attack"]]["params"].get("attack") == name
+                    and r["attack"].rsplit("@", 1)[0] == name
                 )
                 if pts:
                     style = "-" if setting == "non-adaptive" else ""
