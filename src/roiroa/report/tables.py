@@ -285,12 +285,13 @@ def sanity_lines(results: dict[str, Any]) -> list[str]:
 def patches_table(results: dict[str, Any]) -> str:
     """The terminal table of ``roiroa patches``: accuracy with its interval, detection IoU and flagged area."""
     lines = [f"patch table: {results['n_test']} test images, seed {results['seed']}"]
-    lines.append(f"{'attack':<28}{'defence':<30}{'setting':<14}{'acc':>7}{'95% CI':>16}{'IoU':>7}{'flagged':>9}")
+    w = max([22] + [len(r["attack"]) + 1 for r in results["table"]])  # 'patch-lavan-search@0.08[straight-through]'
+    lines.append(f"{'attack':<{w}}{'defence':<30}{'setting':<14}{'acc':>7}{'95% CI':>16}{'IoU':>7}{'flagged':>9}")
     for r in results["table"]:
         ci = f"[{pct(r['ci_low']).strip()}, {pct(r['ci_high']).strip()}]"
         iou = "-" if r.get("detection_iou") is None else f"{r['detection_iou']:.3f}"
         lines.append(
-            f"{r['attack']:<28}{r['defence']:<30}{r['setting']:<14}{pct(r['accuracy']):>7}{ci:>16}{iou:>7}{pct(r.get('area')):>9}"
+            f"{r['attack']:<{w}}{r['defence']:<30}{r['setting']:<14}{pct(r['accuracy']):>7}{ci:>16}{iou:>7}{pct(r.get('area')):>9}"
         )
     lines.append(f"time: {sum(results['timings'].values()):.0f} s")
     return "\n".join(lines)
