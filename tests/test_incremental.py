@@ -65,7 +65,8 @@ class InPlaceNet(nn.Module):
 class StridedNet(nn.Module):
     """MobileNet-like: a stride-2 3x3 conv, depthwise 3x3 convs of stride 1 and 2, pointwise convs, batch norm after
     each, LeakyReLU and ReLU6, a grouped 3x3 conv with a residual add (maps with different boxes), a 5x5 stride-2
-    conv, an even 2x2 stride-2 conv without padding, global pooling."""
+    conv plus a 1x1 stride-2 shortcut (a kernel shorter than its stride), an even 2x2 stride-2 conv without padding,
+    global pooling."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,7 +78,7 @@ class StridedNet(nn.Module):
         self.dw1, self.pw1 = block(8, 8, 3, 1, 1, groups=8), block(8, 12, 1, 1, 0)
         self.dw2, self.pw2 = block(12, 12, 3, 2, 1, groups=12), block(12, 12, 1, 1, 0)
         self.grouped = block(12, 12, 3, 1, 1, groups=4)
-        self.wide = nn.Conv2d(12, 16, 5, 2, 2)
+        self.wide, self.short = nn.Conv2d(12, 16, 5, 2, 2), nn.Conv2d(12, 16, 1, 2, 0, bias=False)
         self.even = nn.Conv2d(16, 16, 2, 2, 0)
         self.head = nn.Linear(16, 5)
         for m in self.modules():  # He init keeps the maps' scale, so that windows move the logits
@@ -89,7 +90,7 @@ class StridedNet(nn.Module):
         out = F.leaky_relu(self.pw1(F.relu6(self.dw1(out))), 0.1)
         out = F.leaky_relu(self.pw2(F.leaky_relu(self.dw2(out), 0.1)), 0.1)
         out = F.leaky_relu(self.grouped(out) + out, 0.1)
-        out = torch.tanh(self.even(F.leaky_relu(self.wide(out), 0.1)))
+        out = torch.tanh(self.even(F.leaky_relu(self.wide(out) + self.short(out), 0.1)))
         return self.head(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
@@ -185,6 +186,7 @@ def test_incremental_forward_through_strided_and_depthwise_convs(window, full_fr
     assert engine is not None
     cropped = {name for name, plan in engine.plans.items() if plan.mode == "crop"}
     assert {"stem_0", "dw1_0", "dw2_0", "pw2_0", "grouped_0"} <= cropped  # through strides 2 and groups
+    assert full_fraction is None or {"short", "add_1", "even"} <= cropped
     x, fill = torch.rand(2, *shape), torch.rand(1, shape[0], 1, 1)
     clean = engine.clean(x)
     image = torch.arange(len(x)).repeat_interleave(len(regions))
