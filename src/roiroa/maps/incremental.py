@@ -181,7 +181,7 @@ def _union(boxes: list[Box], map_size: tuple[int, int]) -> Box:
     axes = []
     for axis in (0, 1):
         starts = torch.stack([b.rows if axis == 0 else b.cols for b in boxes])
-        ends = starts + torch.tensor([b.size[axis] for b in boxes])[:, None]
+        ends = starts + torch.tensor([b.size[axis] for b in boxes], device=starts.device)[:, None]
         first, last = starts.min(0).values, ends.max(0).values
         size = min(map_size[axis], int((last - first).max()))
         axes.append((first.clamp(max=map_size[axis] - size), size))
@@ -260,7 +260,8 @@ class IncrementalModel:
         for node in self.gm.graph.nodes:
             inputs = node.all_input_nodes
             if node.op == "placeholder":
-                rows, cols = torch.arange(height - bh + 1), torch.arange(width - bw + 1)
+                device = example.device  # the boxes' tables live with the model
+                rows, cols = torch.arange(height - bh + 1, device=device), torch.arange(width - bw + 1, device=device)
                 self.plans[node.name] = NodePlan("crop", Box(self.box, rows, cols), (height, width))
                 continue
             if node.op == "get_attr" or (
@@ -415,8 +416,8 @@ class _WindowBatch:
     def where(self, box: Box) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, h) rows and (B, w) columns of each window's box."""
         device = self.top.device
-        rows = box.rows.to(device)[self.top][:, None] + torch.arange(box.size[0], device=device)
-        cols = box.cols.to(device)[self.left][:, None] + torch.arange(box.size[1], device=device)
+        rows = box.rows[self.top][:, None] + torch.arange(box.size[0], device=device)
+        cols = box.cols[self.left][:, None] + torch.arange(box.size[1], device=device)
         return rows, cols
 
     def value(self, node: fx.Node, region: Box | None) -> Any:
