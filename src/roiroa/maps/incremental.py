@@ -16,8 +16,9 @@ at every border; the occlusion maps equal Captum's).
 Written here rather than taken from a library: no maintained PyTorch package implements it. Measured on the
 2-core development CPU (shared with other jobs): MobileNetV1 x0.25 at 224x224 with 16-pixel windows at stride 8
 saves 58% of the multiply-accumulates (the boxes go through every stride down to the 14 x 14 stage), and occlusion
-maps are 5.7x faster than Captum's ``Occlusion`` at its fastest setting, maps equal to 7e-6 relative (whole
-images, BN-folded: 1.7x): ``PYTHONPATH=src python benchmarks/imagenet.py --images 1 --repeats 2 --skip-ray``.
+maps are 5.7x and 6.7x (two runs) faster than Captum's ``Occlusion`` at its fastest setting, maps equal to 7e-6
+relative (whole images, BN-folded: 1.7x):
+``PYTHONPATH=src python benchmarks/imagenet.py --images 1 --repeats 2 --skip-ray``.
 ResNet-20 on CIFAR-10 saves 34% (its first stage and the strided conv after it; the option-A shortcut's strided
 slicing gets whole maps): ``python benchmarks/estimators.py``.
 
