@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import roiroa.maps.incremental as incremental_module
 import roiroa.maps.occlusion as occlusion_module
 from roiroa.geometry import rectangle_boxes, regions_to_pixels
 from roiroa.maps import Occlusion, occlusion_drops
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.numeric
 # 75 + 72 + 24 + 512 = 683. The scale is max|logit|, or 1 where the logits cancel to less (InPlaceNet: |z| ~ 0.2
 # from terms of O(1)); measured: 1-3 * EPS32 * that.
 EPS32 = torch.finfo(torch.float32).eps
-PATH_TERMS = {"resnet20": 5771, "inplace": 683}
+# StridedNet: 27 + 9 (depthwise) + 8 + 9 (depthwise) + 12 + 27 (grouped) + 300 + 64 + 4 (pool) + 16 = 476.
+PATH_TERMS = {"resnet20": 5771, "inplace": 683, "strided": 476}
 
 
 def _randomize_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -58,6 +60,38 @@ class InPlaceNet(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)) + out)
         out = F.leaky_relu(self.conv3(out) * 0.5 + 0.1, 0.2)
         return self.head(F.max_pool2d(out, 2).flatten(1))
+
+
+class StridedNet(nn.Module):
+    """MobileNet-like: a stride-2 3x3 conv, depthwise 3x3 convs of stride 1 and 2, pointwise convs, batch norm after
+    each, LeakyReLU and ReLU6, a grouped 3x3 conv with a residual add (maps with different boxes), a 5x5 stride-2
+    conv plus a 1x1 stride-2 shortcut (a kernel shorter than its stride), an even 2x2 stride-2 conv without padding,
+    global pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int, k: int, s: int, p: int, groups: int = 1) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(c_in, c_out, k, s, p, groups=groups, bias=False), nn.BatchNorm2d(c_out))
+
+        self.stem = block(3, 8, 3, 2, 1)
+        self.dw1, self.pw1 = block(8, 8, 3, 1, 1, groups=8), block(8, 12, 1, 1, 0)
+        self.dw2, self.pw2 = block(12, 12, 3, 2, 1, groups=12), block(12, 12, 1, 1, 0)
+        self.grouped = block(12, 12, 3, 1, 1, groups=4)
+        self.wide, self.short = nn.Conv2d(12, 16, 5, 2, 2), nn.Conv2d(12, 16, 1, 2, 0, bias=False)
+        self.even = nn.Conv2d(16, 16, 2, 2, 0)
+        self.head = nn.Linear(16, 5)
+        for m in self.modules():  # He init keeps the maps' scale, so that windows move the logits
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.leaky_relu(self.stem(x), 0.1)
+        out = F.leaky_relu(self.pw1(F.relu6(self.dw1(out))), 0.1)
+        out = F.leaky_relu(self.pw2(F.leaky_relu(self.dw2(out), 0.1)), 0.1)
+        out = F.leaky_relu(self.grouped(out) + out, 0.1)
+        out = torch.tanh(self.even(F.leaky_relu(self.wide(out) + self.short(out), 0.1)))
+        return self.head(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
 class UntraceableNet(nn.Module):
@@ -127,6 +161,64 @@ def test_incremental_forward_equals_the_model(model_name, shape, window, stride)
     # the engine works on its own copy: the model's weights and layout are untouched
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]) and v.is_contiguous()
+
+
+def _every_window(shape: tuple[int, int], window: tuple[int, int]) -> torch.Tensor:
+    """Every h x w window at stride 1 (so every window at every border), as masks (R, H, W)."""
+    (height, width), (h, w) = shape, window
+    regions = torch.zeros((height - h + 1) * (width - w + 1), height, width, dtype=torch.bool)
+    for k, (r, c) in enumerate((r, c) for r in range(height - h + 1) for c in range(width - w + 1)):
+        regions[k, r : r + h, c : c + w] = True
+    return regions
+
+
+@pytest.mark.parametrize("window", [(5, 3), (4, 4), (1, 7), (9, 2)])
+@pytest.mark.parametrize("full_fraction", [None, 1.0])
+def test_incremental_forward_through_strided_and_depthwise_convs(window, full_fraction, monkeypatch):
+    if full_fraction is not None:  # crop every conv, whatever share of its map its box covers
+        monkeypatch.setattr(incremental_module, "FULL_FRACTION", full_fraction)
+    torch.manual_seed(3)
+    model = _randomize_batch_norm(StridedNet())
+    shape = (3, 29, 26)  # odd and even sides: the strided convs' maps end on a half-read row or column
+    regions = _every_window(shape[1:], window)
+    top, left, size = rectangle_boxes(regions)
+    engine = incremental_model(model, shape, size)
+    assert engine is not None
+    cropped = {name for name, plan in engine.plans.items() if plan.mode == "crop"}
+    assert {"stem_0", "dw1_0", "dw2_0", "pw2_0", "grouped_0"} <= cropped  # through strides 2 and groups
+    assert full_fraction is None or {"short", "add_1", "even"} <= cropped
+    x, fill = torch.rand(2, *shape), torch.rand(1, shape[0], 1, 1)
+    clean = engine.clean(x)
+    image = torch.arange(len(x)).repeat_interleave(len(regions))
+    r = torch.arange(len(regions)).repeat(len(x))
+    ours = torch.cat([
+        engine.forward(clean, image[s], top[r[s]], left[r[s]], fill.expand(len(r[s]), -1, *size))
+        for s in torch.arange(len(r)).split(500)
+    ])  # fmt: skip
+    reference = _occluded_outputs(model, x, regions, fill)
+    # bound: the same logits summed in another order: sqrt(A) * eps32 * max(1, max|z|) (module comment)
+    bound = math.sqrt(PATH_TERMS["strided"]) * EPS32 * max(1.0, float(reference.abs().max()))
+    assert (ours - reference).abs().max() < bound
+    assert (reference - reference.mean(0)).abs().max() > 100 * bound  # the windows change the logits
+
+
+def test_occlusion_through_strided_convs_equals_captum():
+    captum_attr = pytest.importorskip("captum.attr", reason="Captum is a test dependency (reference implementation)")
+    torch.manual_seed(4)
+    model = _randomize_batch_norm(StridedNet())
+    x, y = torch.rand(2, 3, 29, 26), torch.tensor([1, 3])
+    engine = cached_incremental_model(model, (3, 29, 26), (5, 5))
+    assert engine is not None and engine.plans["dw2_0"].mode == "crop"
+    ours = Occlusion(window=5, stride=3, output="logit")(model, x, y)  # (29 - 5) / 3 and (26 - 5) / 3: windows tile
+    ref = captum_attr.Occlusion(lambda inp: model(inp)).attribute(
+        x, sliding_window_shapes=(3, 5, 5), strides=(3, 3, 3), baselines=0.0, target=y, perturbations_per_eval=64
+    )[:, 0]
+    with torch.no_grad():
+        z_max = float(model(torch.cat([x, torch.zeros_like(x)])).abs().max())
+    assert ref.abs().max() > 0.05  # the windows matter: the comparison is not between zeros
+    # bound: each drop is a difference of two logits, each off by sqrt(A) * eps32 * max(1, max|z|); a pixel's value
+    # is the mean of <= 4 drops
+    assert (ours - ref).abs().max() < 2 * math.sqrt(PATH_TERMS["strided"]) * EPS32 * max(1.0, z_max)
 
 
 def test_occlusion_drops_incremental_equals_whole_images():
