@@ -18,7 +18,7 @@ import torch
 from conftest import RUN_FILES
 from roiroa.cli import main
 from roiroa.evaluate.config import Config, quick
-from roiroa.evaluate.defaults import GREY_EPS, open_attacks
+from roiroa.evaluate.defaults import GREY_EPS, eps_relative, open_attacks
 from roiroa.evaluate.validate import load_config
 from roiroa.results import schema
 
@@ -185,13 +185,15 @@ def test_run_quick_per_image_and_maps(e2e_runs):
 def test_run_quick_config_json_is_the_effective_config(e2e_runs):
     _, _, out, _, _ = e2e_runs
     loaded = load_config(out / "config.json")
-    # quick(Config()) with the values it leaves open chosen from the (grey MNIST) data: eps and fill
+    # quick(Config()) with the values it leaves open chosen from the (grey MNIST) data: eps, the budgets that
+    # follow it, and fill
     q = quick(Config())
     grey = dataclasses.replace(q, attacks=open_attacks(q.attacks, GREY_EPS))
     grey = dataclasses.replace(grey, defence=dataclasses.replace(q.defence, fill="zero"))
     grey = dataclasses.replace(
         grey, evaluation=dataclasses.replace(q.evaluation, attacks=open_attacks(q.evaluation.attacks, GREY_EPS))
     )
+    grey, _ = eps_relative(grey, GREY_EPS["linf"])
     assert loaded == grey
     assert loaded.quick is True and loaded.data.max_test == 200
 
