@@ -55,6 +55,8 @@ def test_choose_defaults_on_colour_images_with_a_saturated_model() -> None:
     assert resolved.defence.adv_eps == pytest.approx(e)
     probes = [d["probe_eps"] for d in resolved.evaluation.defences if isinstance(d, dict) and "probe_eps" in d]
     assert probes == pytest.approx([2 * e / 3] * 2, abs=1e-6)  # both per-input scopes
+    square = [a["eps"] for a in resolved.patches.attacks if a["name"] == "pgd-square"]
+    assert square == pytest.approx([2 * e], abs=1e-6)  # PGD inside the patch square: twice the budget
 
 
 def test_the_eps_relative_budgets_on_mnist_are_the_values_always_used(mnist_model, mnist_batch) -> None:
@@ -63,6 +65,7 @@ def test_the_eps_relative_budgets_on_mnist_are_the_values_always_used(mnist_mode
     assert resolved.evaluation.sanity_eps == (0.05, 0.1, 0.15, 0.2, 0.3, 1.0)
     assert resolved.defence.adv_eps == 0.15
     assert [d.get("probe_eps") for d in resolved.evaluation.defences if isinstance(d, dict)][:2] == [0.1, 0.1]
+    assert [a["eps"] for a in resolved.patches.attacks if a["name"] == "pgd-square"] == [0.3]
     quick = choose_defaults(dataclasses.replace(Config(), quick=True), x, y, mnist_model)[0]
     assert quick.evaluation.sanity_eps == (0.05, 0.2, 1.0)
     mine = config_from_dict({"evaluation": {"sanity_eps": [0.3, 1.0]}, "defence": {"adv_eps": 0.2}})

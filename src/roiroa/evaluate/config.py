@@ -277,7 +277,7 @@ def default_patch_attacks() -> tuple[dict[str, Any], ...]:
     return (
         lavan,
         lavan | {"label": "patch-lavan-search", "location": "search", "search_grid": 3, "search_steps": 5},
-        {"name": "pgd-square", "eps": 0.3, "steps": 40},
+        {"name": "pgd-square", "steps": 40},  # eps left open: twice the run's L-inf budget (0.3 on MNIST)
         {"name": "patch-universal", "steps": 10, "step_size": 0.02},
         {"name": "patch-universal", "label": "patch-universal-search", "steps": 10, "step_size": 0.02}
         | {"location": "search", "search_grid": 3},
