@@ -38,7 +38,7 @@ from roiroa.defence.scopes import (
 from roiroa.errors import InputError
 from roiroa.evaluate.attacking import attack_entries
 from roiroa.evaluate.defend import pareto_front
-from roiroa.evaluate.grid import Cell, Defence, GridContext, evaluate_grid, standard_cells
+from roiroa.evaluate.grid import Cell, Defence, GridContext, evaluate_grid, standard_cells, worst_case
 from roiroa.filters import gaussian_blur
 from roiroa.maps import Saliency
 from roiroa.models.predict import predict
@@ -158,6 +158,49 @@ def grid_accuracies(model, defended, x, y):
     context = GridContext(model, model_hash(model), StageCache(None), 0)
     results = evaluate_grid(context, defences, attacks, standard_cells(defences, attacks), x, y, 1024)
     return {(c.setting, c.attack): float(r.correct.double().mean()) for c, r in results.items()}, results
+
+
+def test_square_runs_only_on_the_images_every_gradient_attack_left(mnist_model, batch, monkeypatch):
+    x, y = batch
+    seen = []
+    real = SquareAttack.__call__
+
+    def counting(self, model, xb, yb, *args, **kwargs):
+        seen.append(len(xb))
+        return real(self, model, xb, yb, *args, **kwargs)
+
+    monkeypatch.setattr(SquareAttack, "__call__", counting)
+    defended = Neutralized(mnist_model, FixedMask(torch.zeros(28, 28, dtype=torch.bool)), make_fill("zero"))
+    defences = [Defence("d", "scope", "", defended, defended, "exact", "d:empty")]
+    attacks = attack_entries(({"name": "pgd-linf", "steps": 2, "eps": 0.1}, {"name": "square", "queries": 5}), 64)
+    cells = standard_cells(defences, attacks)
+    by_mode = {}
+    for cascade in (True, False):
+        seen.clear()
+        context = GridContext(mnist_model, model_hash(mnist_model), StageCache(None), 0, cascade=cascade)
+        by_mode[cascade] = evaluate_grid(context, defences, attacks, cells, x, y, 1024), list(seen)
+    (cascaded, ran), (alone, ran_alone) = by_mode[True], by_mode[False]
+    gradient = (
+        cascaded[Cell("d", "adaptive", "pgd-linf")].correct & cascaded[Cell("d", "non-adaptive", "pgd-linf")].correct
+    )
+    assert 0 < int(gradient.sum()) < len(x)  # the gradient attack breaks some images, not all
+    assert ran == [int(gradient.sum())] and ran_alone == [len(x)]  # the queries go to the images left only
+    square = cascaded[Cell("d", "gradient-free", "square")].correct
+    assert not (square & ~gradient).any()  # an image the gradient attack broke counts as broken
+    assert torch.equal(worst_case(cascaded, "d"), square)
+    assert torch.equal(worst_case(alone, "d"), gradient & alone[Cell("d", "gradient-free", "square")].correct)
+    for c in cells[:-1]:  # the gradient cells do not depend on the order
+        assert torch.equal(cascaded[c].correct, alone[c].correct)
+
+
+def test_square_runs_on_nothing_when_the_gradient_attacks_broke_everything(mnist_model, batch, monkeypatch):
+    x, y = batch
+    monkeypatch.setattr(SquareAttack, "__call__", lambda *a, **k: pytest.fail("Square ran"))
+    defences = [Defence("none", "none", "", mnist_model, mnist_model, "exact", "none")]
+    attacks = attack_entries(({"name": "pgd-linf", "steps": 10, "eps": 1.0}, {"name": "square", "queries": 5}), 64)
+    context = GridContext(mnist_model, model_hash(mnist_model), StageCache(None), 0)
+    results = evaluate_grid(context, defences, attacks, standard_cells(defences, attacks), x, y, 1024)
+    assert not results[Cell("none", "gradient-free", "square")].correct.any()
 
 
 def test_mask_covering_everything_gives_a_constant_prediction(mnist_model, batch):

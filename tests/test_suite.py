@@ -143,6 +143,32 @@ def test_flags_and_verdicts_on_hand_made_cells():
     assert pareto_front([(0.9, 0.1), (0.8, 0.3), (0.7, 0.2)]) == [True, True, False]
 
 
+def test_masking_verdict_flags_square_breaking_what_the_gradient_attacks_left():
+    n = 100
+    gradient = [True] * 60 + [False] * 40  # the gradient attacks leave 60 images
+    defence = Defence("d", "scope", "", torch.nn.Identity(), torch.nn.Identity(), "exact", "k")
+
+    def verdict(square):
+        results = dict(
+            [
+                _result("d", "clean", None, [True] * n),
+                _result("d", "adaptive", "pgd", gradient),
+                _result("d", "non-adaptive", "pgd", [True] * n),
+                _result("d", "gradient-free", "square", square),
+            ]
+        )
+        (masking,) = masking_verdicts([defence], results)
+        return masking
+
+    stronger = verdict([False] * 20 + [True] * 40 + [False] * 40)  # 20 of the 60 images PGD left
+    assert not stronger.passed and "square broke 20 of the 60 images" in stronger.detail
+    assert "from 60.0% to 40.0%" in stronger.detail
+    same = verdict([True] * 60 + [False] * 40)  # only images PGD broke too: no masking
+    assert same.passed and "square broke 0 of the 60 images" in same.detail
+    few = verdict([False] * 3 + [True] * 57 + [False] * 40)  # 57% is inside the interval of 60% at n = 100
+    assert few.passed and "broke 3 of the 60" in few.detail
+
+
 def test_convergence_check_doubles_steps_and_restarts():
     spec = {"name": "pgd-linf", "label": "pgd", "eps": 0.1, "steps": 10}
     assert stronger_spec(spec | {"restarts": 1}) == spec | {"restarts": 2, "steps": 20, "label": "pgd-x4"}

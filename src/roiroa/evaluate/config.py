@@ -224,6 +224,10 @@ class EvaluationConfig:
         2 restarts with the best iterate, APGD-CE, APGD-DLR, Square 5,000 queries): a gradient attack is crafted on
         f (non-adaptive), through each defence and through each of its adaptive variants (adaptive); a
         gradient-free one ('square') runs on the defence; the worst case per image is over all of them.
+    cascade: run the gradient-free attacks only on the images that every gradient attack left, per defence, as
+        AutoAttack does (default): the worst case is the same, the score-based attack's queries go where they can
+        change it, and its row is then the worst case of the gradient attacks and it together. False: on every
+        image, so its row is its own robust accuracy.
     sweep_scopes, sweep_q_roa, sweep_dilation, sweep_fills: the mask parameter sweep (clean, non-adaptive and
         adaptive accuracy with the first attack), with its Pareto front.
     n_sanity, sanity_eps: images and L-inf budgets of the check that adaptive robust accuracy falls with eps;
@@ -239,6 +243,7 @@ class EvaluationConfig:
     defences: tuple[Any, ...] = field(default_factory=default_defences)
     controls: bool = True
     attacks: tuple[dict[str, Any], ...] = field(default_factory=default_evaluation_attacks)
+    cascade: bool = True
     sweep_scopes: tuple[str, ...] = ("global", "per_class", "per_input")
     sweep_q_roa: tuple[float, ...] = bounded((0.1, 0.2, 0.3), 0.0, 1.0, open_low=True)
     sweep_dilation: tuple[int, ...] = bounded((0, 1), 0, 8)

@@ -274,7 +274,7 @@ def run_defend(
             "attacks": [{"label": a.label, "params": a.params, "gradient_free": a.gradient_free} for a in attacks],
             "n_test": len(test),
             "suite": suite_info(config, attacks),
-            "table": table_rows(defences, attacks, results),
+            "table": table_rows(defences, attacks, results, config.evaluation.cascade),
             "comparisons": comparisons(defences, results, e.equivalence_margin, config.seed),
             "notes": notes(config, defences),
         }

@@ -28,7 +28,7 @@ from roiroa.attacks.base import attack_params
 from roiroa.cache import StageCache
 from roiroa.defence.fills import reset_fill
 from roiroa.evaluate.attacking import AttackEntry, attack_task
-from roiroa.evaluate.tasks import Chunk, Task, chunks, concat, run_tasks
+from roiroa.evaluate.tasks import Chunk, Task, chunks, concat, run_tasks, subchunk
 from roiroa.models.predict import check_finite_logits
 from roiroa.regions.statistics import iou
 from roiroa.results import ALL, GridRow
@@ -103,13 +103,15 @@ class CellResult:
 
 @dataclass(frozen=True)
 class GridContext:
-    """What every cell shares: f and its key, the fitting images (for attacks fitted first), cache and seed."""
+    """What every cell shares: f and its key, the fitting images (for attacks fitted first), cache and seed; and
+    whether gradient-free attacks run only on the images the gradient attacks left (``cascade``)."""
 
     model: nn.Module
     model_key: str
     cache: StageCache
     seed: int
     fit: tuple[torch.Tensor, torch.Tensor] | None = None
+    cascade: bool = True
 
 
 def standard_cells(defences: Sequence[Defence], attacks: Sequence[AttackEntry]) -> list[Cell]:
@@ -245,17 +247,69 @@ def evaluate_grid(
     for chunk in chunks(x, y, chunk_size):
         clean_tasks = [_cell_task(context, d, Cell(d.name, "clean"), None, chunk, None) for d in defences]
         clean = dict(zip(by_name, run_tasks(clean_tasks, context.cache, "defences, clean"), strict=True))
-        attacked = [c for c in cells if c.setting != "clean"]
+        outs = {c: clean[c.defence] for c in cells if c.setting == "clean"}
+        first = [c for c in cells if c.setting not in ("clean", "gradient-free")]
         tasks = [
             _cell_task(context, by_name[c.defence], c, by_label[str(c.attack)], chunk, clean[c.defence]["correct"])
-            for c in attacked
+            for c in first
         ]
-        outs = dict(zip(attacked, run_tasks(tasks, context.cache, "defences, attacked"), strict=True))
+        outs |= dict(zip(first, run_tasks(tasks, context.cache, "defences, attacked"), strict=True))
+        free = [c for c in cells if c.setting == "gradient-free"]
+        outs |= _gradient_free(context, by_name, by_label, free, chunk, clean, outs)
         for cell in cells:
-            results[cell].append(outs[cell] if cell.setting != "clean" else clean[cell.defence])
+            results[cell].append(outs[cell])
     return {
         c: CellResult(c, concat(r, "correct").bool(), concat(r, "area"), concat(r, "iou")) for c, r in results.items()
     }
+
+
+def _gradient_free(
+    context: GridContext,
+    by_name: dict[str, Defence],
+    by_label: dict[str, AttackEntry],
+    cells: list[Cell],
+    chunk: Chunk,
+    clean: dict[str, dict[str, torch.Tensor]],
+    done: dict[Cell, dict[str, torch.Tensor]],
+) -> dict[Cell, dict[str, torch.Tensor]]:
+    """The gradient-free cells of one chunk: with ``context.cascade``, each runs only on the images its defence
+    still classifies correctly under every gradient cell in ``done`` (AutoAttack's order: the score-based attack
+    spends its queries where the gradient attacks failed), and an image the gradient attacks broke counts as
+    broken; else on every image of the chunk."""
+    if not cells:
+        return {}
+    n = len(chunk.y)
+    left = {c: torch.ones(n, dtype=torch.bool) for c in cells}
+    for c in cells if context.cascade else []:
+        left[c] = clean[c.defence]["correct"].clone()
+        for other, out in done.items():
+            if other.defence == c.defence and other.setting != "clean":
+                left[c] &= out["correct"]
+    picked = {c: left[c].nonzero().flatten() for c in cells}
+    run = [c for c in cells if len(picked[c])]
+    tasks = [
+        _cell_task(
+            context,
+            by_name[c.defence],
+            c,
+            by_label[str(c.attack)],
+            subchunk(chunk, picked[c]),
+            clean[c.defence]["correct"][picked[c]],
+        )
+        for c in run
+    ]
+    outs = dict(zip(run, run_tasks(tasks, context.cache, "defences, gradient-free"), strict=True))
+    return {c: _scatter(outs.get(c), picked[c], n) for c in cells}
+
+
+def _scatter(out: dict[str, torch.Tensor] | None, idx: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+    """A cell's results on the images at ``idx`` placed among n: images not attacked count as broken (correct
+    False), with area and detection IoU NaN."""
+    full = {"correct": torch.zeros(n, dtype=torch.bool), "area": torch.full((n,), float("nan"))}
+    full["iou"] = full["area"].clone()
+    for key, value in (out or {}).items():
+        full[key][idx] = value
+    return full
 
 
 Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal (scipy.stats.norm.ppf(0.975))
@@ -329,8 +383,11 @@ def grid_row(
     )
 
 
-def attack_description(entry: AttackEntry | None, setting: str, defence: Defence, variant: str | None = None) -> str:
-    """How the attack of a cell was run, in words: its parameters and where it was crafted."""
+def attack_description(
+    entry: AttackEntry | None, setting: str, defence: Defence, variant: str | None = None, cascade: bool = True
+) -> str:
+    """How the attack of a cell was run, in words: its parameters, where it was crafted and (a gradient-free one
+    with ``cascade``) on which images."""
     if entry is None:
         return "none"
     if setting == "adaptive":
@@ -340,22 +397,24 @@ def attack_description(entry: AttackEntry | None, setting: str, defence: Defence
     where = {
         "non-adaptive": "crafted on f, evaluated on the defence",
         "adaptive": f"crafted through the defence ({gradient})",
-        "gradient-free": "run on the defence (no gradients)",
+        "gradient-free": "run on the defence (no gradients)"
+        + (", on the images every gradient attack above left (cascade)" if cascade else ""),
     }[setting]
     return f"{entry.params.get('attack', entry.label)} {params}; {where}"
 
 
 def table_rows(
-    defences: Sequence[Defence], attacks: Sequence[AttackEntry], results: dict[Cell, CellResult]
+    defences: Sequence[Defence], attacks: Sequence[AttackEntry], results: dict[Cell, CellResult], cascade: bool = True
 ) -> list[GridRow]:
-    """Every cell's row, and per defence the worst case over its attacked cells ('worst-case', attack 'all')."""
+    """Every cell's row, and per defence the worst case over its attacked cells ('worst-case', attack 'all');
+    ``cascade``: the grid ran its gradient-free attacks after the gradient ones (see :func:`evaluate_grid`)."""
     by_label = {a.label: a for a in attacks}
     rows = []
     for d in defences:
         for cell, r in results.items():
             if cell.defence == d.name:
                 entry = by_label.get(cell.attack or "")
-                words = attack_description(entry, cell.setting, d, cell.variant)
+                words = attack_description(entry, cell.setting, d, cell.variant, cascade)
                 rows.append(grid_row(d, cell.setting, cell.label, words, r.correct, r))
         worst = worst_case(results, d.name)
         if worst is not None:

@@ -84,9 +84,8 @@ def run_grid(
 ) -> dict[Cell, CellResult]:
     """The grid's per-image results on ``data`` (attacks fitted first use ``fit``'s images)."""
     c = prepared.config
-    context = GridContext(
-        prepared.model, prepared.model_key, cache, c.seed, None if fit is None else (fit.images, fit.labels)
-    )
+    fit_data = None if fit is None else (fit.images, fit.labels)
+    context = GridContext(prepared.model, prepared.model_key, cache, c.seed, fit_data, c.evaluation.cascade)
     return evaluate_grid(context, defences, attacks, cells, data.images, data.labels, c.chunk_size)
 
 

@@ -111,10 +111,10 @@ def defence_tables(
         ]
         first = sample_per_class(test, n, stage_seed(c.seed, "short-table"))
         short_results = run_grid(prepared, cache, short, attacks, standard_cells(short, attacks), first)
-        short_rows = table_rows(short, attacks, short_results)
+        short_rows = table_rows(short, attacks, short_results, c.evaluation.cascade)
         flags += [row for row in flag_table(short_results, first)[1] if row["defence"] != "none"]
         compared += comparisons(short, short_results, margin, c.seed)
-    rows = table_rows(defences, attacks, results)
+    rows = table_rows(defences, attacks, results, c.evaluation.cascade)
     return DefenceTables(rows, short_rows, (columns, flags), defences[1], compared)
 
 

@@ -3,14 +3,17 @@
 - robust accuracy falls with eps and is about 0 unbounded (from the sanity rows of ``defend``);
 - the per-image worst case is at most each attack's robust accuracy (by construction; checked);
 - more steps and restarts do not lower robust accuracy below the interval of the attack as run ('converged');
-- gradient-free (Square) and transfer (crafted on f) attacks are not stronger than the best gradient attack
-  through the defence beyond its interval ('no gradient masking').
+- transfer attacks (crafted on f) are not stronger than the best gradient attack through the defence beyond its
+  interval, and gradient-free ones (Square) do not break, beyond the interval, images that every gradient attack
+  left ('no gradient masking').
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+
+import torch
 
 from roiroa.evaluate.attacking import AttackEntry, attack_entry
 from roiroa.evaluate.grid import Cell, CellResult, Defence, interval, worst_case
@@ -56,27 +59,56 @@ def worst_verdicts(defences: Sequence[Defence], results: dict[Cell, CellResult])
 
 
 def masking_verdicts(defences: Sequence[Defence], results: dict[Cell, CellResult]) -> list[Verdict]:
-    """'no gradient masking': no gradient-free or transfer cell below the interval of the best adaptive cell."""
+    """'no gradient masking', per defence with an adaptive cell: no transfer cell (crafted on f) is below the 95%
+    interval of the best adaptive cell, and no gradient-free cell lowers the worst case of the gradient cells
+    below that worst case's interval (it broke images every gradient attack left)."""
     out = []
     for d in defences:
         mine = {c: r for c, r in results.items() if c.defence == d.name}
         adaptive = {c: r for c, r in mine.items() if c.setting == "adaptive"}
-        others = {
-            c: r
-            for c, r in mine.items()
-            if c.setting == "gradient-free" or (c.setting == "non-adaptive" and d.kind != "none")
-        }
-        if not adaptive or not others:
+        transfer = {c: r for c, r in mine.items() if c.setting == "non-adaptive" and d.kind != "none"}
+        free = {c: r for c, r in mine.items() if c.setting == "gradient-free"}
+        if not adaptive or not (transfer or free):
             continue
         best = min(adaptive, key=lambda c: _acc(adaptive[c]))
-        r = adaptive[best]
-        low, _ = interval(int(r.correct.sum()), len(r.correct))
-        stronger = [f"{c.label} ({c.setting}) {_pct(_acc(o))}" for c, o in others.items() if _acc(o) < low]
-        detail = f"best gradient attack through the defence: {best.label} {_pct(_acc(r))} (95% low {_pct(low)})"
+        low = _low(adaptive[best].correct)
+        stronger = [f"{c.label} (non-adaptive) {_pct(_acc(r))}" for c, r in transfer.items() if _acc(r) < low]
+        detail = (
+            f"best gradient attack through the defence: {best.label} {_pct(_acc(adaptive[best]))} (95% low {_pct(low)})"
+        )
+        if free:
+            gradient = torch.stack([r.correct for c, r in mine.items() if c.setting in ("adaptive", "non-adaptive")])
+            words, found = _free_check(gradient.all(0), free)
+            detail, stronger = f"{detail}; {words}", stronger + found
         if stronger:
             detail += "; stronger: " + ", ".join(stronger) + ": suspect gradient masking"
         out.append(Verdict(d.name, "no gradient masking", not stronger, detail))
     return out
+
+
+def _free_check(gradient_worst: torch.Tensor, free: dict[Cell, CellResult]) -> tuple[str, list[str]]:
+    """The gradient attacks' per-image worst case (N,) bool against each gradient-free cell: (words, the cells
+    that lower it below its 95% interval)."""
+    low, before = _low(gradient_worst), float(gradient_worst.double().mean())
+    words, found = [], []
+    for c, r in free.items():
+        joint = gradient_worst & r.correct
+        extra = int((gradient_worst & ~r.correct).sum())
+        words.append(f"{c.label} broke {extra} of the {int(gradient_worst.sum())} images the gradient attacks left")
+        if float(joint.double().mean()) < low:
+            found.append(
+                f"{c.label} (gradient-free) lowers their worst case from {_pct(before)} to {_pct(_acc_of(joint))}"
+            )
+    return "; ".join(words), found
+
+
+def _low(flags: torch.Tensor) -> float:
+    """The lower end of the 95% Wilson interval of the accuracy of flags (N,) bool."""
+    return interval(int(flags.sum()), len(flags))[0]
+
+
+def _acc_of(flags: torch.Tensor) -> float:
+    return float(flags.double().mean())
 
 
 def stronger_spec(spec: dict[str, Any]) -> dict[str, Any]:

@@ -63,6 +63,13 @@ def chunks(x: torch.Tensor, y: torch.Tensor, chunk_size: int) -> list[Chunk]:
     return [Chunk(i, s, x[s], y[s], hash_tensors(x[s], y[s])) for i, s in enumerate(batch_slices(len(x), chunk_size))]
 
 
+def subchunk(chunk: Chunk, idx: torch.Tensor) -> Chunk:
+    """The images of ``chunk`` at positions ``idx`` (1-D int64, within the chunk) as a chunk of their own, with
+    its own content hash; ``where`` stays the parent chunk's place in the whole set."""
+    x, y = chunk.x[idx], chunk.y[idx]
+    return Chunk(chunk.index, chunk.where, x, y, hash_tensors(x, y))
+
+
 def task_seed(seed: int, purpose: str, *parts: Any) -> int:
     """The seed of a task from the run's seed, its purpose and what it works on (e.g. an attack and a chunk's
     hash), so the same work on the same images draws the same random numbers in every command."""
