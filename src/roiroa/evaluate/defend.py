@@ -233,14 +233,20 @@ def convergence_check(
 
 def suite_info(config: Config, attacks: list[AttackEntry]) -> dict[str, Any]:
     """The attack suite of the table: its name ('default', 'quick', 'custom'), every attack's budget, in data and
-    in words, and what the worst case means."""
+    in words, what the worst case means, and whether gradient-free attacks ran in cascade after the others."""
     budget = [budget_of(a.label, a.params) for a in attacks]
     name = suite_name(config.evaluation.attacks, config.quick)
     words = [describe_budget(b) for b in budget]
     if name == "quick":
         words.append("--quick: a small suite for a smoke test; its robust accuracies overstate robustness")
+    cascade = config.evaluation.cascade and any(a.gradient_free for a in attacks)
+    if cascade:
+        words.append(
+            "cascade: the gradient-free attacks ran after the gradient attacks, on the images they all left; "
+            "their rows are the gradient attacks and them together"
+        )
     worst = "per image: robust only if every attack, crafted on f, through the defence and its variants, failed"
-    return {"name": name, "budget": budget, "description": words, "worst_case": worst}
+    return {"name": name, "budget": budget, "description": words, "worst_case": worst, "cascade": cascade}
 
 
 @uses_executor

@@ -190,6 +190,10 @@ def defend_table(results: dict[str, Any]) -> str:
         "n-ad: crafted on f, evaluated on the defence; adapt: crafted through the defence; "
         "worst: robust to every attack."
     ]
+    free = [a["label"] for a in results["attacks"] if a.get("gradient_free")]
+    if free and results.get("suite", {}).get("cascade"):
+        lines.append(f"{', '.join(free)}: ran only on the images every gradient attack left (cascade), so its column")
+        lines.append("  is the gradient attacks and it together; the masking check says how many more it broke.")
     lines += oracle_lines(results) + sanity_lines(results) + front_lines(results)
     lines.append(f"time: {sum(results['timings'].values()):.0f} s")
     return "\n".join(lines)
