@@ -100,6 +100,7 @@ class ImageFiles:
 
 
 def lazy_dataset(files: LabelledFiles) -> ImageDataset:
-    """The data set of ``files`` with its images decoded only where a stage indexes them (see :class:`ImageFiles`)."""
-    images = ImageFiles.of(files.paths, files.resize, files.crop)
+    """The data set of ``files`` with its images decoded only where a stage indexes them (see :class:`ImageFiles`);
+    the paths are made absolute (a Ray worker decodes its chunk's files from its own working folder)."""
+    images = ImageFiles.of(tuple(p.absolute() for p in files.paths), files.resize, files.crop)
     return ImageDataset(images, files.labels, files.classes, files.name, files.index)
