@@ -55,6 +55,7 @@ def test_indexing_decodes_exactly_what_the_eager_decode_gives(folder):
     for idx in (slice(None), slice(2, 7), slice(1, None, 3), torch.tensor([5, 0, 11, 5]), torch.arange(12) % 2 == 0):
         assert torch.equal(images[idx], eager[idx]), idx  # bit for bit, float32 in [0, 1]
     assert torch.equal(images[4], eager[4]) and torch.equal(images[-1], eager[-1])
+    assert torch.equal(images[torch.tensor(3)], eager[torch.tensor(3)])
     assert images[3:3].shape == (0, 3, 16, 16)
     subset = lazy_dataset(files).subset(torch.tensor([9, 1]))
     assert isinstance(subset.images, ImageFiles) and torch.equal(subset.images[:], eager[[9, 1]])

@@ -59,8 +59,8 @@ class ImageFiles:
         """The files at ``idx`` (a slice, or a 1-D int64 or bool tensor of positions), in that order, not decoded."""
         if isinstance(idx, slice):
             return replace(self, paths=self.paths[idx])
-        if isinstance(idx, int):
-            return replace(self, paths=(self.paths[idx],))
+        if isinstance(idx, int) or idx.dim() == 0:
+            return replace(self, paths=(self.paths[int(idx)],))
         if idx.dtype == torch.bool:
             idx = idx.nonzero().flatten()
         return replace(self, paths=tuple(self.paths[i] for i in idx.reshape(-1).tolist()))
@@ -68,7 +68,7 @@ class ImageFiles:
     def __getitem__(self, idx: Index) -> torch.Tensor:
         """The images at ``idx``, decoded: (n, C, H, W) float32 in [0, 1]; (C, H, W) for an int."""
         pixels = self.subset(idx).decode()
-        return pixels[0] if isinstance(idx, int) else pixels
+        return pixels[0] if isinstance(idx, int) or (isinstance(idx, torch.Tensor) and idx.dim() == 0) else pixels
 
     def decode(self) -> torch.Tensor:
         """Every file decoded: (N, C, H, W) float32 in [0, 1]."""
