@@ -155,3 +155,16 @@ def test_defend_gives_the_same_tables_on_lazy_and_decoded_images(tmp_path):
     lazily = results()
     assert lazily == results(data=list_labelled_files(folder, folder / "labels.csv", resize=18, crop=16).decode())
     assert lazily["n_test"] == 12 and lazily["table"]
+
+
+def test_certified_rows_read_image_files_chunk_by_chunk(folder):
+    from roiroa.evaluate.certified import certified_rows
+
+    files = files_of(folder)
+    eager, data = files.decode(), lazy_dataset(files)
+    model = TinyNet().eval()
+
+    def rows(test):
+        return certified_rows(model, "tiny", (test, eager), (0.1,), 2, StageCache(None), chunk_size=5)
+
+    assert rows(data) == rows(eager)  # the same rows and flags; the same cache key (the images' content hash)
