@@ -4,8 +4,9 @@
 :class:`ImageFiles` stands where an (N, 3, H, W) tensor would: ``len``, ``shape``, and indexing by an int, a
 slice or a 1-D int64 tensor of positions, which decodes just those files (resize and centre crop, as
 :meth:`roiroa.data.imagenet.LabelledFiles.decode` does: the same values, bit for bit) into float32 in [0, 1].
-Its content address (:meth:`ImageFiles.digest`) is the hash of the decoded images, as for images in memory,
-computed one chunk at a time: nothing more than a chunk is held decoded to compute it.
+Its content address (:meth:`ImageFiles.digest`) is the hash of the decoded images, as for images in memory (so
+the cache keys and seeds of a chunk are those of the same images decoded up front), computed ``DIGEST_BLOCK``
+images at a time: nothing more than a block is held decoded to compute it.
 """
 
 from __future__ import annotations
