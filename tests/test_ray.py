@@ -103,3 +103,36 @@ def test_the_packer_sends_a_view_without_its_whole_storage():
     payload, _ = ModulePacker(lambda data: None).dumps(lambda: {"x": chunk * 2})
     assert len(payload) < images.numel()  # about 2 images' bytes (6 KB), not 100 images' (300 KB)
     assert torch.equal(ray.cloudpickle.loads(payload)()["x"], chunk * 2)
+
+
+def test_a_chunk_of_an_image_folder_is_decoded_on_the_worker(cluster, tmp_path):
+    """The grid on image files decoded lazily: each task ships its chunk's file names (not its pixels), the worker
+    decodes them, and the flags equal the in-process run's on the same images decoded up front."""
+    from roiroa.data.imagenet import list_labelled_files
+    from roiroa.data.lazy import lazy_dataset
+    from roiroa.evaluate.attacking import attack_entries
+    from roiroa.evaluate.executors import ModulePacker
+    from roiroa.evaluate.grid import Defence, GridContext, evaluate_grid, standard_cells
+    from roiroa.evaluate.tasks import chunks
+    from test_lazy_images import write_folder
+
+    folder = write_folder(tmp_path / "images")
+    files = list_labelled_files(folder, folder / "labels.csv", resize=40, crop=32)
+    data, eager = lazy_dataset(files), files.decode()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+    model = torch.nn.Sequential(*model, torch.nn.Linear(16, 3)).eval()
+    chunk = chunks(data.images, data.labels, 6)[0]
+    payload, _ = ModulePacker(lambda b: None).dumps(lambda: {"x": chunk.x})
+    assert len(payload) < chunk.x.numel()  # file names travel, not the 74 kB of decoded pixels
+    f = Defence("none", "none", "f", model, model, "exact", "f")
+    attacks = attack_entries(({"name": "fgsm", "eps": 0.05},), 4)
+    cells = standard_cells([f], attacks)
+
+    def flags(images, executor, cache):
+        with use_executor(executor):
+            found = evaluate_grid(GridContext(model, "m", cache, 0), [f], attacks, cells, images, data.labels, 5)
+        return {c: r.correct.tolist() for c, r in found.items()}
+
+    remote = flags(data.images, RayExecutor(), StageCache(tmp_path / "cache"))
+    assert remote == flags(eager.images, LocalExecutor(), StageCache(None))

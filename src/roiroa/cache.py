@@ -18,7 +18,7 @@ import errno
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,22 @@ log = logging.getLogger(__name__)
 def hash_tensors(*tensors: torch.Tensor) -> str:
     """SHA-256 of the tensors' dtypes, shapes and bytes, in hex."""
     h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def hash_blocks(
+    shape: tuple[int, ...], dtype: torch.dtype, blocks: Iterable[torch.Tensor], *tensors: torch.Tensor
+) -> str:
+    """``hash_tensors(x, *tensors)`` of a tensor x of ``shape`` and ``dtype`` given as ``blocks``, its consecutive
+    pieces along the first axis, without ever holding x whole."""
+    h = hashlib.sha256()
+    h.update(f"{dtype}{tuple(shape)}".encode())
+    for block in blocks:
+        h.update(block.detach().cpu().contiguous().numpy().tobytes())
     for t in tensors:
         t = t.detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())

@@ -165,6 +165,6 @@ def read_cifar_folder(folder: str | Path, split: str = "test") -> ImageDataset:
         raise InputError(f"{folder}: no CIFAR {split} batch found (test_batch or data_batch_1..5).")
     classes = read_cifar_classes(folder)
     parts = [read_cifar_batch(f, classes) for f in files]
-    images = torch.cat([p.images for p in parts])
+    images = torch.cat([p.pixels() for p in parts])
     labels = torch.cat([p.labels for p in parts])
     return make_dataset(images, labels, f"{folder.name} ({split})", classes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import torch
 
@@ -13,12 +13,31 @@ from roiroa.errors import InputError
 from roiroa.validation import check_images, check_labels
 
 
+class ImageSource(Protocol):
+    """Images decoded only where indexed (image files: :class:`roiroa.data.lazy.ImageFiles`): ``shape`` (N, C, H,
+    W); indexing by an int, a slice or a 1-D int64 tensor decodes just those images, float32 in [0, 1]; ``subset``
+    picks images without decoding them; ``digest`` is the content address of the images at ``where`` with their
+    labels (n,), computed without holding them decoded."""
+
+    @property
+    def shape(self) -> torch.Size: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, idx: int | slice | torch.Tensor) -> torch.Tensor: ...
+    def subset(self, idx: int | slice | torch.Tensor) -> ImageSource: ...
+    def digest(self, labels: torch.Tensor, where: slice = ...) -> str: ...
+    def __hash__(self) -> int: ...
+
+
+Images: TypeAlias = torch.Tensor | ImageSource
+
+
 @dataclass(frozen=True)
 class ImageDataset:
     """Images and labels in the tensor contract of every stage.
 
     Attributes:
-        images: (N, C, H, W) float32 in [0, 1].
+        images: (N, C, H, W) float32 in [0, 1]: a tensor, or image files decoded chunk by chunk where a stage
+            indexes them (an :class:`ImageSource`: a folder too large to hold decoded).
         labels: (N,) int64 in [0, K).
         classes: K class names, index = label, all different.
         name: where the data came from (shown in reports).
@@ -28,14 +47,17 @@ class ImageDataset:
         InputError: images or labels break that contract, or two classes have the same name.
     """
 
-    images: torch.Tensor
+    images: Images
     labels: torch.Tensor
     classes: tuple[str, ...]
     name: str
     index: torch.Tensor
 
     def __post_init__(self) -> None:
-        check_images(self.images, f"images of {self.name}")
+        if isinstance(self.images, torch.Tensor):
+            check_images(self.images, f"images of {self.name}")
+        elif len(self.images.shape) != 4 or not len(self.images):
+            raise InputError(f"images of {self.name} must be (N, C, H, W) with N >= 1; got {tuple(self.images.shape)}.")
         check_labels(self.labels, self.images.shape[0], len(self.classes), f"labels of {self.name}")
         check_class_names(self.classes, self.name)
 
@@ -53,8 +75,22 @@ class ImageDataset:
         return (c, h, w)
 
     def subset(self, idx: torch.Tensor) -> ImageDataset:
-        """The images at positions ``idx`` (a 1-D int64 tensor), in that order."""
-        return ImageDataset(self.images[idx], self.labels[idx], self.classes, self.name, self.index[idx])
+        """The images at positions ``idx`` (a 1-D int64 tensor), in that order (image files stay undecoded)."""
+        images = self.images[idx] if isinstance(self.images, torch.Tensor) else self.images.subset(idx)
+        return ImageDataset(images, self.labels[idx], self.classes, self.name, self.index[idx])
+
+    def pixels(self) -> torch.Tensor:
+        """The images as one tensor (N, C, H, W) float32 in [0, 1]: ``images`` itself, or every image file decoded
+        (for sets whose size the config bounds, as the fitting images; stages take image files chunk by chunk)."""
+        return self.images if isinstance(self.images, torch.Tensor) else self.images[:]
+
+    def decoded(self) -> ImageDataset:
+        """This data set with its images as one tensor (see :meth:`pixels`)."""
+        return (
+            self
+            if isinstance(self.images, torch.Tensor)
+            else ImageDataset(self.pixels(), self.labels, self.classes, self.name, self.index)
+        )
 
 
 def make_dataset(

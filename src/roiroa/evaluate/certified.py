@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from roiroa.attacks.patch import patch_side
-from roiroa.cache import StageCache, hash_tensors
+from roiroa.cache import StageCache
 from roiroa.data.dataset import ImageDataset
 from roiroa.defence.patchcleanser import PatchCleanser
 from roiroa.evaluate.grid import interval
+from roiroa.evaluate.tasks import chunks, content_digest
 from roiroa.results import CertifiedRow
 
 NOTE = (
@@ -34,6 +35,17 @@ def _flags(model: nn.Module, x: torch.Tensor, y: torch.Tensor, side: int, k: int
     return {"correct": correct.tolist(), "certified": certified.tolist(), "masks": len(pc.masks)} | {
         "mask_side": list(pc.mask_side)
     }
+
+
+def _chunked_flags(
+    model: nn.Module, data: ImageDataset, side: int, k: int, fill: tuple[float, ...], chunk_size: int
+) -> Any:
+    """:func:`_flags` of the test images, image files decoded one chunk at a time (a tensor: in one pass)."""
+    if isinstance(data.images, torch.Tensor):
+        return _flags(model, data.images, data.labels, side, k, fill)
+    found = [_flags(model, c.x, c.y, side, k, fill) for c in chunks(data.images, data.labels, chunk_size)]
+    flags = {key: [v for f in found for v in f[key]] for key in ("correct", "certified")}
+    return found[0] | flags
 
 
 def certified_row(area: float, side: int, k: int, found: dict[str, Any], fill: tuple[float, ...]) -> CertifiedRow:
@@ -76,19 +88,21 @@ def certified_rows(
     areas: tuple[float, ...],
     k: int,
     cache: StageCache,
+    chunk_size: int = 1024,
 ) -> tuple[list[CertifiedRow], list[dict[str, Any]]]:
     """PatchCleanser's row at every area (cached per area) on the test images of data = (test, fit), its mask
-    value the fitting images' per-channel mean; and the per-image flags.csv rows. Nothing when k is 0."""
+    value the fitting images' per-channel mean; and the per-image flags.csv rows. Nothing when k is 0. Test images
+    from image files are decoded ``chunk_size`` at a time."""
     test, fit = data
     if k == 0:
         return [], []
     _, h, w = test.image_shape
-    fill = tuple(float(v) for v in fit.images.double().mean((0, 2, 3)))
+    fill = tuple(float(v) for v in fit.pixels().double().mean((0, 2, 3)))
     rows, flags = [], []
     for area in sorted(set(areas)):
         side = patch_side(h, w, area)
-        inputs = {"model": model_key, "data": hash_tensors(test.images, test.labels), "side": side, "k": k}
-        compute = partial(_flags, model, test.images, test.labels, side, k, fill)
+        inputs = {"model": model_key, "data": content_digest(test.images, test.labels), "side": side, "k": k}
+        compute = partial(_chunked_flags, model, test, side, k, fill, chunk_size)
         found = cache.json(cache.key("patchcleanser", inputs | {"fill": list(fill)}), compute)
         rows.append(certified_row(area, side, k, found, fill))
         flags += flag_rows(area, found, test)

@@ -30,6 +30,7 @@ from torch import nn
 from roiroa.attacks import create_attack
 from roiroa.attacks.base import attack_parameters
 from roiroa.attacks.suite import suite_with_eps
+from roiroa.data.dataset import Images
 from roiroa.evaluate.config import Config
 from roiroa.utils import model_device
 
@@ -56,16 +57,16 @@ def binary_share(images: torch.Tensor) -> float:
     return float(((images < 0.1) | (images > 0.9)).double().mean())
 
 
-def choose_eps(images: torch.Tensor) -> tuple[dict[str, float], str]:
+def choose_eps(images: Images) -> tuple[dict[str, float], str]:
     """The L-inf and L2 budgets for images: (N, C, H, W) in [0, 1], and why."""
     c, h, w = images.shape[1:]
-    share = binary_share(images)
-    if c == 1:
+    if c == 1:  # image files are decoded to 3 channels: only a tensor gets here
+        share = binary_share(images[:])
         return dict(GREY_EPS), f"grey {h}x{w} images, {100 * share:.0f}% of pixels near 0 or 1: the MNIST budget"
     return dict(RGB_EPS), f"{c}-channel {h}x{w} images: the CIFAR/ImageNet budget (MNIST's 0.15 leaves nothing)"
 
 
-def choose_fill(images: torch.Tensor) -> tuple[str, str]:
+def choose_fill(images: Images) -> tuple[str, str]:
     """'zero' for grey images, 'mean' for colour images, and why."""
     if images.shape[1] == 1:
         return "zero", "grey images: their background is 0"
@@ -139,7 +140,7 @@ def occlusion_saturation(config: Config, model: nn.Module, x: torch.Tensor, y: t
     return float((maps.flatten(1).abs().amax(1) == 0).double().mean())
 
 
-def choose_output(config: Config, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[str, str] | None:
+def choose_output(config: Config, model: nn.Module, x: Images, y: torch.Tensor) -> tuple[str, str] | None:
     """'logit' or 'probability' for occlusion left open, and why; None when the config decides."""
     m = config.maps
     if m.importance != "occlusion" or "output" in m.importance_params:
@@ -153,7 +154,7 @@ def choose_output(config: Config, model: nn.Module, x: torch.Tensor, y: torch.Te
 
 
 def choose_defaults(
-    config: Config, images: torch.Tensor, labels: torch.Tensor, model: nn.Module
+    config: Config, images: Images, labels: torch.Tensor, model: nn.Module
 ) -> tuple[Config, dict[str, dict[str, Any]]]:
     """The config with its open values chosen from the test images (N, C, H, W) and f, and {name: {value,
     reason}} for each choice made."""

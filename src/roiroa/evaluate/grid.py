@@ -26,6 +26,7 @@ from torch import nn
 
 from roiroa.attacks.base import attack_params
 from roiroa.cache import StageCache
+from roiroa.data.dataset import Images
 from roiroa.defence.fills import reset_fill
 from roiroa.evaluate.attacking import AttackEntry, attack_task
 from roiroa.evaluate.tasks import Chunk, Task, chunks, concat, run_tasks, subchunk
@@ -236,11 +237,12 @@ def evaluate_grid(
     defences: Sequence[Defence],
     attacks: Sequence[AttackEntry],
     cells: Sequence[Cell],
-    x: torch.Tensor,
+    x: Images,
     y: torch.Tensor,
     chunk_size: int,
 ) -> dict[Cell, CellResult]:
-    """Every cell's per-image results on x: (N, C, H, W) in [0, 1] with labels y: (N,), chunk by chunk."""
+    """Every cell's per-image results on x: (N, C, H, W) in [0, 1] (a tensor, or image files decoded one chunk at a
+    time) with labels y: (N,), chunk by chunk."""
     by_name = {d.name: d for d in defences}
     by_label = {a.label: a for a in attacks}
     results: dict[Cell, list[dict[str, torch.Tensor]]] = {c: [] for c in cells}

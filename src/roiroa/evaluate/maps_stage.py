@@ -22,7 +22,13 @@ from roiroa.evaluate.tasks import Chunk, Task, chunks, concat, run_tasks, task_s
 from roiroa.maps.recorder import AttackTrace
 from roiroa.maps.registry import create_estimator
 from roiroa.maps.saliency import Saliency
-from roiroa.maps.vulnerability import attack_vulnerability, mean_vulnerability, unit_mean, vulnerability_reading
+from roiroa.maps.vulnerability import (
+    attack_vulnerability,
+    mean_vulnerability,
+    perturbation_map,
+    unit_mean,
+    vulnerability_reading,
+)
 from roiroa.utils import model_device, seed_all
 
 
@@ -117,10 +123,19 @@ def vulnerability_maps(
     data: ImageDataset, attacks: list[AttackEntry], traces: dict[str, AttackTrace], config: Config
 ) -> dict[str, torch.Tensor]:
     """label -> the vulnerability map (N, H, W) of each attack's trace, read as ``maps.vulnerability`` says."""
-    return {
-        e.label: attack_vulnerability(data.images, traces[e.label], e.attack.norm, config.maps.vulnerability)
-        for e in attacks
-    }
+    return {e.label: vulnerability_map(data, traces[e.label], e.attack.norm, config) for e in attacks}
+
+
+def vulnerability_map(data: ImageDataset, trace: AttackTrace, norm: str, config: Config) -> torch.Tensor:
+    """The vulnerability map (N, H, W) of one attack's trace on ``data``, read as ``maps.vulnerability`` says; the
+    perturbation map of image files is read one chunk of decoded images at a time."""
+    source = config.maps.vulnerability
+    if isinstance(data.images, torch.Tensor):
+        return attack_vulnerability(data.images, trace, norm, source)
+    if vulnerability_reading(norm, source, trace.gradient_calls > 0) == "gradient":
+        return trace.gradient
+    parts = chunks(data.images, data.labels, config.chunk_size)
+    return torch.cat([perturbation_map(c.x, trace.x_adv[c.where]) for c in parts])
 
 
 def compute_maps(

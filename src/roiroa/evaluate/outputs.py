@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 def fit_key(prepared: Prepared, fit: ImageDataset, attacks: Sequence[AttackEntry]) -> str:
     """The identity of the fitting data and of the maps computed on it (no map is computed here)."""
     c = prepared.config
-    inputs = {"data": hash_tensors(fit.images, fit.labels), "model": prepared.model_key, "seed": c.seed}
+    inputs = {"data": hash_tensors(fit.pixels(), fit.labels), "model": prepared.model_key, "seed": c.seed}
     return hash_json(inputs | {"attacks": [a.params for a in attacks], "maps": to_json(c.maps), "chunk": c.chunk_size})
 
 
@@ -48,7 +48,7 @@ def fit_data(prepared: Prepared, fit: ImageDataset, attacks: list[AttackEntry], 
         found = compute_maps(prepared.model, prepared.model_key, fit, attacks, prepared.config, cache)
         return found.importance, found.roa_map
 
-    return FitData(prepared.model, fit.images, fit.labels, fit.num_classes, maps=maps)
+    return FitData(prepared.model, fit.pixels(), fit.labels, fit.num_classes, maps=maps)
 
 
 def adv_model_provider(prepared: Prepared) -> Callable[[], nn.Module] | None:
@@ -84,7 +84,7 @@ def run_grid(
 ) -> dict[Cell, CellResult]:
     """The grid's per-image results on ``data`` (attacks fitted first use ``fit``'s images)."""
     c = prepared.config
-    fit_data = None if fit is None else (fit.images, fit.labels)
+    fit_data = None if fit is None else (fit.pixels(), fit.labels)
     context = GridContext(prepared.model, prepared.model_key, cache, c.seed, fit_data, c.evaluation.cascade)
     return evaluate_grid(context, defences, attacks, cells, data.images, data.labels, c.chunk_size)
 

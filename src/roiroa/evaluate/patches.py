@@ -183,7 +183,7 @@ def run_patches(
     with timings("certified"):
         data = (test, fit)
         certified, certified_flags = certified_rows(
-            prepared.model, prepared.model_key, data, p.areas, p.certified_masks, cache
+            prepared.model, prepared.model_key, data, p.areas, p.certified_masks, cache, config.chunk_size
         )
     accuracy = float(results[Cell("none", "clean")].correct.double().mean())
     summary = header("patches", prepared, timings) | {

@@ -18,6 +18,7 @@ from torch import nn
 from roiroa.cache import model_hash
 from roiroa.data.dataset import ImageDataset, make_dataset, sample_per_class, split_by_class
 from roiroa.data.imagenet import LabelledFiles
+from roiroa.data.lazy import lazy_dataset
 from roiroa.data.sources import open_dataset
 from roiroa.errors import InputError
 from roiroa.evaluate.config import Config
@@ -37,7 +38,9 @@ class Splits:
     """train: trains the model; fit: the subset of train that fits the defences; test: evaluation.
 
     ``train_source`` may be image files not yet decoded (an ImageNet-size folder): ``train`` decodes them on
-    first use (training, retraining), so a run on pretrained weights decodes only its fit and test images.
+    first use (training, retraining), so a run on pretrained weights decodes only its fit and test images. The fit
+    images (``data.n_fit`` at most) are decoded; test images from a folder stay image files, decoded chunk by chunk
+    where a stage uses them (:class:`roiroa.data.lazy.ImageFiles`), so memory does not grow with their number.
     """
 
     train_source: ImageDataset | LabelledFiles
@@ -105,12 +108,17 @@ def load_splits(config: Config, data: DataLike | None = None, fit_data: DataLike
     if d.max_test is not None:
         test = sample_per_class(test, d.max_test, stage_seed(config.seed, "test-subset"))
     fit = sample_per_class(train, d.n_fit, stage_seed(config.seed, "fit-subset"))
-    return Splits(train, decoded(fit), decoded(test))
+    return Splits(train, decoded(fit), lazily(test))
 
 
 def decoded(data: ImageDataset | LabelledFiles) -> ImageDataset:
     """The images of ``data``, decoding image files where they are not decoded yet."""
     return data if isinstance(data, ImageDataset) else data.decode()
+
+
+def lazily(data: ImageDataset | LabelledFiles) -> ImageDataset:
+    """``data``, with image files left undecoded until a stage indexes them (see :func:`lazy_dataset`)."""
+    return data if isinstance(data, ImageDataset) else lazy_dataset(data)
 
 
 def check_fits_data(config: Config, data: ImageDataset) -> None:

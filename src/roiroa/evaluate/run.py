@@ -7,6 +7,7 @@ the other defences on the first ``evaluation.run_images`` -> the oracle analysis
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,7 +175,7 @@ def map_arrays(
         "global_mask": glob,
     }
     arrays |= {f"vulnerability[{k}]": v for k, v in maps.vulnerability.items()}
-    arrays |= {f"perturbation[{k}]": perturbation_map(test.images, t.x_adv) for k, t in maps.traces.items()}
+    arrays |= {f"perturbation[{k}]": perturbation_map(test.pixels(), t.x_adv) for k, t in maps.traces.items()}
     arrays |= {f"pred[{k}]": v for k, v in predictions.items()}
     return arrays
 
@@ -240,13 +241,13 @@ def analyse(prepared: Prepared, attacks: list[AttackEntry], cache: StageCache, t
     c, f, test = prepared.config, prepared.model, prepared.splits.test
     with timings("maps"):
         maps = compute_maps(f, prepared.model_key, test, attacks, c, cache)
-        predictions = {"clean": checked_predictions(f, test.images, "the model's outputs on the test images")}
+        predictions = {"clean": checked_predictions(f, test.pixels(), "the model's outputs on the test images")}
         predictions |= {
             k: checked_predictions(f, t.x_adv, f"the model's outputs under {k}") for k, t in maps.traces.items()
         }
     with timings("statistics"):
         rerun = restart_and_seed_maps(prepared, attacks, cache)
-        statistics, per_image = dataset_statistics(test.images, test.labels, test.classes, maps, c, cache, rerun)
+        statistics, per_image = dataset_statistics(test.pixels(), test.labels, test.classes, maps, c, cache, rerun)
     return Analysis(maps, predictions, segments_of(maps, c), statistics, per_image)
 
 
@@ -262,7 +263,7 @@ def results_of(
     c, test, maps, pred = prepared.config, prepared.splits.test, found.maps, found.predictions
     summaries = [
         attack_summary(
-            e, maps.readings[e.label], test.images, test.labels, maps.traces[e.label], pred["clean"], pred[e.label]
+            e, maps.readings[e.label], test.pixels(), test.labels, maps.traces[e.label], pred["clean"], pred[e.label]
         )
         for e in attacks
     ]
@@ -309,7 +310,7 @@ def run_experiment(
     cache = StageCache.default() if cache is None else cache
     timings = Timings()
     with timings("prepare"):
-        prepared = prepare(config, model=model, data=data, fit_data=fit_data)
+        prepared = with_test_decoded(prepare(config, model=model, data=data, fit_data=fit_data))
     config = prepared.config  # with the values left open chosen from the data
     attacks = attack_entries(config.attacks, config.batch_size)
     found = analyse(prepared, attacks, cache, timings)
@@ -320,10 +321,8 @@ def run_experiment(
         glob, test = tables.global_defence, prepared.splits.test
         fill = spec_fill(parse_defence("global", config), ctx)
         qs = config.defence.oracle_q
-        oracle = oracle_rows(
-            prepared.model, prepared.model_key, test.images, test.labels, found.maps, fill, glob.key, config, cache, qs
-        )
-        data = (test.images, test.labels)
+        data = (test.pixels(), test.labels)
+        oracle = oracle_rows(prepared.model, prepared.model_key, *data, found.maps, fill, glob.key, config, cache, qs)
         decomposition = oracle_decomposition(
             prepared.model, prepared.model_key, data, found.maps, fill, glob.key, config, cache
         )
@@ -331,6 +330,13 @@ def run_experiment(
     results |= {"oracle_decomposition": decomposition, "oracle_note": ORACLE_NOTE}
     folder = folder_of(prepared, attacks, found, tables, results)
     return RunResult(prepared, found.maps, found.segments, found.predictions, found.per_image, folder)
+
+
+def with_test_decoded(prepared: Prepared) -> Prepared:
+    """``prepared`` with its test images as one tensor, decoded once: run's maps, statistics and oracle read the
+    whole test set at once (``defend`` and ``patches`` take image files chunk by chunk)."""
+    splits = dataclasses.replace(prepared.splits, test=prepared.splits.test.decoded())
+    return dataclasses.replace(prepared, splits=splits)
 
 
 def maps_summary(config: Config, maps: MapSet) -> dict[str, Any]:

@@ -4,6 +4,7 @@ stage cache, safe to compute twice. Stages only build tasks; ``run_tasks`` hands
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 
 from roiroa.cache import StageCache, hash_tensors
+from roiroa.data.dataset import Images, ImageSource
 from roiroa.evaluate.executors import current_executor
 from roiroa.utils import batch_slices, progress_stage, stage_seed
 
@@ -49,18 +51,41 @@ def run_tasks(tasks: Sequence[Task], cache: StageCache, desc: str = "") -> list[
 
 @dataclass(frozen=True)
 class Chunk:
-    """A chunk of images: x (n, C, H, W) in [0, 1], y (n,), its position in the whole set and its content hash."""
+    """A chunk of images: its position in the whole set, its images (a tensor, or image files decoded when a task
+    computes: they travel to a worker as their file names), y (n,), and its content hash."""
 
     index: int
     where: slice
-    x: torch.Tensor
+    images: Images
     y: torch.Tensor
     digest: str
 
+    @property
+    def x(self) -> torch.Tensor:
+        """(n, C, H, W) float32 in [0, 1]; image files are decoded here (the last chunk decoded is kept, so the tasks
+        of one chunk decode it once)."""
+        return self.images if isinstance(self.images, torch.Tensor) else _decoded(self.images)
 
-def chunks(x: torch.Tensor, y: torch.Tensor, chunk_size: int) -> list[Chunk]:
-    """x: (N, C, H, W) and y: (N,) cut into chunks of at most ``chunk_size`` images."""
-    return [Chunk(i, s, x[s], y[s], hash_tensors(x[s], y[s])) for i, s in enumerate(batch_slices(len(x), chunk_size))]
+
+@functools.lru_cache(maxsize=1)
+def _decoded(images: ImageSource) -> torch.Tensor:
+    return images[:]
+
+
+def chunks(x: Images, y: torch.Tensor, chunk_size: int) -> list[Chunk]:
+    """x: (N, C, H, W) and y: (N,) cut into chunks of at most ``chunk_size`` images; image files are not decoded
+    (their chunks' hashes are their files' bytes, see :meth:`roiroa.data.lazy.ImageFiles.digest`)."""
+    return [
+        Chunk(i, s, x[s], y[s], hash_tensors(x[s], y[s]))
+        if isinstance(x, torch.Tensor)
+        else Chunk(i, s, x.subset(s), y[s], x.digest(y[s], s))
+        for i, s in enumerate(batch_slices(len(x), chunk_size))
+    ]
+
+
+def content_digest(x: Images, y: torch.Tensor) -> str:
+    """The content hash of images x: (N, C, H, W) with labels y: (N,) (image files: by their bytes, not decoded)."""
+    return hash_tensors(x, y) if isinstance(x, torch.Tensor) else x.digest(y)
 
 
 def subchunk(chunk: Chunk, idx: torch.Tensor) -> Chunk:

@@ -154,7 +154,7 @@ def load_or_train(
     key_fields = {
         "arch": arch,
         "kwargs": kwargs,
-        "data": hash_tensors(train.images, train.labels),
+        "data": hash_tensors(train.pixels(), train.labels),
         "recipe": asdict(recipe),
         "seed": seed,
         "device": device.type,
