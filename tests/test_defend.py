@@ -256,6 +256,28 @@ def test_bpda_surrogate_gradient():
     assert torch.equal(x.grad, torch.full_like(x, 2.0))  # backward: the surrogate's gradient
 
 
+def test_median_exact_variant_differentiates_the_median_itself(mnist_model):
+    median = BASELINES.create("median", size=3)
+    x = torch.rand(3, 1, 28, 28)
+    exact = Preprocessed(mnist_model, median, "exact")
+    assert torch.equal(exact(x), mnist_model(median(x)))  # the same forward pass
+    xg = x.clone().requires_grad_(True)
+    exact(xg).sum().backward()
+    window = torch.zeros(1, 1, 5, 5, requires_grad=True)  # by hand: each output's gradient reaches its median
+    values = torch.arange(25.0).reshape(1, 1, 5, 5) / 25
+    median_unfold(values + window, 3)[0, 0, 2, 2].backward()
+    assert window.grad[0, 0].nonzero().tolist() == [[2, 2]]  # the centre 3x3 of 0..24: median 12 at (2, 2)
+    assert xg.grad.abs().sum() > 0 and not torch.equal(xg.grad, _identity_grad(mnist_model, median, x))
+    with pytest.raises(InputError, match="'exact' where the transform has it"):
+        Preprocessed(mnist_model, BASELINES.create("blur"), "exact")
+
+
+def _identity_grad(model, transform, x):
+    xg = x.clone().requires_grad_(True)
+    Preprocessed(model, transform)(xg).sum().backward()
+    return xg.grad
+
+
 @pytest.mark.numeric
 def test_per_input_mask_choice_is_bpda(mnist_model, batch):
     x, y = batch

@@ -140,6 +140,11 @@ class MedianSmoothing:
         """The smooth surrogate of BPDA: the mean over the same window."""
         return box_mean(x, self.size)
 
+    def exact(self, x: torch.Tensor) -> torch.Tensor:
+        """The same values in torch (:func:`median_unfold`), differentiable almost everywhere: the gradient of each
+        output reaches the input pixel that is its window's median."""
+        return median_unfold(x, self.size)
+
 
 @BASELINES.register("jpeg")
 @dataclass(frozen=True)
@@ -180,6 +185,12 @@ def has_surrogate(transform: Transform) -> bool:
     return not getattr(transform, "differentiable", False) and callable(getattr(transform, "surrogate", None))
 
 
+def has_exact(transform: Transform) -> bool:
+    """True for a transform without its own gradient that offers ``exact(x)``: the same values, computed in a way
+    autograd differentiates (the median through a sort), for an adaptive attack without BPDA."""
+    return not getattr(transform, "differentiable", False) and callable(getattr(transform, "exact", None))
+
+
 def describe_transform(transform: Transform) -> str:
     """'name(param=value, ...)' of a transform dataclass, or its class name."""
     params: dict[str, Any] = asdict(transform) if is_dataclass(transform) and not isinstance(transform, type) else {}
@@ -197,14 +208,16 @@ class Preprocessed(nn.Module):
     Args:
         model: f, logits (N, K) from (N, C, H, W) in [0, 1].
         transform: a :class:`Transform` (e.g. ``BASELINES.create('jpeg', quality=50)``).
-        backward: 'identity' (default) or 'surrogate' (needs ``transform.surrogate``).
+        backward: 'identity' (default), 'surrogate' (needs ``transform.surrogate``) or 'exact' (the transform's
+            own differentiable form, ``transform.exact``: the median through a sort).
     """
 
     def __init__(self, model: nn.Module, transform: Transform, backward: str = "identity") -> None:
         super().__init__()
-        if backward not in ("identity", "surrogate") or (backward == "surrogate" and not has_surrogate(transform)):
+        offered = {"identity": True, "surrogate": has_surrogate(transform), "exact": has_exact(transform)}
+        if not offered.get(backward, False):
             raise InputError(
-                f"backward must be 'identity' or, for a transform with a surrogate, 'surrogate'; got {backward!r}."
+                f"backward must be 'identity', or 'surrogate' or 'exact' where the transform has it; got {backward!r}."
             )
         self.model, self.transform, self.backward = model, transform, backward
 
@@ -212,6 +225,8 @@ class Preprocessed(nn.Module):
         """x: (N, C, H, W) in [0, 1] -> logits (N, K) of f(T(x))."""
         if getattr(self.transform, "differentiable", False):
             return self.model(self.transform(x))
+        if self.backward == "exact":
+            return self.model(self.transform.exact(x))  # type: ignore[attr-defined]
         surrogate = self.transform.surrogate if self.backward == "surrogate" else None  # type: ignore[attr-defined]
         return self.model(bpda(x, self.transform, surrogate))
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from roiroa.cache import hash_json
 from roiroa.defence.adaptive import EOT, StraightThrough
-from roiroa.defence.baselines import BASELINES, Preprocessed, describe_transform, has_surrogate
+from roiroa.defence.baselines import BASELINES, Preprocessed, describe_transform, has_exact, has_surrogate
 from roiroa.defence.fills import FILLS, Fill, is_random, make_fill
 from roiroa.defence.neutralizer import Neutralized
 from roiroa.defence.scopes import (
@@ -242,6 +242,23 @@ def control_defences(spec: DefenceSpec, scope: MaskScope, ctx: BuildContext, con
     return out
 
 
+def transform_variants(ctx: BuildContext, transform: Any) -> tuple[AdaptiveVariant, ...]:
+    """The adaptive variants of a transformation without its own gradient: BPDA through its smooth surrogate, and
+    its exact gradient where it can be differentiated as it is (the median)."""
+    variants = []
+    if has_surrogate(transform):
+        variants.append(
+            AdaptiveVariant(
+                "surrogate", Preprocessed(ctx.model, transform, "surrogate"), "BPDA (smooth surrogate backward)"
+            )
+        )
+    if has_exact(transform):
+        variants.append(
+            AdaptiveVariant("exact", Preprocessed(ctx.model, transform, "exact"), "exact gradient (through a sort)")
+        )
+    return tuple(variants)
+
+
 def build_defences(spec: DefenceSpec, ctx: BuildContext, controls: str | None = "pixels") -> list[Defence]:
     """The defended models of one spec (a scope with its controls, a transformation, or adversarial training);
     an empty list for 'adv_training' where the model cannot be retrained."""
@@ -251,10 +268,12 @@ def build_defences(spec: DefenceSpec, ctx: BuildContext, controls: str | None = 
         transform = BASELINES.create(spec.name, **spec.params)
         model = Preprocessed(ctx.model, transform)
         gradient = "exact" if getattr(transform, "differentiable", False) else "BPDA (identity backward)"
-        smooth = Preprocessed(ctx.model, transform, "surrogate") if has_surrogate(transform) else None
-        variants = () if smooth is None else (AdaptiveVariant("surrogate", smooth, "BPDA (smooth surrogate backward)"),)
         words, key = describe_transform(transform), _key(spec, ctx)
-        return [Defence(spec.label, "baseline", words, model, model, gradient, key, None, {}, variants)]
+        return [
+            Defence(
+                spec.label, "baseline", words, model, model, gradient, key, None, {}, transform_variants(ctx, transform)
+            )
+        ]
     if ctx.adv_model is None:
         return []
     d = ctx.config.defence
