@@ -23,7 +23,12 @@ UNBOUNDED_MAX = 0.05  # robust accuracy 'about 0' at the largest sanity eps
 
 
 def _acc(result: CellResult) -> float:
-    return float(result.correct.double().mean())
+    return _acc_of(result.correct)
+
+
+def _acc_of(flags: torch.Tensor) -> float:
+    """The accuracy of flags (N,) bool."""
+    return float(flags.double().mean())
 
 
 def _pct(value: float) -> str:
@@ -89,7 +94,7 @@ def masking_verdicts(defences: Sequence[Defence], results: dict[Cell, CellResult
 def _free_check(gradient_worst: torch.Tensor, free: dict[Cell, CellResult]) -> tuple[str, list[str]]:
     """The gradient attacks' per-image worst case (N,) bool against each gradient-free cell: (words, the cells
     that lower it below its 95% interval)."""
-    low, before = _low(gradient_worst), float(gradient_worst.double().mean())
+    low, before = _low(gradient_worst), _acc_of(gradient_worst)
     words, found = [], []
     for c, r in free.items():
         joint = gradient_worst & r.correct
@@ -105,10 +110,6 @@ def _free_check(gradient_worst: torch.Tensor, free: dict[Cell, CellResult]) -> t
 def _low(flags: torch.Tensor) -> float:
     """The lower end of the 95% Wilson interval of the accuracy of flags (N,) bool."""
     return interval(int(flags.sum()), len(flags))[0]
-
-
-def _acc_of(flags: torch.Tensor) -> float:
-    return float(flags.double().mean())
 
 
 def stronger_spec(spec: dict[str, Any]) -> dict[str, Any]:
