@@ -11,8 +11,9 @@ vulnerability map, gradient saliency as the importance map).
 'decoded' is the path of roiroa before lazy decoding (``LabelledFiles.decode``: every test image decoded at
 once); 'lazy' is today's (:func:`roiroa.data.lazy.lazy_dataset`). Prints, per N and mode, the process's peak
 resident memory (``ru_maxrss``), the resident memory after the model is loaded and before any image (the
-baseline), their difference, and the tensor storage still reachable at the end of the stage (the images and
-outputs it holds, apart from what the memory allocator keeps), beside the size of the decoded test set. Needs
+baseline), their difference, and the tensor storage reachable at the end of the stage, while its output is alive
+(the images and outputs it holds, apart from what the memory allocator keeps), beside the size of the decoded test
+set. Needs
 the shared data (/work/shared/data/imagenet, or $ROIROA_SHARED/data/imagenet).
 """
 
@@ -88,18 +89,20 @@ def child(n: int, mode: str, chunk_size: int, stage: str) -> dict[str, Any]:
     key = model_hash(model)
     with tempfile.TemporaryDirectory() as tmp:
         cache = StageCache(Path(tmp))
-        figures = (
+        figures, found = (
             run_grid(model, key, data, cache, chunk_size)
             if stage == "grid"
             else run_maps(model, key, data, cache, chunk_size)
         )
+        figures |= {"held_mb": held_mb()}  # while the stage's output is still alive
+        del found
     seconds = time.perf_counter() - start
-    figures |= {"held_mb": held_mb(), "seconds": seconds}
+    figures |= {"seconds": seconds}
     return {"n": n, "mode": mode, "baseline_mb": baseline, "peak_mb": peak_mb()} | figures
 
 
-def run_grid(model: Any, key: str, data: Any, cache: Any, chunk_size: int) -> dict[str, float]:
-    """The undefended model's grid cells (clean; FGSM crafted on f): accuracy per setting."""
+def run_grid(model: Any, key: str, data: Any, cache: Any, chunk_size: int) -> tuple[dict[str, float], Any]:
+    """The undefended model's grid cells (clean; FGSM crafted on f): accuracy per setting, and the cells."""
     from roiroa.evaluate.attacking import attack_entries
     from roiroa.evaluate.grid import Defence, GridContext, evaluate_grid, standard_cells
 
@@ -107,11 +110,12 @@ def run_grid(model: Any, key: str, data: Any, cache: Any, chunk_size: int) -> di
     attacks = attack_entries(({"name": "fgsm", "eps": 2 / 255},), chunk_size)
     context = GridContext(model, key, cache, 0)
     found = evaluate_grid(context, [f], attacks, standard_cells([f], attacks), data.images, data.labels, chunk_size)
-    return {c.setting: float(r.correct.double().mean()) for c, r in found.items()}
+    return {c.setting: float(r.correct.double().mean()) for c, r in found.items()}, found
 
 
-def run_maps(model: Any, key: str, data: Any, cache: Any, chunk_size: int) -> dict[str, float]:
-    """The maps stage (FGSM's trace and vulnerability map, saliency as the importance map): the maps' means."""
+def run_maps(model: Any, key: str, data: Any, cache: Any, chunk_size: int) -> tuple[dict[str, float], Any]:
+    """The maps stage (FGSM's trace and vulnerability map, saliency as the importance map): the maps' means, and
+    the maps (with what they keep of the attack)."""
     from roiroa.evaluate.attacking import attack_entries
     from roiroa.evaluate.maps_stage import compute_maps
     from roiroa.evaluate.validate import config_from_dict
@@ -119,7 +123,7 @@ def run_maps(model: Any, key: str, data: Any, cache: Any, chunk_size: int) -> di
     config = config_from_dict({"chunk_size": chunk_size, "maps": {"importance": "saliency"}})
     attacks = attack_entries(({"name": "fgsm", "eps": 2 / 255},), chunk_size)
     maps = compute_maps(model, key, data, attacks, config, cache)
-    return {"importance": float(maps.importance.mean()), "roa_map": float(maps.roa_map.mean())}
+    return {"importance": float(maps.importance.mean()), "roa_map": float(maps.roa_map.mean())}, maps
 
 
 def run_child(n: int, mode: str, chunk_size: int, stage: str) -> dict[str, Any]:

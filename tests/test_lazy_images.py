@@ -157,6 +157,47 @@ def test_defend_gives_the_same_tables_on_lazy_and_decoded_images(tmp_path):
     assert lazily["n_test"] == 12 and lazily["table"]
 
 
+@pytest.mark.slow
+def test_run_reads_image_files_chunk_by_chunk_and_gives_the_decoded_results(tmp_path, monkeypatch):
+    """``run`` on an image folder never decodes the test set at once (only chunks of 5, the gallery's images and
+    hash blocks), and its results.json and arrays equal those of the same images decoded up front."""
+    from roiroa.evaluate.run import run_experiment
+    from roiroa.evaluate.validate import config_from_dict
+
+    folder = write_folder(tmp_path / "images", n=36)
+    data = {"source": str(folder), "labels": str(folder / "labels.csv"), "resize": 18, "crop": 16}
+    config = config_from_dict(
+        {"data": data | {"test_fraction": 0.5, "n_fit": 9}, "chunk_size": 5, "examples": 2}
+        | {"attacks": [{"name": "fgsm", "eps": 0.03}, {"name": "pgd-linf", "eps": 0.03, "steps": 2}]}
+        | {"maps": {"importance": "saliency"}, "defence": {"oracle_q": [0.2]}, "statistics": {"bootstrap": 100}}
+        | {"evaluation": {"run_images": 6, "run_defences": ["bit_depth"]}}
+    )
+    test_files = {str(folder / f"img{i}.png") for i in range(36)} | {str(folder / "img5.jpg")}
+    decoded: list[int] = []
+    decode = lazy.decode_rgb
+
+    def counting(paths, resize, crop):
+        decoded.append(len(test_files.intersection(map(str, paths))))
+        return decode(paths, resize, crop)
+
+    monkeypatch.setattr(lazy, "decode_rgb", counting)
+    lazily = run_experiment(config, model=TinyNet().eval(), cache=StageCache(None))
+    monkeypatch.setattr(lazy, "decode_rgb", decode)
+    eager = run_experiment(
+        config,
+        model=TinyNet().eval(),
+        data=list_labelled_files(folder, folder / "labels.csv", resize=18, crop=16).decode(),
+        cache=StageCache(None),
+    )
+    n_test, gallery = len(lazily.folder.arrays["labels"]), len(lazily.folder.arrays["gallery_index"])
+    assert n_test == 18 and max(decoded) <= max(5, gallery) < n_test
+    without_timings = [{k: v for k, v in r.results.items() if k != "timings"} for r in (lazily, eager)]
+    assert json.loads(json.dumps(without_timings[0])) == json.loads(json.dumps(without_timings[1]))
+    assert lazily.folder.arrays.keys() == eager.folder.arrays.keys()
+    for k, v in lazily.folder.arrays.items():
+        assert np.array_equal(v, eager.folder.arrays[k]), k
+
+
 def test_certified_rows_read_image_files_chunk_by_chunk(folder):
     from roiroa.evaluate.certified import certified_rows
 

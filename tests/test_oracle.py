@@ -5,8 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from roiroa.evaluate.oracle import ORACLE, control_masks, decomposition_rows, replaced_flags, top_k_masks
+from roiroa.cache import StageCache
+from roiroa.evaluate.analysis import mask_flags
+from roiroa.evaluate.maps_stage import attack_images
+from roiroa.evaluate.oracle import ORACLE, control_masks, decomposition_rows, top_k_masks
 from roiroa.evaluate.significance import mcnemar_exact
+from roiroa.evaluate.tasks import Task, chunks
 from roiroa.regions.segments import Segments
 
 
@@ -58,23 +62,30 @@ class Threshold(nn.Module):
 
 def test_fill_against_restore_on_a_hand_model() -> None:
     """The attack flips the top-left pixel from 1 to 0; a mask on it with a zero fill leaves class 0 (wrong), the
-    clean pixel restored gives class 1 (right); a mask elsewhere changes nothing (wrong)."""
-    x = torch.zeros(2, 1, 2, 2)
+    clean pixel restored gives class 1 (right); a mask elsewhere changes nothing (wrong). Three images in chunks of
+    two: the flags are read chunk by chunk and put back in order."""
+    x = torch.zeros(3, 1, 2, 2)
     x[:, 0, 0, 0] = 1.0
     x_adv = x.clone()
     x_adv[:, 0, 0, 0] = 0.0
-    y = torch.tensor([1, 1])
-    model = Threshold()
-
-    def ok(images: torch.Tensor) -> torch.Tensor:
-        return model(images).argmax(1) == y
-
-    mask = torch.zeros(2, 2, 2, dtype=torch.bool)
-    mask[0, 0, 0] = True  # image 0: on the attacked pixel; image 1: nowhere
+    x_adv[2] = x[2]  # the attack left image 2 alone
+    y = torch.tensor([1, 1, 1])
+    parts = tuple(chunks(x, y, 2))
+    stored = [{"x_adv": x_adv[p.where], "gradient": torch.zeros(len(p.y), 2, 2), "calls": torch.ones(1)} for p in parts]
+    tasks = tuple(Task(f"hand-{i}", lambda r=r: r) for i, r in enumerate(stored))
+    attacked = attack_images(Threshold(), "hand", parts, tasks, StageCache(None))
+    assert attacked.prediction.tolist() == [0, 0, 1] and attacked.linf.tolist() == [1.0, 1.0, 0.0]
+    assert attacked.perturbation[:, 0, 0].tolist() == [1.0, 1.0, 0.0] and attacked.gradient_calls == 2
+    assert torch.equal(attacked.x_adv, x_adv) and torch.equal(attacked.at(torch.tensor([2, 0])), x_adv[[2, 0]])
+    mask = torch.zeros(3, 2, 2, dtype=torch.bool)
+    mask[0, 0, 0] = mask[2, 0, 0] = True  # images 0 and 2: on the attacked pixel; image 1: nowhere
     zero_fill = lambda images, m: torch.zeros_like(images)  # noqa: E731
-    flags = replaced_flags(ok, ok(x), x, x_adv, mask, zero_fill)
-    assert flags["fill"].tolist() == [False, False]
-    assert flags["restore"].tolist() == [True, False]
+    flags = mask_flags(Threshold(), attacked, {"m": mask}, zero_fill, restore=True)
+    assert flags.clean.tolist() == [True, True, True]
+    assert flags.masked["m"]["clean"].tolist() == [False, True, False]  # the zero fill erases image 0's and 2's pixel
+    assert flags.masked["m"]["attacked"].tolist() == [False, False, False]
+    assert flags.masked["m"]["restored"].tolist() == [True, False, True]
+    assert "restored" not in mask_flags(Threshold(), attacked, {"m": mask}, zero_fill).masked["m"]
 
 
 def test_decomposition_rows_compare_with_the_oracle() -> None:

@@ -205,8 +205,8 @@ def test_resume_after_interruption_gives_the_same_results(tiny_config, reference
     assert cache.corrupt == len(damaged) and cache.hits >= done - len(damaged)
     assert comparable(resumed.results) == comparable(reference.results)
     assert torch.equal(resumed.segments.labels(), reference.segments.labels())
-    for label, trace in reference.maps.traces.items():
-        assert torch.equal(resumed.maps.traces[label].x_adv, trace.x_adv)
+    for label, attacked in reference.maps.attacked.items():
+        assert torch.equal(resumed.maps.attacked[label].x_adv, attacked.x_adv)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     # a second run with the cache recomputes nothing
     warm = StageCache(tmp_path)
@@ -235,9 +235,9 @@ def test_seed_reaches_random_starts(tiny_config, mnist_model, mnist_splits):
         for s in (0, 1)
     }
     again = compute_maps(mnist_model, key, data, attacks, config, StageCache(None))
-    assert torch.equal(maps[0].traces["pgd-linf"].x_adv, again.traces["pgd-linf"].x_adv)
-    assert not torch.equal(maps[0].traces["pgd-linf"].x_adv, maps[1].traces["pgd-linf"].x_adv)
-    assert torch.equal(maps[0].traces["fgsm"].x_adv, maps[1].traces["fgsm"].x_adv)
+    assert torch.equal(maps[0].attacked["pgd-linf"].x_adv, again.attacked["pgd-linf"].x_adv)
+    assert not torch.equal(maps[0].attacked["pgd-linf"].x_adv, maps[1].attacked["pgd-linf"].x_adv)
+    assert torch.equal(maps[0].attacked["fgsm"].x_adv, maps[1].attacked["fgsm"].x_adv)
 
 
 def test_chunk_size_only_changes_the_random_starts(tiny_config, mnist_model, mnist_splits):
@@ -249,7 +249,7 @@ def test_chunk_size_only_changes_the_random_starts(tiny_config, mnist_model, mni
     whole = compute_maps(mnist_model, key, data, attacks, dataclasses.replace(config, chunk_size=64), StageCache(None))
     parts = compute_maps(mnist_model, key, data, attacks, dataclasses.replace(config, chunk_size=3), StageCache(None))
     # FGSM's sign of the gradient: the same images, whatever the chunks (to float rounding near zero gradients)
-    agree = (whole.traces["fgsm"].x_adv == parts.traces["fgsm"].x_adv).double().mean()
+    agree = (whole.attacked["fgsm"].x_adv == parts.attacked["fgsm"].x_adv).double().mean()
     assert agree > 0.999
     # occlusion: a sum over at most 784 products per logit in float32 -> relative error well below 1e-4
     torch.testing.assert_close(whole.importance, parts.importance, atol=1e-5, rtol=1e-4)

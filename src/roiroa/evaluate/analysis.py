@@ -7,20 +7,20 @@ lives in S_A. A random mask of the same area per image is its control.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from roiroa.cache import StageCache, hash_tensors
+from roiroa.cache import StageCache
 from roiroa.defence.fills import Fill
 from roiroa.defence.neutralizer import neutralize
 from roiroa.defence.scopes import random_mask_like
 from roiroa.evaluate.attacking import AttackEntry
 from roiroa.evaluate.config import Config
-from roiroa.evaluate.maps_stage import MapSet
-from roiroa.maps.recorder import AttackTrace
+from roiroa.evaluate.maps_stage import AttackImages, MapSet
 from roiroa.models.predict import predict
 from roiroa.regions.segments import SEGMENT_NAMES, Segments
 from roiroa.regions.thresholds import isolate, top_q_mask
@@ -44,17 +44,10 @@ def segment_summary(segments: Segments, config: Config) -> dict[str, Any]:
 
 
 def attack_summary(
-    entry: AttackEntry,
-    reading: str,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    trace: AttackTrace,
-    pred_clean: torch.Tensor,
-    pred_adv: torch.Tensor,
+    entry: AttackEntry, reading: str, y: torch.Tensor, attacked: AttackImages, pred_clean: torch.Tensor
 ) -> AttackSummary:
-    """Parameters, robust accuracy, success rate and perturbation size of one attack on f."""
-    ok_clean, ok_adv = pred_clean == y, pred_adv == y
-    delta = (trace.x_adv - x).flatten(1)
+    """Parameters, robust accuracy, success rate and perturbation size of one attack on f; y, pred_clean: (N,)."""
+    ok_clean, ok_adv = pred_clean == y, attacked.prediction == y
     success = float((~ok_adv[ok_clean]).double().mean()) if ok_clean.any() else float("nan")
     return AttackSummary(
         entry.label,
@@ -62,8 +55,8 @@ def attack_summary(
         reading,
         float((ok_clean & ok_adv).double().mean()),
         success,
-        float(delta.abs().amax(1).double().mean()),
-        float(delta.norm(dim=1).double().mean()),
+        float(attacked.linf.double().mean()),
+        float(attacked.l2.double().mean()),
     )
 
 
@@ -77,56 +70,64 @@ def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int 
     return predict(model, x, batch_size).cpu() == y.cpu()
 
 
-def oracle_analysis(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    x_adv: torch.Tensor,
-    s_a: torch.Tensor,
-    fill: Fill,
-    generator: torch.Generator,
-) -> dict[str, float]:
-    """Neutralize each image's own S_A (N, H, W) in the clean x and the attacked x_adv (N, C, H, W) in [0, 1].
+@dataclass(frozen=True)
+class MaskFlags:
+    """Per-image flags (N,) bool of f under masks, on the clean and the attacked images.
 
-    Returns:
-        area (mean |S_A| / |P|), accuracy (clean and neutralized attacked image both right), clean_accuracy (the
-        masks on the clean images), random_mask_accuracy (a random mask of the same area per image).
+    clean: f right on the clean image; masked: mask name -> {'clean': right on the clean image with the mask
+    filled, 'attacked': right on the attacked image with the mask filled, 'restored': right on the attacked image
+    with the clean pixels put back under the mask (only where asked)}.
     """
-    rand = random_mask_like(s_a, generator)
 
-    def ok(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        m = masks[:, None].to(images.dtype)
-        return correct(model, neutralize(images, m, fill(images, m)), y)
-
-    ok_clean, ok_rand_clean = ok(x, s_a), ok(x, rand)
-    return {
-        "area": float(s_a.double().mean()),
-        "accuracy": float((ok_clean & ok(x_adv, s_a)).double().mean()),
-        "clean_accuracy": float(ok_clean.double().mean()),
-        "random_mask_accuracy": float((ok_rand_clean & ok(x_adv, rand)).double().mean()),
-    }
+    clean: torch.Tensor
+    masked: dict[str, dict[str, torch.Tensor]]
 
 
-def _oracle(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, maps: MapSet, fill: Fill, config: Config, qs: tuple[float, ...]
-) -> list[dict[str, Any]]:
+def mask_flags(
+    model: nn.Module, attacked: AttackImages, masks: dict[str, torch.Tensor], fill: Fill, restore: bool = False
+) -> MaskFlags:
+    """f's flags under each mask (N, H, W) bool of ``masks``, read one chunk of clean and attacked images at a
+    time (see MaskFlags); ``restore`` adds the attacked images with the clean pixels put back."""
+    clean: list[torch.Tensor] = []
+    found: dict[str, dict[str, list[torch.Tensor]]] = {name: {} for name in masks}
+    for part, x_adv in attacked.chunks():
+        x, y = part.x.to(x_adv.device), part.y
+        clean.append(correct(model, x, y))
+        for name, mask in masks.items():
+            m = mask[part.where][:, None].to(x.dtype)
+            flags = {"clean": neutralize(x, m, fill(x, m)), "attacked": neutralize(x_adv, m, fill(x_adv, m))}
+            flags |= {"restored": neutralize(x_adv, m, x)} if restore else {}
+            for how, images in flags.items():
+                found[name].setdefault(how, []).append(correct(model, images, y))
+    masked = {name: {how: torch.cat(v) for how, v in hows.items()} for name, hows in found.items()}
+    return MaskFlags(torch.cat(clean), masked)
+
+
+def _oracle(model: nn.Module, maps: MapSet, fill: Fill, config: Config, qs: tuple[float, ...]) -> list[dict[str, Any]]:
+    """Per attack and RoA fraction q: neutralize each image's own S_A in the clean and the attacked images: area
+    (mean |S_A| / |P|), accuracy (clean and neutralized attacked image both right), clean_accuracy (the masks on
+    the clean images), random_mask_accuracy (a random mask of the same area per image)."""
     gen = torch.Generator().manual_seed(stage_seed(config.seed, "oracle-random-masks"))
     roi = isolate(maps.importance, config.regions.threshold, config.regions.q_roi)
     rows = []
-    for label, trace in maps.traces.items():
+    for label, attacked in maps.attacked.items():
         for q in qs:
-            found = oracle_analysis(
-                model, x, y, trace.x_adv, oracle_masks(roi, maps.vulnerability[label], q), fill, gen
-            )
-            rows.append(OracleRow(label, config.regions.q_roi, q, n_images=len(x), **found).__dict__)
+            s_a = oracle_masks(roi, maps.vulnerability[label], q)
+            flags = mask_flags(model, attacked, {"oracle": s_a, "random": random_mask_like(s_a, gen)}, fill).masked
+            oracle, rand = flags["oracle"], flags["random"]
+            found = {
+                "area": float(s_a.double().mean()),
+                "accuracy": float((oracle["clean"] & oracle["attacked"]).double().mean()),
+                "clean_accuracy": float(oracle["clean"].double().mean()),
+                "random_mask_accuracy": float((rand["clean"] & rand["attacked"]).double().mean()),
+            }
+            rows.append(OracleRow(label, config.regions.q_roi, q, n_images=len(s_a), **found).__dict__)
     return rows
 
 
 def oracle_rows(
     model: nn.Module,
     model_key: str,
-    x: torch.Tensor,
-    y: torch.Tensor,
     maps: MapSet,
     fill: Fill,
     fill_key: str,
@@ -134,8 +135,9 @@ def oracle_rows(
     cache: StageCache,
     qs: tuple[float, ...],
 ) -> list[OracleRow]:
-    """The oracle analysis for every attack of ``maps`` and every RoA fraction in ``qs`` (cached)."""
-    inputs: dict[str, Any] = {"model": model_key, "data": hash_tensors(x, y), "maps": list(maps.keys), "fill": fill_key}
+    """The oracle analysis for every attack of ``maps`` and every RoA fraction in ``qs`` (cached; the images are
+    those the maps were made on, identified by the maps' cache keys)."""
+    inputs: dict[str, Any] = {"model": model_key, "maps": list(maps.keys), "fill": fill_key}
     inputs |= {
         "q_roi": config.regions.q_roi,
         "threshold": config.regions.threshold,
@@ -143,5 +145,5 @@ def oracle_rows(
         "seed": config.seed,
     }
     inputs |= {"vulnerability": config.maps.vulnerability}
-    rows = cache.json(cache.key("oracle", inputs), partial(_oracle, model, x, y, maps, fill, config, qs))
+    rows = cache.json(cache.key("oracle", inputs), partial(_oracle, model, maps, fill, config, qs))
     return [OracleRow(**row) for row in rows]

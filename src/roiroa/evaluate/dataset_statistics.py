@@ -21,7 +21,6 @@ import torch
 from roiroa.cache import StageCache
 from roiroa.evaluate.config import Config
 from roiroa.evaluate.maps_stage import MapSet
-from roiroa.maps.vulnerability import perturbation_map
 from roiroa.regions.spatial import moran_z, morans_i
 from roiroa.regions.statistics import (
     bootstrap_ci,
@@ -67,7 +66,7 @@ def with_null(values: dict[str, torch.Tensor], null: dict[str, torch.Tensor]) ->
     return values | {f"{k}_null": v for k, v in null.items()}
 
 
-def per_image_statistics(images: torch.Tensor, maps: MapSet, config: Config, rerun: Rerun | None) -> PerImage:
+def per_image_statistics(maps: MapSet, config: Config, rerun: Rerun | None) -> PerImage:
     """Every statistic and its null per test image (see the module docstring)."""
     r = config.regions
     gen = torch.Generator().manual_seed(stage_seed(config.seed, "statistics-null"))
@@ -80,8 +79,8 @@ def per_image_statistics(images: torch.Tensor, maps: MapSet, config: Config, rer
             map_statistics(maps.importance, vuln, roi, config),
             map_statistics(maps.importance, shuffled[label], roi, config),
         )
-    for label, trace in maps.traces.items():
-        delta = perturbation_map(images, trace.x_adv)
+    for label, attacked in maps.attacked.items():
+        delta = attacked.perturbation
         contiguity = config.statistics.contiguity
         null = shuffle_positions(delta, gen)
         out[label] |= with_null(
@@ -230,7 +229,6 @@ def unflatten(flat: dict[str, torch.Tensor]) -> PerImage:
 
 
 def dataset_statistics(
-    images: torch.Tensor,
     labels: torch.Tensor,
     classes: tuple[str, ...],
     maps: MapSet,
@@ -250,7 +248,7 @@ def dataset_statistics(
     }
     inputs |= {"seed": config.seed, "reruns": rerun is not None, "vulnerability": config.maps.vulnerability}
     flat = cache.tensors(
-        cache.key("statistics-per-image", inputs), lambda: flatten(per_image_statistics(images, maps, config, rerun))
+        cache.key("statistics-per-image", inputs), lambda: flatten(per_image_statistics(maps, config, rerun))
     )
     per_image = unflatten(flat)
     summary = cache.json(

@@ -193,12 +193,8 @@ def beside_the_table(
         maps = compute_maps(prepared.model, prepared.model_key, test, [first], c, cache)
         glob = parse_defence("global", c)
         fill, key = spec_fill(glob, ctx), build_defences(glob, ctx, None)[0].key
-        x = test.pixels()  # the oracle reads the whole test set at once
-        oracle = oracle_rows(
-            prepared.model, prepared.model_key, x, test.labels, maps, fill, key, c, cache, (c.regions.q_roa,)
-        )
-        data = (x, test.labels)
-        decomposition = oracle_decomposition(prepared.model, prepared.model_key, data, maps, fill, key, c, cache)
+        oracle = oracle_rows(prepared.model, prepared.model_key, maps, fill, key, c, cache, (c.regions.q_roa,))
+        decomposition = oracle_decomposition(prepared.model, prepared.model_key, maps, fill, key, c, cache)
     with timings("sweep"):
         specs = sweep_specs(c)
         swept = [build_defences(s, ctx, None)[0] for s in specs]

@@ -33,6 +33,7 @@ from roiroa.errors import InputError
 from roiroa.utils import progress
 
 Result = dict[str, torch.Tensor]
+Reduce = Callable[[int, Result], Result]
 F = TypeVar("F", bound=Callable[..., Any])
 RAY_RETRIES = 3
 
@@ -51,9 +52,18 @@ class LocalExecutor:
 
     name = "local"
 
-    def run(self, tasks: Sequence[Work], cache: StageCache, desc: str = "") -> list[Result]:
-        """Every task's tensors, read from the cache or computed (and stored), in order."""
-        return [cache.tensors(t.key, t.compute) for t in progress(tasks, desc, total=len(tasks), unit="chunks")]
+    def run(
+        self, tasks: Sequence[Work], cache: StageCache, desc: str = "", reduce: Reduce | None = None
+    ) -> list[Result]:
+        """Every task's tensors, read from the cache or computed (and stored), in order; with ``reduce``,
+        ``reduce(i, tensors)`` of the i-th task instead, taken as each arrives (the full tensors stay in the cache)."""
+        keep = reduce or _whole
+        counted = progress(tasks, desc, total=len(tasks), unit="chunks")
+        return [keep(i, cache.tensors(t.key, t.compute)) for i, t in enumerate(counted)]
+
+
+def _whole(_i: int, result: Result) -> Result:
+    return result
 
 
 # Ray pickles a task's closure with every call, so a model captured by the closures of a stage would travel, and
@@ -165,9 +175,15 @@ class RayExecutor:
         remote = self.ray.remote(_compute_on_worker)
         self.remote = remote.options(num_gpus=1 if gpus else 0, num_cpus=1, max_retries=max_retries)
 
-    def run(self, tasks: Sequence[Work], cache: StageCache, desc: str = "") -> list[Result]:
-        """Every task's tensors, in order: cached ones read, the others computed on the cluster and stored."""
-        out: list[Result | None] = [cache.stored(t.key) for t in tasks]
+    def run(
+        self, tasks: Sequence[Work], cache: StageCache, desc: str = "", reduce: Reduce | None = None
+    ) -> list[Result]:
+        """Every task's tensors, in order: cached ones read, the others computed on the cluster and stored; with
+        ``reduce``, ``reduce(i, tensors)`` of the i-th task instead, taken as each arrives."""
+        keep = reduce or _whole
+        out: list[Result | None] = [
+            None if (r := cache.stored(t.key)) is None else keep(i, r) for i, t in enumerate(tasks)
+        ]
         packer = ModulePacker(self.ray.put)
         pending = {self.remote.remote(*packer.dumps(t.compute)): i for i, t in enumerate(tasks) if out[i] is None}
         done = iter(range(len(pending)))
@@ -175,7 +191,7 @@ class RayExecutor:
             ready, _rest = self.ray.wait(list(pending), num_returns=1)
             i = pending.pop(ready[0])
             value = self.ray.get(ready[0])
-            out[i] = cache.tensors(tasks[i].key, lambda value=value: value)  # type: ignore[misc]
+            out[i] = keep(i, cache.tensors(tasks[i].key, lambda value=value: value))  # type: ignore[misc]
         return [r for r in out if r is not None]
 
 

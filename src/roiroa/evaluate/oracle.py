@@ -17,17 +17,15 @@ random (seeded), not by position.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from roiroa.cache import StageCache, hash_tensors
+from roiroa.cache import StageCache
 from roiroa.defence.fills import Fill
-from roiroa.defence.neutralizer import neutralize
-from roiroa.evaluate.analysis import correct
+from roiroa.evaluate.analysis import mask_flags
 from roiroa.evaluate.config import Config
 from roiroa.evaluate.grid import interval
 from roiroa.evaluate.maps_stage import MapSet
@@ -73,7 +71,8 @@ def top_k_masks(
 def control_masks(
     segments: Segments, vulnerability: torch.Tensor, delta: torch.Tensor, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
-    """The oracle's S_A and its equal-area controls, each (N, H, W) bool; delta: (N, H, W) |x_adv - x|."""
+    """The oracle's S_A and its equal-area controls, each (N, H, W) bool; delta: (N, H, W) |x_adv - x| (L2 over
+    channels)."""
     s_a, roi, roa = segments.s_a, segments.roi, segments.roa
     k = s_a.flatten(1).sum(1)
     noise = torch.rand(s_a.shape, generator=generator)
@@ -85,22 +84,6 @@ def control_masks(
     masks["RoA ignoring RoI"] = top_k_masks(vulnerability, k, None, generator)
     masks["random inside RoA"] = top_k_masks(noise, k, roa, generator)
     return masks
-
-
-def replaced_flags(
-    ok: Callable[[torch.Tensor], torch.Tensor],
-    clean_ok: torch.Tensor,
-    x: torch.Tensor,
-    x_adv: torch.Tensor,
-    mask: torch.Tensor,
-    fill: Fill,
-) -> dict[str, torch.Tensor]:
-    """Per-image flags (N,) of one mask (N, H, W) on x, x_adv (N, C, H, W): 'fill' (clean and attacked both
-    right, filled) and 'restore' (clean right (``clean_ok``), attacked right with the clean pixels put back)."""
-    m = mask[:, None].to(x.dtype)
-    filled = ok(neutralize(x, m, fill(x, m))) & ok(neutralize(x_adv, m, fill(x_adv, m)))
-    restored = clean_ok & ok(neutralize(x_adv, m, x))
-    return {"fill": filled, "restore": restored}
 
 
 def decomposition_rows(
@@ -119,46 +102,37 @@ def decomposition_rows(
     return rows
 
 
-def _decomposition(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, maps: MapSet, fill: Fill, config: Config, q_roa: float
-) -> list[dict[str, Any]]:
+def _decomposition(model: nn.Module, maps: MapSet, fill: Fill, config: Config, q_roa: float) -> list[dict[str, Any]]:
+    """Per attack: the oracle's S_A and its equal-area controls, each with the blocked pixels filled ('fill': clean
+    and attacked image both right) or restored to the clean ones ('restore': clean image and restored attacked
+    image both right), read one chunk of images at a time."""
     r = config.regions
     gen = torch.Generator().manual_seed(stage_seed(config.seed, "oracle-decomposition"))
     roi = isolate(maps.importance, r.threshold, r.q_roi)
-    ok = partial(correct, model, y=y)
-    clean_ok = ok(x)
     rows = []
-    for label, trace in maps.traces.items():
+    for label, attacked in maps.attacked.items():
         vulnerability = maps.vulnerability[label]
         segments = Segments(roi, top_q_mask(vulnerability, q_roa))
-        delta = (trace.x_adv - x).abs().sum(1)
-        masks = control_masks(segments, vulnerability, delta, gen)
+        masks = control_masks(segments, vulnerability, attacked.perturbation, gen)
+        found = mask_flags(model, attacked, masks, fill, restore=True)
         flags = {}
-        for name, mask in masks.items():
-            for how, f in replaced_flags(ok, clean_ok, x, trace.x_adv, mask, fill).items():
-                flags[(name, how)] = f
+        for name, f in found.masked.items():
+            flags[(name, "fill")] = f["clean"] & f["attacked"]
+            flags[(name, "restore")] = found.clean & f["restored"]
         rows += [row.__dict__ for row in decomposition_rows(label, (r.q_roi, q_roa), masks, flags)]
     return rows
 
 
 def oracle_decomposition(
-    model: nn.Module,
-    model_key: str,
-    data: tuple[torch.Tensor, torch.Tensor],
-    maps: MapSet,
-    fill: Fill,
-    fill_key: str,
-    config: Config,
-    cache: StageCache,
+    model: nn.Module, model_key: str, maps: MapSet, fill: Fill, fill_key: str, config: Config, cache: StageCache
 ) -> list[OracleControlRow]:
-    """The decomposition table for every attack of ``maps`` at the run's RoA fraction (cached); data: x (N, C, H,
-    W) in [0, 1] and labels y (N,)."""
-    x, y = data
+    """The decomposition table for every attack of ``maps`` at the run's RoA fraction (cached; the images are those
+    the maps were made on, identified by the maps' cache keys)."""
     r = config.regions
-    inputs: dict[str, Any] = {"model": model_key, "data": hash_tensors(x, y), "maps": list(maps.keys), "fill": fill_key}
+    inputs: dict[str, Any] = {"model": model_key, "maps": list(maps.keys), "fill": fill_key}
     inputs |= {"q_roi": r.q_roi, "q_roa": r.q_roa, "threshold": r.threshold, "seed": config.seed}
     inputs |= {"vulnerability": config.maps.vulnerability}
-    compute = partial(_decomposition, model, x, y, maps, fill, config, r.q_roa)
+    compute = partial(_decomposition, model, maps, fill, config, r.q_roa)
     return [OracleControlRow(**row) for row in cache.json(cache.key("oracle-decomposition", inputs), compute)]
 
 

@@ -7,7 +7,6 @@ the other defences on the first ``evaluation.run_images`` -> the oracle analysis
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +35,7 @@ from roiroa.evaluate.maps_stage import MapSet, attack_maps, compute_maps, vulner
 from roiroa.evaluate.oracle import ORACLE_NOTE, oracle_decomposition
 from roiroa.evaluate.outputs import CommandResult, build_context, dataset_info, flag_table, header, model_info, run_grid
 from roiroa.evaluate.prepare import DataLike, Prepared, prepare
-from roiroa.evaluate.tasks import Timings
-from roiroa.maps.vulnerability import perturbation_map
+from roiroa.evaluate.tasks import Timings, chunks
 from roiroa.models.predict import check_finite_logits, predict, predict_logits
 from roiroa.models.train import load_or_train
 from roiroa.regions.segments import Segments
@@ -65,16 +63,16 @@ def restart_and_seed_maps(prepared: Prepared, attacks: list[AttackEntry], cache:
     def rerun(purpose: str) -> dict[str, Any]:
         if purpose == "restart":
             chosen = [e for e in attacks if getattr(e.attack, "random_start", False)]
-            traces, _ = attack_maps(prepared.model, prepared.model_key, test, chosen, c, cache, purpose="restart")
-            return vulnerability_maps(test, chosen, traces, c)
+            attacked, _ = attack_maps(prepared.model, prepared.model_key, test, chosen, c, cache, purpose="restart")
+            return vulnerability_maps(chosen, attacked, c)
         if prepared.info.source != "trained":
             return {}
         seed = c.seed + int(purpose.removeprefix("seed"))
         other = load_or_train(
             c.model.arch, prepared.splits.train, c.model.training.recipe(), seed, prepared.device
         ).model
-        traces, _ = attack_maps(other, f"seed-model:{seed}:{prepared.model_key}", test, attacks, c, cache)
-        return vulnerability_maps(test, attacks, traces, c)
+        attacked, _ = attack_maps(other, f"seed-model:{seed}:{prepared.model_key}", test, attacks, c, cache)
+        return vulnerability_maps(attacks, attacked, c)
 
     return rerun
 
@@ -139,7 +137,7 @@ def gallery_arrays(
     }
     roi = segments.roi[idx]
     for e in attacks:
-        x_adv = maps.traces[e.label].x_adv[idx]
+        x_adv = maps.attacked[e.label].at(idx)
         s_a = oracle_masks(roi, maps.vulnerability[e.label][idx], c.regions.q_roa)[:, None].float()
         g = glob.masks(x_adv)[:, None].float()
         x_oracle, x_global = neutralize(x_adv, s_a, glob.fill(x_adv, s_a)), neutralize(x_adv, g, glob.fill(x_adv, g))
@@ -175,7 +173,7 @@ def map_arrays(
         "global_mask": glob,
     }
     arrays |= {f"vulnerability[{k}]": v for k, v in maps.vulnerability.items()}
-    arrays |= {f"perturbation[{k}]": perturbation_map(test.pixels(), t.x_adv) for k, t in maps.traces.items()}
+    arrays |= {f"perturbation[{k}]": a.perturbation for k, a in maps.attacked.items()}
     arrays |= {f"pred[{k}]": v for k, v in predictions.items()}
     return arrays
 
@@ -241,13 +239,13 @@ def analyse(prepared: Prepared, attacks: list[AttackEntry], cache: StageCache, t
     c, f, test = prepared.config, prepared.model, prepared.splits.test
     with timings("maps"):
         maps = compute_maps(f, prepared.model_key, test, attacks, c, cache)
-        predictions = {"clean": checked_predictions(f, test.pixels(), "the model's outputs on the test images")}
-        predictions |= {
-            k: checked_predictions(f, t.x_adv, f"the model's outputs under {k}") for k, t in maps.traces.items()
-        }
+        parts = chunks(test.images, test.labels, c.chunk_size)
+        where = "the model's outputs on the test images"
+        predictions = {"clean": torch.cat([checked_predictions(f, p.x, where) for p in parts])}
+        predictions |= {k: a.prediction for k, a in maps.attacked.items()}
     with timings("statistics"):
         rerun = restart_and_seed_maps(prepared, attacks, cache)
-        statistics, per_image = dataset_statistics(test.pixels(), test.labels, test.classes, maps, c, cache, rerun)
+        statistics, per_image = dataset_statistics(test.labels, test.classes, maps, c, cache, rerun)
     return Analysis(maps, predictions, segments_of(maps, c), statistics, per_image)
 
 
@@ -262,10 +260,7 @@ def results_of(
     """The content of results.json."""
     c, test, maps, pred = prepared.config, prepared.splits.test, found.maps, found.predictions
     summaries = [
-        attack_summary(
-            e, maps.readings[e.label], test.pixels(), test.labels, maps.traces[e.label], pred["clean"], pred[e.label]
-        )
-        for e in attacks
+        attack_summary(e, maps.readings[e.label], test.labels, maps.attacked[e.label], pred["clean"]) for e in attacks
     ]
     return header("run", prepared, timings) | {
         "dataset": dataset_info(prepared, test, prepared.splits.fit),
@@ -310,7 +305,7 @@ def run_experiment(
     cache = StageCache.default() if cache is None else cache
     timings = Timings()
     with timings("prepare"):
-        prepared = with_test_decoded(prepare(config, model=model, data=data, fit_data=fit_data))
+        prepared = prepare(config, model=model, data=data, fit_data=fit_data)
     config = prepared.config  # with the values left open chosen from the data
     attacks = attack_entries(config.attacks, config.batch_size)
     found = analyse(prepared, attacks, cache, timings)
@@ -318,25 +313,15 @@ def run_experiment(
     with timings("defence"):
         tables = defence_tables(prepared, ctx, attacks, cache)
     with timings("oracle"):
-        glob, test = tables.global_defence, prepared.splits.test
+        glob = tables.global_defence
         fill = spec_fill(parse_defence("global", config), ctx)
-        qs = config.defence.oracle_q
-        data = (test.pixels(), test.labels)
-        oracle = oracle_rows(prepared.model, prepared.model_key, *data, found.maps, fill, glob.key, config, cache, qs)
-        decomposition = oracle_decomposition(
-            prepared.model, prepared.model_key, data, found.maps, fill, glob.key, config, cache
-        )
+        qs, key = config.defence.oracle_q, prepared.model_key
+        oracle = oracle_rows(prepared.model, key, found.maps, fill, glob.key, config, cache, qs)
+        decomposition = oracle_decomposition(prepared.model, key, found.maps, fill, glob.key, config, cache)
     results = results_of(prepared, attacks, found, tables, oracle, timings)
     results |= {"oracle_decomposition": decomposition, "oracle_note": ORACLE_NOTE}
     folder = folder_of(prepared, attacks, found, tables, results)
     return RunResult(prepared, found.maps, found.segments, found.predictions, found.per_image, folder)
-
-
-def with_test_decoded(prepared: Prepared) -> Prepared:
-    """``prepared`` with its test images as one tensor, decoded once: run's maps, statistics and oracle read the
-    whole test set at once (``defend`` and ``patches`` take image files chunk by chunk)."""
-    splits = dataclasses.replace(prepared.splits, test=prepared.splits.test.decoded())
-    return dataclasses.replace(prepared, splits=splits)
 
 
 def maps_summary(config: Config, maps: MapSet) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import torch
 
 from roiroa.cache import StageCache, hash_tensors
 from roiroa.data.dataset import Images, ImageSource
-from roiroa.evaluate.executors import current_executor
+from roiroa.evaluate.executors import Reduce, current_executor
 from roiroa.utils import batch_slices, progress_stage, stage_seed
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,15 @@ class Task:
     compute: Callable[[], dict[str, torch.Tensor]]
 
 
-def run_tasks(tasks: Sequence[Task], cache: StageCache, desc: str = "") -> list[dict[str, torch.Tensor]]:
+def run_tasks(
+    tasks: Sequence[Task], cache: StageCache, desc: str = "", reduce: Reduce | None = None
+) -> list[dict[str, torch.Tensor]]:
     """Every task's tensors, read from the cache or computed (and stored), in order, on the current executor
-    (in-process unless a command runs with ``executor = 'ray'``; see :mod:`roiroa.evaluate.executors`)."""
-    return current_executor().run(tasks, cache, desc)
+    (in-process unless a command runs with ``executor = 'ray'``; see :mod:`roiroa.evaluate.executors`).
+
+    ``reduce(i, tensors)``, where given, is what is kept of the i-th task, taken as each result arrives, so a stage
+    whose tasks return images can keep only what it reads of them (the images stay in the cache)."""
+    return current_executor().run(tasks, cache, desc, reduce)
 
 
 @dataclass(frozen=True)
