@@ -58,11 +58,14 @@ class AttackImages:
 
     def at(self, idx: torch.Tensor) -> torch.Tensor:
         """x_adv (len(idx), C, H, W) of the images at positions ``idx`` (1-D int64) of the set, in that order."""
+        wanted = [int(i) for i in idx.tolist()]
         found: dict[int, torch.Tensor] = {}
-        for part, x_adv in self.chunks():
-            inside = [int(i) for i in idx.tolist() if part.where.start <= int(i) < part.where.stop]
-            found |= {i: x_adv[i - part.where.start] for i in inside}
-        return torch.stack([found[int(i)] for i in idx.tolist()])
+        for part, task in zip(self.parts, self.tasks, strict=True):
+            inside = [i for i in wanted if part.where.start <= i < part.where.stop]
+            if inside:  # only the chunks that hold a wanted image are read
+                x_adv = self.cache.tensors(task.key, task.compute)["x_adv"]
+                found |= {i: x_adv[i - part.where.start] for i in inside}
+        return torch.stack([found[i] for i in wanted])
 
     @property
     def x_adv(self) -> torch.Tensor:
