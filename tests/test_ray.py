@@ -65,6 +65,24 @@ def test_tasks_run_on_the_workers_and_in_order(cluster, tmp_path):
     assert cache.misses == 6 and cache.hits == 6
 
 
+@pytest.mark.parametrize("executor", [LocalExecutor, RayExecutor])
+def test_reduce_keeps_part_of_each_result_and_the_cache_keeps_all(cluster, tmp_path, executor):
+    """With ``reduce``, each task's result, read from the cache or computed, is reduced with its index, in
+    order; what is stored stays the whole result."""
+    cache = StageCache(tmp_path)
+    tasks = [Task(f"t{i}", lambda i=i: {"v": torch.full((3,), float(i))}) for i in range(5)]
+    run_tasks(tasks[:2], cache)  # two cached, three to compute
+
+    def keep(i: int, result: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"i": torch.tensor([i]), "sum": result["v"].sum(0, keepdim=True)}
+
+    with use_executor(executor()):
+        out = run_tasks(tasks, cache, "test", reduce=keep)
+    assert [(int(r["i"]), float(r["sum"])) for r in out] == [(i, 3.0 * i) for i in range(5)]
+    assert all(set(r) == {"i", "sum"} for r in out)
+    assert all(torch.equal(cache.stored(f"t{i}")["v"], torch.full((3,), float(i))) for i in range(5))
+
+
 def test_a_worker_keeps_the_model_of_its_tasks(cluster, model, tmp_path):
     """The model a stage's tasks capture is shipped once and kept by each worker, so per-model caches (the folded
     copy, the occlusion engine) survive from task to task: a worker's second task sees its first task's mark."""
