@@ -111,10 +111,13 @@ def _oracle(model: nn.Module, maps: MapSet, fill: Fill, config: Config, qs: tupl
     roi = isolate(maps.importance, config.regions.threshold, config.regions.q_roi)
     rows = []
     for label, attacked in maps.attacked.items():
-        for q in qs:
+        masks: dict[str, torch.Tensor] = {}
+        for q in qs:  # every fraction's masks first, so one pass over the images reads them all
             s_a = oracle_masks(roi, maps.vulnerability[label], q)
-            flags = mask_flags(model, attacked, {"oracle": s_a, "random": random_mask_like(s_a, gen)}, fill).masked
-            oracle, rand = flags["oracle"], flags["random"]
+            masks |= {f"oracle@{q}": s_a, f"random@{q}": random_mask_like(s_a, gen)}
+        flags = mask_flags(model, attacked, masks, fill).masked
+        for q in qs:
+            s_a, oracle, rand = masks[f"oracle@{q}"], flags[f"oracle@{q}"], flags[f"random@{q}"]
             found = {
                 "area": float(s_a.double().mean()),
                 "accuracy": float((oracle["clean"] & oracle["attacked"]).double().mean()),

@@ -54,7 +54,10 @@ class AttackImages:
     def chunks(self) -> Iterator[tuple[Chunk, torch.Tensor]]:
         """Each chunk with its attacked images x_adv: (n, C, H, W) in [0, 1], one chunk in memory at a time."""
         for part, task in zip(self.parts, self.tasks, strict=True):
-            yield part, self.cache.tensors(task.key, task.compute)["x_adv"]
+            yield part, self._x_adv(task)
+
+    def _x_adv(self, task: Task) -> torch.Tensor:
+        return self.cache.tensors(task.key, task.compute)["x_adv"]
 
     def at(self, idx: torch.Tensor) -> torch.Tensor:
         """x_adv (len(idx), C, H, W) of the images at positions ``idx`` (1-D int64) of the set, in that order."""
@@ -63,7 +66,7 @@ class AttackImages:
         for part, task in zip(self.parts, self.tasks, strict=True):
             inside = [i for i in wanted if part.where.start <= i < part.where.stop]
             if inside:  # only the chunks that hold a wanted image are read
-                x_adv = self.cache.tensors(task.key, task.compute)["x_adv"]
+                x_adv = self._x_adv(task)
                 found |= {i: x_adv[i - part.where.start] for i in inside}
         return torch.stack([found[i] for i in wanted])
 
