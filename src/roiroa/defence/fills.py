@@ -186,12 +186,6 @@ def make_fill(kind: str, x_fit: torch.Tensor | None = None, **params: Any) -> Fi
     return fill
 
 
-def describe_fill(fill: Fill) -> str:
-    """A short label for tables, e.g. 'blur(2)'; a user's fill without ``describe()`` by its class name."""
-    describe = getattr(fill, "describe", None)
-    return str(describe()) if callable(describe) else type(fill).__name__
-
-
 def is_random(fill: Fill) -> bool:
     """True when every call of the fill draws anew (the defence is randomized: evaluate it with EOT)."""
     return bool(getattr(fill, "random", False))

@@ -218,7 +218,7 @@ class FragmentDetector:
         return self._state["roi"]
 
     def _check_fitted(self) -> None:
-        if not self._state:
+        if not self.fitted:
             raise InputError("FragmentDetector is not fitted yet: call fit(FitData(model, x_fit, y_fit, K)) first.")
 
     # -- detect ---------------------------------------------------------------------------------------------

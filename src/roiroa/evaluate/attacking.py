@@ -19,7 +19,7 @@ from roiroa.attacks.base import ATTACKS, Attack, attack_params, create_attack
 from roiroa.cache import StageCache, hash_tensors
 from roiroa.errors import InputError
 from roiroa.evaluate.tasks import Chunk, Task, task_seed
-from roiroa.maps.recorder import AttackTrace, record_attack
+from roiroa.maps.recorder import record_attack
 from roiroa.registry import accepted
 from roiroa.utils import model_device, seed_all
 
@@ -128,8 +128,3 @@ def attack_task(
     }
     compute = partial(_trace, entry, target, chunk, seed, fit, record)
     return Task(cache.key("attack", inputs), compute)
-
-
-def as_trace(stored: dict[str, torch.Tensor]) -> AttackTrace:
-    """The AttackTrace of an attack task's tensors."""
-    return AttackTrace(stored["x_adv"], stored["gradient"], int(stored["calls"][0]))
