@@ -60,6 +60,8 @@ def main() -> None:
         "evaluation": {
             "defences": ["global", "per_class", {"name": "blur", "sigma": 1.0}],
             "run_defences": ["per_class"],
+            # a small suite for the example; leave "attacks" out for the default suite (the one to publish with)
+            "attacks": [{"name": "pgd-linf", "steps": 10, "loss": "margin"}, {"name": "square", "queries": 100}],
         },
     }
     experiment = roiroa.Experiment(model=model, data=(x, y, ["top left", "bottom right"]), config=config)

@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from roiroa.evaluate.config import Config
+from roiroa.attacks.suite import default_suite_specs
+from roiroa.errors import InputError
+from roiroa.evaluate.config import Config, suite_name
 from roiroa.evaluate.defaults import GREY_EPS, RGB_EPS, choose_defaults, choose_eps, choose_fill, open_attacks
 from roiroa.evaluate.validate import config_from_dict
 
@@ -46,7 +48,8 @@ def test_choose_defaults_on_colour_images_with_a_saturated_model() -> None:
     x, y = torch.rand(6, 3, 8, 8), torch.zeros(6, dtype=torch.long)
     config = config_from_dict({"maps": {"window": 2, "stride": 2}})
     resolved, chosen = choose_defaults(config, x, y, Confident())
-    assert set(chosen) == {"eps", "budgets", "fill", "occlusion_output"} and all(c["reason"] for c in chosen.values())
+    assert set(chosen) == {"eps", "budgets", "fill", "occlusion_output", "suite"}  # suite: 2 classes, see below
+    assert all(c["reason"] for c in chosen.values())
     assert resolved.defence.fill == "mean" and resolved.maps.importance_params == {"output": "logit"}
     assert chosen["occlusion_output"]["value"] == "logit"  # every probability-drop map is all zero
     assert {a.get("eps") for a in resolved.attacks} == {8 / 255, 0.5}
@@ -89,3 +92,26 @@ def test_mnist_defaults_are_kept_and_explicit_values_win(mnist_model, mnist_batc
     kept, chosen = choose_defaults(explicit, rgb, y[:4], nn.Sequential(nn.Flatten(), nn.Linear(3 * 28 * 28, 10)))
     assert kept.defence.fill == "blur" and "fill" not in chosen and "occlusion_output" not in chosen
     assert GREY_EPS != chosen["eps"]["value"]
+
+
+def test_a_two_class_model_gets_the_default_suite_without_apgd_dlr() -> None:
+    x, y = torch.rand(6, 3, 8, 8), torch.zeros(6, dtype=torch.long)
+    config = config_from_dict({"maps": {"window": 2, "stride": 2}})
+    resolved, chosen = choose_defaults(config, x, y, Confident())
+    names = [a["name"] for a in resolved.evaluation.attacks]
+    assert names == ["pgd-linf", "pgd-linf", "apgd-ce", "square"]  # DLR needs a third logit; the margin PGD stays
+    assert chosen["suite"]["value"] == "default without apgd-dlr" and "2 classes" in chosen["suite"]["reason"]
+    assert suite_name(resolved.evaluation.attacks, quick=False) == "default"
+    ten = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    resolved, chosen = choose_defaults(config, x, y, ten)
+    assert resolved.evaluation.attacks == default_suite_specs(8 / 255) and "suite" not in chosen
+
+
+def test_a_listed_dlr_attack_on_a_two_class_model_is_refused_before_any_work() -> None:
+    x, y = torch.rand(6, 3, 8, 8), torch.zeros(6, dtype=torch.long)
+    config = config_from_dict({"evaluation": {"attacks": [{"name": "apgd-dlr", "steps": 5}]}})
+    with pytest.raises(InputError, match="'apgd-dlr' uses the DLR loss.*the model has 2"):
+        choose_defaults(config, x, y, Confident())
+    config = config_from_dict({"attacks": [{"name": "pgd-linf", "steps": 5, "loss": "dlr"}]})
+    with pytest.raises(InputError, match="needs at least 3 classes"):
+        choose_defaults(config, x, y, Confident())

@@ -17,16 +17,20 @@ from roiroa.attacks.base import attack_params, resolve_attack
 from roiroa.errors import InputError
 
 
-def default_suite_specs(eps: float | None = 0.15, queries: int = 5000) -> tuple[dict[str, Any], ...]:
+def default_suite_specs(
+    eps: float | None = 0.15, queries: int = 5000, classes: int | None = None
+) -> tuple[dict[str, Any], ...]:
     """PGD (100 steps x 2 restarts, best iterate, step eps/15) with cross-entropy and with the CW margin, APGD-CE
     and APGD-DLR (100 steps), and Square (``queries`` queries), all L-infinity at ``eps``. ``eps=None`` leaves
-    the budget open (no eps, no step size) for :func:`roiroa.evaluate.defaults.choose_defaults` to fill."""
+    the budget open (no eps, no step size) for :func:`roiroa.evaluate.defaults.choose_defaults` to fill.
+    With ``classes`` < 3 APGD-DLR is left out: the DLR loss needs a third logit (PGD's margin loss stays)."""
     pgd = {"name": "pgd-linf", "steps": 100, "restarts": 2, "best_iterate": True} | _budget(eps, 1 / 15)
+    dlr = () if classes is not None and classes < 3 else ({"name": "apgd-dlr", "steps": 100} | _budget(eps),)
     return (
         pgd | {"label": "pgd-ce", "loss": "ce"},
         pgd | {"label": "pgd-margin", "loss": "margin"},
         {"name": "apgd-ce", "steps": 100} | _budget(eps),
-        {"name": "apgd-dlr", "steps": 100} | _budget(eps),
+        *dlr,
         {"name": "square", "queries": queries} | _budget(eps),
     )
 
@@ -47,12 +51,21 @@ def _budget(eps: float | None, step: float | None = None) -> dict[str, float]:
     return {"eps": eps} | ({"step_size": eps * step} if step is not None else {})
 
 
-def suite_with_eps(specs: tuple[dict[str, Any], ...], eps: float) -> tuple[dict[str, Any], ...] | None:
-    """The default or quick suite at ``eps`` when ``specs`` is that suite with its budget open, else None."""
-    for make in (default_suite_specs, quick_suite_specs):
-        if specs == make(None):
-            return make(eps)
+def suite_with_eps(
+    specs: tuple[dict[str, Any], ...], eps: float, classes: int | None = None
+) -> tuple[dict[str, Any], ...] | None:
+    """The default or quick suite at ``eps`` (the default one for a model of ``classes`` classes) when ``specs``
+    is that suite with its budget open, else None."""
+    if specs == default_suite_specs(None):
+        return default_suite_specs(eps, classes=classes)
+    if specs == quick_suite_specs(None):
+        return quick_suite_specs(eps)
     return None
+
+
+def uses_dlr(spec: dict[str, Any]) -> bool:
+    """True when an attack spec raises the DLR loss (apgd-dlr, apgd-dlr-l2, or loss 'dlr')."""
+    return spec.get("loss") == "dlr" or str(spec.get("name", "")).startswith("apgd-dlr")
 
 
 _BUDGET_KEYS = ("eps", "steps", "restarts", "queries", "loss", "best_iterate", "step_size")

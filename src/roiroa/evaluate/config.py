@@ -205,8 +205,8 @@ def suite_name(attacks: tuple[dict[str, Any], ...], quick: bool) -> str:
     """'default', 'quick' (the --quick overlay's small suite) or 'custom' (the user's own list), whether its
     budget is still open or already chosen."""
     eps = next((a["eps"] for a in attacks if isinstance(a, dict) and "eps" in a), None)
-    if attacks == default_suite_specs(None) or (eps is not None and attacks == default_suite_specs(eps)):
-        return "default"
+    if attacks in [default_suite_specs(e, classes=k) for e in {None, eps} for k in (None, 2)]:
+        return "default"  # with 2 classes the default suite leaves out APGD-DLR
     is_quick = attacks == quick_suite_specs(None) or (eps is not None and attacks == quick_suite_specs(eps))
     return "quick" if quick and is_quick else "custom"
 

@@ -29,8 +29,9 @@ from torch import nn
 
 from roiroa.attacks import create_attack
 from roiroa.attacks.base import attack_parameters
-from roiroa.attacks.suite import suite_with_eps
+from roiroa.attacks.suite import suite_with_eps, uses_dlr
 from roiroa.data.dataset import Images
+from roiroa.errors import InputError
 from roiroa.evaluate.config import Config
 from roiroa.utils import model_device
 
@@ -84,6 +85,32 @@ def open_attacks(specs: tuple[dict[str, Any], ...], eps: dict[str, float]) -> tu
         norm = getattr(create_attack(name), "norm", "linf")
         out.append({**spec, "eps": eps["l2" if norm == "l2" else "linf"]})
     return tuple(out)
+
+
+def count_classes(model: nn.Module, images: Images) -> int:
+    """K: the width of f's logits on the first of images (N, C, H, W) in [0, 1]."""
+    with torch.no_grad():
+        return int(model(images[:1].to(model_device(model))).shape[1])
+
+
+def evaluation_attacks(
+    config: Config, eps: dict[str, float], classes: int
+) -> tuple[tuple[dict[str, Any], ...], dict[str, Any] | None]:
+    """The evaluation's attacks with their open budget filled, and the suite's choice with its reason when the
+    default suite left out APGD-DLR for a model of fewer than 3 classes (else None). Raises InputError when an
+    attack the user listed raises the DLR loss on such a model."""
+    suite = suite_with_eps(config.evaluation.attacks, eps["linf"], classes)
+    specs = suite if suite is not None else open_attacks(config.evaluation.attacks, eps)
+    dlr = [a for a in (*specs, *config.attacks) if isinstance(a, dict) and uses_dlr(a)]
+    if dlr and classes < 3:
+        raise InputError(
+            f"attack {dlr[0].get('label', dlr[0].get('name'))!r} uses the DLR loss, which needs at least 3 classes; "
+            f"the model has {classes}: use apgd-ce or pgd-linf with loss = 'margin' instead."
+        )
+    if suite is None or len(suite) == len(suite_with_eps(config.evaluation.attacks, eps["linf"]) or ()):
+        return specs, None
+    reason = f"the model has {classes} classes and the DLR loss needs at least 3 (PGD's margin loss stays)"
+    return specs, {"value": "default without apgd-dlr", "reason": reason}
 
 
 def budget(value: float) -> float:
@@ -161,9 +188,11 @@ def choose_defaults(
     chosen: dict[str, dict[str, Any]] = {}
     eps, why = choose_eps(images)
     attacks = open_attacks(config.attacks, eps)
-    evaluation = suite_with_eps(config.evaluation.attacks, eps["linf"]) or open_attacks(config.evaluation.attacks, eps)
+    evaluation, suite = evaluation_attacks(config, eps, count_classes(model, images))
     if attacks != config.attacks or evaluation != config.evaluation.attacks:
         chosen["eps"] = {"value": eps, "reason": why}
+    if suite is not None:
+        chosen["suite"] = suite
     config = dataclasses.replace(
         config, attacks=attacks, evaluation=dataclasses.replace(config.evaluation, attacks=evaluation)
     )
