@@ -107,7 +107,7 @@ def evaluation_attacks(
             f"attack {dlr[0].get('label', dlr[0].get('name'))!r} uses the DLR loss, which needs at least 3 classes; "
             f"the model has {classes}: use apgd-ce or pgd-linf with loss = 'margin' instead."
         )
-    if suite is None or len(suite) == len(suite_with_eps(config.evaluation.attacks, eps["linf"]) or ()):
+    if suite == suite_with_eps(config.evaluation.attacks, eps["linf"]):  # None == None: not a built-in suite
         return specs, None
     reason = f"the model has {classes} classes and the DLR loss needs at least 3 (PGD's margin loss stays)"
     return specs, {"value": "default without apgd-dlr", "reason": reason}
