@@ -383,3 +383,14 @@ def test_occlusion_restores_parameters_and_buffers_of_any_layout(rgb_model, rgb_
     _assert_unchanged(model, before)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not caplog.records  # a model that runs channels-last keeps the fast layout, without a word
+
+
+def test_a_model_roiroa_did_not_train_is_warned_that_the_bundled_digits_are_training_images():
+    from roiroa.evaluate.outputs import seen_data_warning
+
+    for source in ("weights", "in-memory"):
+        text = seen_data_warning(source, "mnist")
+        assert text is not None and "MNIST's training set" in text and "\n" not in text
+        assert "--data t10k-images-idx3-ubyte.gz --labels t10k-labels-idx1-ubyte.gz" in text
+    assert seen_data_warning("trained", "mnist") is None  # roiroa trains on bundled digits the test split leaves out
+    assert seen_data_warning("weights", "t10k-images-idx3-ubyte.gz") is None

@@ -112,12 +112,26 @@ def dataset_info(prepared: Prepared, test: ImageDataset, fit: ImageDataset) -> D
     )
 
 
+def seen_data_warning(model_source: str, data_source: str) -> str | None:
+    """One line of warning when a model roiroa did not train is tested on the bundled MNIST digits, which come
+    from MNIST's training set (a model trained on MNIST has seen them), else None."""
+    if model_source == "trained" or data_source != "mnist":
+        return None
+    return (
+        "the bundled MNIST digits come from MNIST's training set, which a pretrained MNIST model has likely seen: "
+        "for a test-set evaluation pass the MNIST test set (--data t10k-images-idx3-ubyte.gz "
+        "--labels t10k-labels-idx1-ubyte.gz)"
+    )
+
+
 def model_info(prepared: Prepared, accuracy: float) -> ModelInfo:
     """The model's provenance with its clean test accuracy, and a warning (also logged) when that accuracy is near
-    chance or far under the accuracy stored in the checkpoint: the likely cause is a wrong normalization."""
+    chance or far under the accuracy stored in the checkpoint (the likely cause is a wrong normalization), or when
+    a model roiroa did not train is tested on the bundled MNIST digits (:func:`seen_data_warning`)."""
     i, c = prepared.info, prepared.config
     metadata = checkpoint_metadata(c.model.weights) if i.source == "weights" and c.model.weights else {}
     warning = accuracy_warning(accuracy, prepared.splits.test.num_classes, metadata)
+    warning = warning or seen_data_warning(i.source, c.data.source)
     if warning:
         log.warning("roiroa: warning: %s", warning)
     return ModelInfo(i.name, i.source, i.parameters, i.checkpoint, i.from_cache, i.normalization, accuracy, warning)
